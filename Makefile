@@ -1,0 +1,40 @@
+# bert-pytorch developer entry points. `make test` and `make demo` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-fast lint demo bench clean
+
+venv: $(STAMP)
+
+# torch goes in first and on its own, so the CPU wheel on disk is used and no CUDA build is pulled.
+$(STAMP): requirements.txt requirements-test.txt requirements-serve.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -r requirements.txt -r requirements-serve.txt -r requirements-test.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	@command -v shellcheck >/dev/null || apt-get install -y -q shellcheck >/dev/null
+	shellcheck -x $$(git ls-files '*.sh' run.sub bind.sh)
+	$(VENV)/bin/hadolint Dockerfile
+
+demo: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) results demo_out

@@ -1,0 +1,188 @@
+"""Convert checkpoints between our/NVIDIA layout, Hugging Face folders and Google's TF checkpoints.
+
+  python convert_checkpoint.py --to_hf ckpt_7038.pt OUT_DIR --config_file bert_config.json --vocab_file vocab.txt
+  python convert_checkpoint.py --from_hf HF_DIR OUT.pt
+  python convert_checkpoint.py --from_tf bert_model.ckpt OUT.pt --config_file bert_config.json   (needs tensorflow)
+
+The HF folder (config.json, model.safetensors, vocab.txt) loads with
+`transformers.BertForPreTraining.from_pretrained` (or the task class matching the heads) with no missing keys.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modeling import (
+    _HF_RENAMES,
+    _VOCAB_KEYS,
+    BertConfig,
+    load_config_for_checkpoint,
+    normalize_state_dict_keys,
+    read_state_dict,
+)
+from utils import InputError, atomic_path, atomic_torch_save, atomic_write_json, run_main
+
+
+def to_hf_state_dict(sd: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
+    """Our names → HF names; vocab rows trimmed to the real vocabulary; the tied decoder bias added."""
+    out = {}
+    for key, value in normalize_state_dict_keys(sd).items():
+        for hf, ours in _HF_RENAMES:
+            key = key.replace(ours, hf)
+        if key in _VOCAB_KEYS:
+            value = value[:vocab_size]
+        out[key] = value.detach().float().contiguous().clone()
+    if "cls.predictions.bias" in out:
+        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
+    return out
+
+
+def hf_architecture(keys: set[str]) -> tuple[str, dict]:
+    """The transformers class that owns these heads, and the config fields it needs."""
+    if "qa_outputs.weight" in keys:
+        return "BertForQuestionAnswering", {}
+    if "cls.seq_relationship.weight" in keys and "cls.predictions.bias" in keys:
+        return "BertForPreTraining", {}
+    if "cls.predictions.bias" in keys:
+        return "BertForMaskedLM", {}
+    return "BertModel", {}
+
+
+def hf_config_dict(config: BertConfig, architecture: str, extra: dict) -> dict:
+    fields = (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+        "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+        "initializer_range",
+    )
+    out = {k: getattr(config, k) for k in fields}
+    out.update(model_type="bert", architectures=[architecture], layer_norm_eps=1e-12, pad_token_id=0,
+               position_embedding_type="absolute", tie_word_embeddings=True, **extra)
+    return out
+
+
+def convert_to_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: BertConfig | None = None,
+                  vocab_file: str | os.PathLike | None = None, config_file: str | os.PathLike | None = None) -> Path:
+    """Write an HF folder from any checkpoint `load_checkpoint` understands."""
+    from safetensors.torch import save_file
+
+    if config is None:
+        config = load_config_for_checkpoint(checkpoint, config_file)
+    sd = to_hf_state_dict(read_state_dict(checkpoint), config.vocab_size)
+    if "cls.predictions.decoder.weight" in sd:
+        # The tied matrix is stored once; transformers re-ties it from the word embeddings on load.
+        del sd["cls.predictions.decoder.weight"]
+    keys = set(sd)
+    if "classifier.weight" in keys:
+        num_labels = sd["classifier.weight"].shape[0]
+        arch = "BertForSequenceClassification" if num_labels > 1 or "bert.pooler.dense.weight" in keys else "BertForMultipleChoice"
+        extra = {"num_labels": num_labels} if arch == "BertForSequenceClassification" else {}
+    else:
+        arch, extra = hf_architecture(keys)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(sd, str(tmp), metadata={"format": "pt"})
+    atomic_write_json(out / "config.json", hf_config_dict(config, arch, extra), indent=2)
+    if vocab_file:
+        if not Path(vocab_file).is_file():
+            raise InputError(f"vocab file not found: {vocab_file}")
+        shutil.copyfile(vocab_file, out / "vocab.txt")
+    return out
+
+
+def convert_from_hf(hf_dir: str | os.PathLike, out_file: str | os.PathLike) -> Path:
+    """HF folder → `{'model': state_dict}` in our names, plus bert_config.json beside it."""
+    config = load_config_for_checkpoint(hf_dir)
+    sd = normalize_state_dict_keys(read_state_dict(hf_dir))
+    if "bert.embeddings.word_embeddings.weight" in sd and "cls.predictions.bias" in sd:
+        sd.setdefault("cls.predictions.decoder.weight", sd["bert.embeddings.word_embeddings.weight"])
+    atomic_torch_save({"model": sd}, out_file)
+    base = BertConfig.from_dict({k: v for k, v in config.to_dict().items() if k in _ORIGINAL_CONFIG_FIELDS})
+    base.to_json_file(Path(out_file).parent / "bert_config.json")
+    return Path(out_file)
+
+
+_ORIGINAL_CONFIG_FIELDS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+    "initializer_range",
+)
+
+
+def tf_variable_to_key(name: str) -> str | None:
+    """Google TF variable name → our state-dict key (None for optimizer slots and step counters)."""
+    if any(part in name for part in ("adam_m", "adam_v", "global_step", "AdamWeightDecayOptimizer")):
+        return None
+    parts = name.split("/")
+    out = []
+    for part in parts:
+        if part.startswith("layer_") and part[6:].isdigit():
+            out += ["layer", part[6:]]
+        elif part in ("kernel", "gamma", "output_weights"):
+            out.append("weight")
+        elif part in ("beta", "output_bias"):
+            out.append("bias")
+        elif part.endswith("_embeddings"):
+            out += [part, "weight"]
+        else:
+            out.append(part)
+    key = ".".join(out)
+    key = key.replace("cls.predictions.output.weight", "cls.predictions.decoder.weight")
+    key = key.replace("cls.predictions.weight", "cls.predictions.decoder.weight")
+    key = key.replace("cls.seq_relationship.weight", "cls.seq_relationship.weight")
+    return key
+
+
+def convert_from_tf(tf_checkpoint: str, out_file: str | os.PathLike, config_file: str | os.PathLike) -> Path:
+    try:
+        import tensorflow as tf  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        raise InputError("--from_tf needs tensorflow, which is not installed (pip install tensorflow-cpu)") from None
+    config = BertConfig.from_json_file(config_file)
+    sd = {}
+    for name, _shape in tf.train.list_variables(tf_checkpoint):
+        key = tf_variable_to_key(name)
+        if key is None:
+            continue
+        array = np.asarray(tf.train.load_variable(tf_checkpoint, name))
+        if name.endswith("/kernel"):
+            array = array.T
+        sd[key] = torch.from_numpy(np.ascontiguousarray(array))
+    sd = normalize_state_dict_keys(sd)
+    atomic_torch_save({"model": sd}, out_file)
+    config.to_json_file(Path(out_file).parent / "bert_config.json")
+    return Path(out_file)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--to_hf", nargs=2, metavar=("CHECKPOINT", "OUT_DIR"), help="ours/NVIDIA → Hugging Face folder")
+    mode.add_argument("--from_hf", nargs=2, metavar=("HF_DIR", "OUT_PT"), help="Hugging Face folder → ours")
+    mode.add_argument("--from_tf", nargs=2, metavar=("TF_CKPT", "OUT_PT"), help="Google TF checkpoint → ours")
+    p.add_argument("--config_file", help="bert_config.json (default: the one beside the checkpoint)")
+    p.add_argument("--vocab_file", help="vocab.txt to copy into the Hugging Face folder")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.to_hf:
+        out = convert_to_hf(args.to_hf[0], args.to_hf[1], config_file=args.config_file, vocab_file=args.vocab_file)
+    elif args.from_hf:
+        out = convert_from_hf(*args.from_hf)
+    else:
+        if not args.config_file:
+            raise InputError("--from_tf needs --config_file (Google's bert_config.json)")
+        out = convert_from_tf(args.from_tf[0], args.from_tf[1], args.config_file)
+    print(json.dumps({"written": str(out)}))
+
+
+if __name__ == "__main__":
+    run_main(main)

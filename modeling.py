@@ -1,0 +1,739 @@
+"""BERT model, task heads and the one checkpoint loader.
+
+State-dict names follow NVIDIA's BERT for PyTorch (`dense_act`, tied `cls.predictions.decoder.weight`,
+vocabulary rows padded to a multiple of 8), so its checkpoints load unchanged; Hugging Face and
+Google-era layouts are translated by `load_checkpoint`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from utils import InputError
+
+CONFIG_NAME = "bert_config.json"
+WEIGHTS_NAME = "pytorch_model.bin"
+REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+class BertConfig:
+    """The original's `bert_config.json` fields; unknown keys are kept as attributes and written back."""
+
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        initializer_range: float = 0.02,
+        output_all_encoded_layers: bool = False,
+        **extra: Any,
+    ):
+        self.vocab_size = int(vocab_size)
+        self.hidden_size = int(hidden_size)
+        self.num_hidden_layers = int(num_hidden_layers)
+        self.num_attention_heads = int(num_attention_heads)
+        self.intermediate_size = int(intermediate_size)
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = float(hidden_dropout_prob)
+        self.attention_probs_dropout_prob = float(attention_probs_dropout_prob)
+        self.max_position_embeddings = int(max_position_embeddings)
+        self.type_vocab_size = int(type_vocab_size)
+        self.initializer_range = float(initializer_range)
+        self.output_all_encoded_layers = bool(output_all_encoded_layers)
+        for key, value in extra.items():
+            setattr(self, key, value)
+        if self.hidden_size % self.num_attention_heads:
+            raise InputError(
+                f"config: hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act not in ACT2FN:
+            raise InputError(f"config: hidden_act {self.hidden_act!r} unknown; choose from {', '.join(ACT2FN)}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Embedding rows inside the model: vocab_size raised to a multiple of 8 (30522 -> 30528)."""
+        return pad_to_multiple(self.vocab_size, 8)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], source: str = "config") -> BertConfig:
+        missing = [k for k in REQUIRED_CONFIG_KEYS if k not in obj]
+        if missing:
+            raise InputError(f"{source}: missing required field(s) {', '.join(missing)}")
+        try:
+            return cls(**obj)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise InputError(f"{source}: {str(exc).removeprefix('config: ')}") from None
+            raise InputError(f"{source}: bad value ({exc})") from None
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> BertConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"config file not found: {path}")
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}: expected a JSON object of config fields")
+        return cls.from_dict(obj, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.__dict__)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        from utils import atomic_write_text
+
+        atomic_write_text(path, self.to_json_string())
+
+    def __repr__(self) -> str:
+        return f"BertConfig {self.to_json_string()}"
+
+
+def pad_to_multiple(n: int, multiple: int) -> int:
+    return ((n + multiple - 1) // multiple) * multiple
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU, as BERT was trained with."""
+    return F.gelu(x)
+
+
+ACT2FN = {"gelu": gelu, "relu": F.relu, "tanh": torch.tanh, "swish": F.silu, "silu": F.silu}
+
+
+class LinearActivation(nn.Linear):
+    """`act(x W^T + b)`; named `dense_act` in the original's state dicts."""
+
+    def __init__(self, in_features: int, out_features: int, act: str = "gelu", bias: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
+        self.act_fn = ACT2FN[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act_fn(super().forward(x))
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """Multi-head attention over [B, heads, S, d] tensors.
+
+    All attention goes through here so that a packed-sequence variant (offsets instead of a padding
+    mask) can be added in one place. `mask` is boolean [B, 1, 1, S], True where a key may be attended.
+    """
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """[B, S] 1/0 mask → boolean [B, 1, 1, S] for SDPA, or None when nothing is padded."""
+    if attention_mask is None:
+        return None
+    return attention_mask.bool()[:, None, None, :]
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.padded_vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=1e-12)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, s, h = x.shape
+        # One GEMM for Q, K and V; the parameters stay separate so state-dict names match the original.
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        qkv = F.linear(x, weight, bias).view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        context = attention(qkv[0], qkv[1], qkv[2], mask, self.dropout_p if self.training else 0.0)
+        return context.transpose(1, 2).reshape(b, s, h)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=1e-12)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(x, mask), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense_act = LinearActivation(config.hidden_size, config.intermediate_size, act=config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_act(x)
+
+
+class BertOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=1e-12)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        attended = self.attention(x, mask)
+        return self.output(self.intermediate(attended), attended)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.checkpoint_activations = False
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, output_all_encoded_layers: bool = False
+    ) -> list[torch.Tensor]:
+        if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+            return [self._forward_checkpointed(x, mask)]
+        outputs = []
+        for layer in self.layer:
+            x = layer(x, mask)
+            if output_all_encoded_layers:
+                outputs.append(x)
+        return outputs if output_all_encoded_layers else [x]
+
+    def _forward_checkpointed(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Recompute activations in chunks of ceil(sqrt(L)) layers, as the original does."""
+        chunk = max(1, math.ceil(math.sqrt(len(self.layer))))
+
+        def run(start: int, end: int):
+            def fn(hidden: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+                for layer in self.layer[start:end]:
+                    hidden = layer(hidden, m)
+                return hidden
+
+            return fn
+
+        for start in range(0, len(self.layer), chunk):
+            x = checkpoint(run(start, start + chunk), x, mask, use_reentrant=False)
+        return x
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense_act = LinearActivation(config.hidden_size, config.hidden_size, act="tanh")
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.dense_act(hidden[:, 0])
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense_act = LinearActivation(config.hidden_size, config.hidden_size, act=config.hidden_act)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=1e-12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense_act(x))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, config: BertConfig, embedding_weight: nn.Parameter):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(embedding_weight.size(1), embedding_weight.size(0), bias=False)
+        self.decoder.weight = embedding_weight  # tied to the word embeddings
+        self.bias = nn.Parameter(torch.zeros(embedding_weight.size(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.transform(x), self.decoder.weight, self.bias)
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: BertConfig, embedding_weight: nn.Parameter):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config, embedding_weight)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor):
+        return self.predictions(sequence_output), self.seq_relationship(pooled_output)
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+class BertPreTrainedModel(nn.Module):
+    """Shared init and helpers. Every Linear (including `dense_act`) gets N(0, initializer_range)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        if not isinstance(config, BertConfig):
+            raise TypeError(f"config must be a BertConfig, got {type(config).__name__}")
+        self.config = config
+
+    def init_bert_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def _init_new_modules(self, *modules: nn.Module) -> None:
+        for m in modules:
+            m.apply(self.init_bert_weights)
+
+    def enable_activation_checkpointing(self, enabled: bool = True) -> None:
+        for module in self.modules():
+            if isinstance(module, BertEncoder):
+                module.checkpoint_activations = enabled
+
+
+class BertModel(BertPreTrainedModel):
+    """Returns `(encoded_layers, pooled_output)`; `encoded_layers[-1]` is the final hidden states."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+        self.apply(self.init_bert_weights)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        output_all_encoded_layers: bool | None = None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if output_all_encoded_layers is None:
+            output_all_encoded_layers = self.config.output_all_encoded_layers
+        x = self.embeddings(input_ids, token_type_ids)
+        encoded = self.encoder(x, padding_mask(attention_mask), output_all_encoded_layers)
+        return encoded, self.pooler(encoded[-1])
+
+
+def gather_positions(sequence: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """[B, S, H] gathered at [B, P] positions → [B, P, H]."""
+    index = positions.unsqueeze(-1).expand(-1, -1, sequence.size(-1))
+    return torch.gather(sequence, 1, index)
+
+
+def masked_positions_from_labels(labels: torch.Tensor, max_predictions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked positions of a [B, S] label tensor (−1 = not masked) as a fixed-size [B, P] index.
+
+    Fixed P (the shard's max_predictions_per_seq) keeps shapes static — no host sync, compile-friendly.
+    Returns (positions, labels at those positions); filler slots carry label −1 and are ignored by the loss.
+    """
+    p = min(max_predictions, labels.size(1))
+    is_masked = (labels != -1).to(torch.float32)
+    # Ties among unmasked slots are broken by position so the choice is deterministic.
+    score = is_masked * 2 - torch.arange(labels.size(1), device=labels.device, dtype=torch.float32) / labels.size(1)
+    positions = score.topk(p, dim=1, sorted=True).indices
+    return positions, torch.gather(labels, 1, positions)
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """MLM + NSP heads. Pass `masked_lm_positions` to compute MLM logits only there (same loss, less work)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings.weight)
+        self._init_new_modules(self.cls.predictions.transform, self.cls.seq_relationship)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        masked_lm_positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded, pooled = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False)
+        sequence = encoded[-1]
+        if masked_lm_positions is not None:
+            sequence = gather_positions(sequence, masked_lm_positions)
+        return self.cls(sequence, pooled)
+
+
+class BertPretrainingCriterion(nn.Module):
+    """MLM cross-entropy (labels −1 ignored) + NSP cross-entropy, computed in fp32."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(
+        self,
+        prediction_scores: torch.Tensor,
+        seq_relationship_score: torch.Tensor,
+        masked_lm_labels: torch.Tensor,
+        next_sentence_labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mlm = F.cross_entropy(
+            prediction_scores.reshape(-1, prediction_scores.size(-1)).float(), masked_lm_labels.reshape(-1), ignore_index=-1
+        )
+        nsp = F.cross_entropy(seq_relationship_score.reshape(-1, 2).float(), next_sentence_labels.reshape(-1))
+        return mlm + nsp, mlm, nsp
+
+
+class BertForMaskedLM(BertPreTrainedModel):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = nn.Module()
+        self.cls.predictions = BertLMPredictionHead(config, self.bert.embeddings.word_embeddings.weight)
+        self._init_new_modules(self.cls.predictions.transform)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, masked_lm_labels=None):
+        encoded, _ = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False)
+        scores = self.cls.predictions(encoded[-1])
+        if masked_lm_labels is None:
+            return scores
+        return F.cross_entropy(scores.reshape(-1, scores.size(-1)).float(), masked_lm_labels.reshape(-1), ignore_index=-1)
+
+
+class BertForNextSentencePrediction(BertPreTrainedModel):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = nn.Module()
+        self.cls.seq_relationship = nn.Linear(config.hidden_size, 2)
+        self._init_new_modules(self.cls.seq_relationship)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, next_sentence_label=None):
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False)
+        scores = self.cls.seq_relationship(pooled)
+        if next_sentence_label is None:
+            return scores
+        return F.cross_entropy(scores.float(), next_sentence_label.reshape(-1))
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """Pooled output → dropout → `classifier`; returns logits [B, num_labels] (loss outside, as the original)."""
+
+    def __init__(self, config: BertConfig, num_labels: int):
+        super().__init__(config)
+        self.num_labels = num_labels
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self._init_new_modules(self.classifier)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False)
+        return self.classifier(self.dropout(pooled))
+
+
+class BertForMultipleChoice(BertPreTrainedModel):
+    """Inputs [B, C, S]; returns [B, C] scores, or the loss when labels are given."""
+
+    def __init__(self, config: BertConfig, num_choices: int):
+        super().__init__(config)
+        self.num_choices = num_choices
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self._init_new_modules(self.classifier)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
+        flat = [t.reshape(-1, t.size(-1)) if t is not None else None for t in (input_ids, token_type_ids, attention_mask)]
+        _, pooled = self.bert(*flat, output_all_encoded_layers=False)
+        scores = self.classifier(self.dropout(pooled)).view(-1, self.num_choices)
+        if labels is None:
+            return scores
+        return F.cross_entropy(scores.float(), labels)
+
+
+class BertForTokenClassification(BertPreTrainedModel):
+    def __init__(self, config: BertConfig, num_labels: int):
+        super().__init__(config)
+        self.num_labels = num_labels
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self._init_new_modules(self.classifier)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
+        encoded, _ = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False)
+        logits = self.classifier(self.dropout(encoded[-1]))
+        if labels is None:
+            return logits
+        active = labels.clone()
+        if attention_mask is not None:
+            active[attention_mask == 0] = -100
+        return F.cross_entropy(logits.reshape(-1, self.num_labels).float(), active.reshape(-1), ignore_index=-100)
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """Returns (start_logits, end_logits), each [B, S]."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self._init_new_modules(self.qa_outputs)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        encoded, _ = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False)
+        logits = self.qa_outputs(encoded[-1])
+        start, end = logits.unbind(-1)
+        return start, end
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint loading: one function for every known layout
+# --------------------------------------------------------------------------------------------
+
+BACKBONE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
+# Hugging Face → ours. The original only renamed the first two; the MLM transform needs it too.
+_HF_RENAMES = (
+    (".intermediate.dense.", ".intermediate.dense_act."),
+    ("pooler.dense.", "pooler.dense_act."),
+    ("cls.predictions.transform.dense.", "cls.predictions.transform.dense_act."),
+)
+_VOCAB_KEYS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight", "cls.predictions.bias")
+_DROPPED_KEYS = ("embeddings.position_ids", "cls.predictions.decoder.bias")
+_TIED_KEYS = ("cls.predictions.decoder.weight",)
+
+
+class CheckpointError(InputError):
+    """A checkpoint that does not fit the model: names the file and the offending keys."""
+
+
+@dataclass
+class LoadReport:
+    source: str
+    matched: list[str] = field(default_factory=list)
+    padded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
+    initialized: list[str] = field(default_factory=list)  # in the model, not in the checkpoint (left fresh)
+
+    def summary(self) -> str:
+        parts = [f"loaded {len(self.matched)} tensors from {self.source}"]
+        if self.padded:
+            parts.append(f"padded vocab rows of {', '.join(self.padded)}")
+        if self.initialized:
+            parts.append(f"initialised fresh: {_short_list(self.initialized)}")
+        if self.skipped:
+            parts.append(f"ignored from checkpoint: {_short_list(self.skipped)}")
+        return "; ".join(parts)
+
+
+def _short_list(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def resolve_checkpoint_file(path: str | os.PathLike) -> Path:
+    """A file, or a folder holding model.safetensors / pytorch_model.bin (HF or fine-tuning output)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.safetensors", WEIGHTS_NAME):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: folder has neither model.safetensors nor {WEIGHTS_NAME}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of any known checkpoint file, never unpickling anything but tensors and plain data."""
+    file = resolve_checkpoint_file(path)
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(file))
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file for the user
+            raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{file}: not a loadable checkpoint ({str(exc).splitlines()[0]})") from None
+    for key in ("model", "state_dict", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{file}: holds no state dict of tensors")
+    return obj
+
+
+def normalize_state_dict_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename every known layout to ours: `module.` wrappers, gamma/beta, HF `dense` names, no `bert.`."""
+    out = {}
+    for key, value in sd.items():
+        new = key.removeprefix("module.").removeprefix("_orig_mod.")
+        if new.endswith(".gamma"):
+            new = new[: -len(".gamma")] + ".weight"
+        elif new.endswith(".beta"):
+            new = new[: -len(".beta")] + ".bias"
+        for old, ours in _HF_RENAMES:
+            new = new.replace(old, ours)
+        if new.startswith(BACKBONE_PREFIXES):
+            new = "bert." + new
+        if new.endswith(_DROPPED_KEYS):
+            continue
+        out[new] = value
+    return out
+
+
+def _model_keyspace(model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+    """The model's state dict keyed as in a task model (`bert.` prefix), and the prefix to map back."""
+    own = model.state_dict()
+    if isinstance(model, BertModel):
+        return {"bert." + k: v for k, v in own.items()}, "bert."
+    return own, ""
+
+
+def _fit_vocab_rows(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """Pad (or trim unused padding rows of) a vocab-shaped tensor; None when it cannot fit."""
+    if key not in _VOCAB_KEYS or value.shape[1:] != target.shape[1:]:
+        return None
+    rows, want = value.size(0), target.size(0)
+    if rows < want:
+        pad = torch.zeros((want - rows, *value.shape[1:]), dtype=value.dtype)
+        return torch.cat([value, pad])
+    if rows > want and rows == pad_to_multiple(want, 8):
+        return value[:want]
+    return None
+
+
+def load_checkpoint(
+    model: nn.Module, path: str | os.PathLike, strict: bool = True, state_dict: dict | None = None
+) -> LoadReport:
+    """Load any known checkpoint layout into `model` (ours/NVIDIA, Hugging Face, old gamma/beta).
+
+    strict=True: every model tensor must come from the checkpoint and every checkpoint tensor must be
+    used. strict=False (loading a backbone into a task model): heads may be missing or extra, and are
+    reported, but a missing backbone tensor or a shape mismatch is still an error — layers are never
+    silently left random.
+    """
+    source = str(path)
+    raw = state_dict if state_dict is not None else read_state_dict(path)
+    sd = normalize_state_dict_keys(raw)
+    own, prefix = _model_keyspace(model)
+    report = LoadReport(source=source)
+    to_load: dict[str, torch.Tensor] = {}
+    mismatched = []
+    for key, value in sd.items():
+        if key not in own:
+            report.skipped.append(key)
+            continue
+        target = own[key]
+        if value.shape != target.shape:
+            fitted = _fit_vocab_rows(key, value, target)
+            if fitted is None:
+                mismatched.append(f"{key} {tuple(value.shape)} vs model {tuple(target.shape)}")
+                continue
+            report.padded.append(key)
+            value = fitted
+        to_load[key] = value.to(target.dtype)
+        report.matched.append(key)
+    if mismatched:
+        raise CheckpointError(f"{source}: shapes do not fit the model config: {_short_list(mismatched, 4)}")
+    tied_ok = "bert.embeddings.word_embeddings.weight" in to_load
+    report.initialized = [k for k in own if k not in to_load and not (tied_ok and k in _TIED_KEYS)]
+    _check_completeness(report, strict, source)
+    model.load_state_dict({k.removeprefix(prefix) if prefix else k: v for k, v in to_load.items()}, strict=False)
+    return report
+
+
+def _check_completeness(report: LoadReport, strict: bool, source: str) -> None:
+    if not report.matched:
+        raise CheckpointError(f"{source}: no tensor name matches this model (is it a BERT checkpoint?)")
+    if strict and (report.initialized or report.skipped):
+        problems = []
+        if report.initialized:
+            problems.append(f"missing keys: {_short_list(report.initialized)}")
+        if report.skipped:
+            problems.append(f"unexpected keys: {_short_list(report.skipped)}")
+        raise CheckpointError(f"{source}: {'; '.join(problems)} (pass strict=False to load a backbone into a task model)")
+    missing_backbone = [k for k in report.initialized if k.startswith("bert.")]
+    if missing_backbone:
+        raise CheckpointError(f"{source}: missing backbone keys: {_short_list(missing_backbone)}")
+
+
+def load_config_for_checkpoint(path: str | os.PathLike, config_file: str | os.PathLike | None = None) -> BertConfig:
+    """The config given explicitly, else the bert_config.json / config.json beside a checkpoint."""
+    if config_file:
+        return BertConfig.from_json_file(config_file)
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    for name in (CONFIG_NAME, "config.json"):
+        if (folder / name).is_file():
+            return BertConfig.from_json_file(folder / name)
+    raise InputError(f"{path}: no --config_file given and no {CONFIG_NAME} or config.json beside the checkpoint")

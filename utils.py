@@ -1,0 +1,321 @@
+"""Shared helpers: distributed setup, rank queries, dllogger-compatible logging, atomic file I/O.
+
+Every script imports these from here; nothing in this file knows about BERT.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+# --------------------------------------------------------------------------------------------
+# Distributed setup
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return int(value)
+    return default
+
+
+def discover_ranks() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's variables, else SLURM's, else a single process.
+
+    torchrun's names win: under `srun torchrun ...` the children inherit SLURM_PROCID=0.
+    """
+    rank = _env_int("RANK", "SLURM_PROCID", default=0)
+    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    world_size = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    return rank, local_rank, world_size
+
+
+def init_distributed(device: str | None = None) -> DistEnv:
+    """Initialise the process group when launched by torchrun or srun; pick the device.
+
+    NCCL on GPU, gloo on CPU. MASTER_ADDR/MASTER_PORT must be set for SLURM launches
+    (run.sub exports them); torchrun sets them itself.
+    """
+    rank, local_rank, world_size = discover_ranks()
+    want_cuda = torch.cuda.is_available() if device in (None, "auto") else device.startswith("cuda")
+    if want_cuda:
+        torch.cuda.set_device(local_rank % max(torch.cuda.device_count(), 1))
+        dev = torch.device("cuda", torch.cuda.current_device())
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group(
+            backend="nccl" if dev.type == "cuda" else "gloo",
+            rank=rank,
+            world_size=world_size,
+            timeout=_dt.timedelta(minutes=30),
+        )
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
+    """Mean of a Python scalar over ranks (identity for one process)."""
+    if get_world_size() == 1:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / get_world_size()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Precision
+# --------------------------------------------------------------------------------------------
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+
+
+def resolve_precision(precision: str | None, fp16_flag: bool = False) -> str:
+    """`--fp16`/`--amp` of the original map to fp16; `--precision` wins when given."""
+    if precision:
+        if precision not in PRECISIONS:
+            raise ValueError(f"--precision: unknown value {precision!r}; choose from {', '.join(PRECISIONS)}")
+        return precision
+    return "fp16" if fp16_flag else "fp32"
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for bf16/fp16, nothing for fp32/tf32 (tf32 is a backend switch, see `apply_tf32`)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def apply_tf32(precision: str) -> None:
+    enabled = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+# --------------------------------------------------------------------------------------------
+# Logging: dllogger-compatible JSON lines plus a readable stdout line
+# --------------------------------------------------------------------------------------------
+
+
+def format_step(step: Any) -> str:
+    if isinstance(step, str):
+        return step
+    if isinstance(step, (tuple, list)):
+        parts = []
+        names = ("Training Epoch", "Training Iteration", "Validation Iteration")
+        for name, value in zip(names, step, strict=False):
+            parts.append(f"{name}: {value}")
+        return " ".join(parts)
+    return str(step)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+
+
+class Logger:
+    """A small stand-in for NVIDIA's dllogger with the same file format (`DLLL {...}` lines).
+
+    Only rank 0 writes. `step` is "PARAMETER", a tuple (epoch, iteration[, val_iteration]) or () for
+    the final summary, as in the original.
+    """
+
+    def __init__(self, json_path: str | os.PathLike | None, enabled: bool = True, stdout: bool = True):
+        self.enabled = enabled
+        self.stdout = stdout and enabled
+        self.start = time.time()
+        self._fh = None
+        if enabled and json_path:
+            path = Path(json_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def _write(self, record: dict) -> None:
+        if self._fh is None:
+            return
+        self._fh.write("DLLL " + json.dumps(record) + "\n")
+        self._fh.flush()
+
+    def _base(self, kind: str) -> dict:
+        now = time.time()
+        return {
+            "timestamp": f"{now:.6f}",
+            "datetime": _dt.datetime.now().isoformat(sep=" "),
+            "elapsedtime": f"{now - self.start:.6f}",
+            "type": kind,
+        }
+
+    def log(self, step: Any, data: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        data = {k: _jsonable(v) for k, v in data.items()}
+        record = self._base("LOG")
+        record.update(step=list(step) if isinstance(step, tuple) else step, data=data)
+        self._write(record)
+        if self.stdout:
+            fields = " ".join(f"{k} : {_fmt(v)}" for k, v in data.items())
+            prefix = format_step(step)
+            print(f"DLL {record['datetime']} - {prefix} {fields}".replace("  ", " "), flush=True)
+
+    def metadata(self, metric: str, meta: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = self._base("METADATA")
+        record.update(metric=metric, metadata=meta)
+        self._write(record)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def read_dllogger(path: str | os.PathLike) -> list[dict]:
+    """Parse a dllogger JSON-lines file (ours or NVIDIA's) into records."""
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line.startswith("DLLL "):
+                records.append(json.loads(line[5:]))
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic file output
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `final`; on success fsync and rename it into place.
+
+    A crash leaves only a `.tmp-*` file, which no reader ever picks up.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}.", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, final)
+        _fsync_dir(final.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_torch_save(obj: Any, final: str | os.PathLike) -> None:
+    with atomic_path(final) as tmp:
+        torch.save(obj, tmp)
+
+
+def atomic_write_text(final: str | os.PathLike, text: str) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(final: str | os.PathLike, obj: Any, indent: int = 4) -> None:
+    atomic_write_text(final, json.dumps(obj, indent=indent) + "\n")
+
+
+def die(message: str, code: int = 2) -> NoReturn:
+    """Exit with one clear line on stderr (bad input, not a bug)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+class InputError(ValueError):
+    """Bad user input (a file, line or key that is wrong). Scripts print it as one line and exit 2."""
+
+
+def run_main(main: Any, argv: list[str] | None = None) -> None:
+    """Call `main(argv)`; turn an InputError into a one-line message instead of a traceback."""
+    try:
+        main(argv)
+    except InputError as exc:
+        die(str(exc))
