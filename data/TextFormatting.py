@@ -1,0 +1,145 @@
+"""Raw corpora -> one document per line (blank line after each), the input of TextSharding.
+
+Wikipedia: WikiExtractor (the `wikiextractor` package) turns the XML dump into `<doc>` blocks;
+each block becomes one line (title dropped, paragraphs joined by spaces), as the original's
+WikicorpusTextFormatting did. BookCorpus-style folders: each `*.txt` book becomes one line, as
+BookscorpusTextFormatting did. Everything streams: no corpus is held in memory.
+"""
+from __future__ import annotations
+
+import codecs
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+from download_utils import InputError
+
+from utils import atomic_path
+
+
+def run_wikiextractor(dump: str | os.PathLike, output_dir: str | os.PathLike, n_processes: int) -> None:
+    """`python -m wikiextractor.WikiExtractor DUMP -o OUT -b 100M --processes N` (argument list, no shell)."""
+    dump = Path(dump)
+    if not dump.exists():
+        raise InputError(f"{dump}: Wikipedia dump not found; run --action download first")
+    command = [
+        sys.executable, "-m", "wikiextractor.WikiExtractor", str(dump),
+        "-o", str(output_dir), "-b", "100M", "--processes", str(max(1, n_processes)),
+    ]
+    print("running " + " ".join(command), flush=True)
+    result = subprocess.run(command, check=False)
+    if result.returncode != 0:
+        raise InputError(f"WikiExtractor failed on {dump} (exit {result.returncode}): a truncated or damaged dump? "
+                         "delete it and download again (details above)")
+
+
+def extracted_files(extracted_dir: str | os.PathLike) -> list[Path]:
+    """WikiExtractor's outputs (`AA/wiki_00`, `AA/wiki_01`, ..., `AB/...`) in order."""
+    return sorted(p for p in Path(extracted_dir).glob("*/wiki_*") if p.is_file())
+
+
+def iter_wiki_articles(files: Iterable[Path]) -> Iterator[str]:
+    """Each `<doc ...>` block as one line: title (first line) dropped, non-blank lines joined."""
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines: list[str] | None = None
+            for raw in fh:
+                line = raw.strip()
+                if line.startswith("<doc ") or line == "<doc>":
+                    lines = []
+                elif line == "</doc>":
+                    if lines:
+                        text = " ".join(lines[1:])  # lines[0] is the title
+                        if text:
+                            yield text
+                    lines = None
+                elif lines is not None and line:
+                    lines.append(line)
+
+
+def detect_encoding(path: Path) -> str:
+    """'utf-8-sig' when the whole file decodes as UTF-8, else 'cp1252' (a superset of Latin-1's text)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return "cp1252"
+    return "utf-8-sig"
+
+
+def read_text_lenient(path: Path) -> Iterator[str]:
+    """Lines of a text file: UTF-8 (with or without BOM), else Windows-1252/Latin-1 with a warning.
+
+    Real book collections mix encodings (Gutenberg's Julius Caesar is Latin-1); CRLF and CR line
+    ends are normalised by universal newlines.
+    """
+    encoding = detect_encoding(path)
+    if encoding != "utf-8-sig":
+        print(f"warning: {path} is not UTF-8; reading it as Windows-1252/Latin-1", file=sys.stderr, flush=True)
+    with open(path, encoding=encoding, errors="replace") as fh:
+        yield from fh
+
+
+def iter_books(books_dir: str | os.PathLike) -> Iterator[str]:
+    """Each `*.txt` book in the folder (sorted by name) as one line of space-joined non-blank lines."""
+    books = sorted(Path(books_dir).glob("*.txt"))
+    if not books:
+        raise InputError(f"{books_dir}: no *.txt books found")
+    for book in books:
+        text = " ".join(line.strip() for line in read_text_lenient(book) if line.strip())
+        if text:
+            yield text
+
+
+def iter_documents_from_sentences(path: str | os.PathLike) -> Iterator[str]:
+    """A one-sentence-per-line file with blank lines between documents -> one line per document."""
+    sentences: list[str] = []
+    for line in read_text_lenient(Path(path)):
+        line = line.strip()
+        if line:
+            sentences.append(line)
+        elif sentences:
+            yield " ".join(sentences)
+            sentences = []
+    if sentences:
+        yield " ".join(sentences)
+
+
+def write_one_document_per_line(documents: Iterable[str], output: str | os.PathLike) -> int:
+    """Write each document as one line followed by a blank line, atomically; return the count."""
+    count = 0
+    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        count = _write_documents(documents, out)
+    if count == 0:
+        Path(output).unlink()
+        raise InputError(f"{output}: no documents were found in the input; nothing written")
+    return count
+
+
+def _write_documents(documents: Iterable[str], out: TextIO) -> int:
+    count = 0
+    for document in documents:
+        out.write(" ".join(document.split()) + "\n\n")
+        count += 1
+    return count
+
+
+def format_wikipedia(extracted_dir: str | os.PathLike, output: str | os.PathLike) -> int:
+    files = extracted_files(extracted_dir)
+    if not files:
+        raise InputError(f"{extracted_dir}: no WikiExtractor output (AA/wiki_00 ...); run it first")
+    return write_one_document_per_line(iter_wiki_articles(files), output)
+
+
+def format_books(books_dir: str | os.PathLike, output: str | os.PathLike) -> int:
+    return write_one_document_per_line(iter_books(books_dir), output)
+
+
+def format_sentence_file(path: str | os.PathLike, output: str | os.PathLike) -> int:
+    return write_one_document_per_line(iter_documents_from_sentences(path), output)

@@ -1,0 +1,400 @@
+"""Optimizers: LAMB with the original's NVLAMB semantics (pretraining), BertAdam and AdamW
+(fine-tuning), and the original's parameter groups (spec §6).
+
+`Lamb` reproduces what apex's `FusedLAMB` executed in the original's pretraining, with
+`torch._foreach_*` multi-tensor ops instead of a CUDA extension. `BertAdam` reproduces the original's
+fine-tuning optimizer, quirks included, so its recipes give the same numbers.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from schedulers import constant_warmup_factor, cosine_warmup_factor, linear_warmup_factor, poly_warmup_factor
+from utils import InputError
+
+# Substrings of parameter names that exempt a parameter from weight decay.
+PRETRAINING_NO_DECAY = ("bias", "gamma", "beta", "LayerNorm")
+FINETUNE_NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+
+NamedParams = Iterable[tuple[str, nn.Parameter]]
+
+# --------------------------------------------------------------------------------------------
+# Parameter groups
+# --------------------------------------------------------------------------------------------
+
+
+def _trainable_named_parameters(model_or_named_params: nn.Module | NamedParams) -> list[tuple[str, nn.Parameter]]:
+    named = (model_or_named_params.named_parameters() if isinstance(model_or_named_params, nn.Module)
+             else model_or_named_params)
+    return [(name, param) for name, param in named if param.requires_grad]
+
+
+def _decay_groups(named: Sequence[tuple[str, nn.Parameter]], no_decay: Sequence[str],
+                  weight_decay: float) -> list[dict[str, Any]]:
+    """[decay group, no-decay group], in the order the parameters come; both always present, so a
+    checkpoint's optimizer state has the original's two groups."""
+    exempt = [any(marker in name for marker in no_decay) for name, _ in named]
+    return [
+        {"params": [p for (_, p), skip in zip(named, exempt, strict=True) if not skip], "weight_decay": weight_decay},
+        {"params": [p for (_, p), skip in zip(named, exempt, strict=True) if skip], "weight_decay": 0.0},
+    ]
+
+
+def pretraining_param_groups(model: nn.Module | NamedParams, weight_decay: float = 0.01) -> list[dict[str, Any]]:
+    """The original's pretraining groups: no decay for names containing bias, gamma, beta or LayerNorm.
+
+    Tied weights appear once (named_parameters de-duplicates them); frozen parameters are left out.
+    """
+    return _decay_groups(_trainable_named_parameters(model), PRETRAINING_NO_DECAY, weight_decay)
+
+
+def finetune_param_groups(model: nn.Module | NamedParams, weight_decay: float = 0.01,
+                          skip_pooler: bool = False) -> list[dict[str, Any]]:
+    """The original's fine-tuning groups (no decay for bias, LayerNorm.bias, LayerNorm.weight).
+
+    `skip_pooler` leaves out the pooler, as the original's SQuAD does: the QA head never uses it.
+    """
+    named = _trainable_named_parameters(model)
+    if skip_pooler:
+        named = [(name, param) for name, param in named if "pooler" not in name]
+    return _decay_groups(named, FINETUNE_NO_DECAY, weight_decay)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared machinery
+# --------------------------------------------------------------------------------------------
+
+
+def _math_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """16-bit parameters are updated in fp32 (and keep fp32 state); fp32/fp64 in their own precision."""
+    return torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype
+
+
+def _upcast(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t if t.dtype == _math_dtype(t) else t.to(_math_dtype(t)) for t in tensors]
+
+
+def _params_with_grad(group: dict[str, Any]) -> list[torch.Tensor]:
+    params = [p for p in group["params"] if p.grad is not None]
+    for p in params:
+        if p.grad.is_sparse:
+            raise RuntimeError("this optimizer does not support sparse gradients")
+    return params
+
+
+def _buckets(params: list[torch.Tensor], multi_tensor: bool) -> list[list[torch.Tensor]]:
+    """Lists of same-device, same-dtype tensors for the foreach ops (one tensor each when not foreach)."""
+    if not multi_tensor:
+        return [[p] for p in params]
+    by_kind: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for p in params:
+        by_kind.setdefault((p.device, p.dtype), []).append(p)
+    return list(by_kind.values())
+
+
+class _Fp32StateMixin:
+    """Keeps the moments of 16-bit parameters in fp32 across `load_state_dict`.
+
+    torch's loader casts every floating state tensor to its parameter's dtype, which would round the
+    fp32 moments of a bf16/fp16 parameter; this restores them from the saved values.
+    """
+
+    _fp32_state_keys: tuple[str, ...] = ()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        saved_ids = chain.from_iterable(group["params"] for group in state_dict["param_groups"])
+        params = chain.from_iterable(group["params"] for group in self.param_groups)  # type: ignore[attr-defined]
+        for saved_id, param in zip(saved_ids, params, strict=True):
+            saved = state_dict["state"].get(saved_id, {})
+            if _math_dtype(param) == param.dtype:
+                continue
+            for key in self._fp32_state_keys:
+                if key in saved:
+                    self.state[param][key] = saved[key].to(  # type: ignore[attr-defined]
+                        device=param.device, dtype=_math_dtype(param), copy=True)
+
+
+# --------------------------------------------------------------------------------------------
+# LAMB
+# --------------------------------------------------------------------------------------------
+
+
+class Lamb(_Fp32StateMixin, Optimizer):
+    """LAMB as apex's FusedLAMB ran it in the original's pretraining ("NVLAMB", spec §6.2).
+
+    One `step()`:
+
+    1. every group's `step` counter t is incremented (starts at 0, so the first update has t = 1);
+    2. G = L2 norm over the gradients of all parameters of all groups;
+    3. ĝ = g · min(1, max_grad_norm / G) (no pre-normalisation when max_grad_norm ≤ 0);
+    4. m ← β1·m + (1 − β1)·ĝ, v ← β2·v + (1 − β2)·ĝ² (with grad_averaging=False the m term is ĝ);
+    5. m̂ = m / (1 − β1ᵗ), v̂ = v / (1 − β2ᵗ) (when bias_correction);
+    6. u = m̂ / (√v̂ + eps) + λ·w, λ the group's weight decay (decoupled, added to the update);
+    7. per tensor, r = ‖w‖/‖u‖ (1 when either norm is 0), applied only in groups with λ ≠ 0 unless
+       use_nvlamb, which applies it to every tensor;
+    8. w ← w − lr·r·u.
+
+    `max_grad_norm` is global, the constructor's value for all groups (as apex's).
+
+    bf16/fp16 parameters are updated in fp32 and their moments (`exp_avg`, `exp_avg_sq`) kept in fp32;
+    the result is rounded into the parameter (there is no separate fp32 master copy).
+
+    A non-finite G (an inf/NaN gradient) skips the whole step: parameters, moments and counters are
+    left untouched, `last_step_skipped` is set and `skipped_steps` counted. Checking G costs one
+    device-to-host sync per step. `last_grad_norm` holds G of the latest call (for logging).
+
+    foreach=True updates all same-device, same-dtype tensors of a group together; its temporaries
+    are then the size of that whole bucket. foreach=False goes tensor by tensor (same results, less
+    peak memory, more kernel launches).
+    """
+
+    _fp32_state_keys = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params: Iterable[Any], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.01, bias_correction: bool = True,
+                 grad_averaging: bool = True, max_grad_norm: float = 1.0, use_nvlamb: bool = False,
+                 foreach: bool = True) -> None:
+        if lr < 0.0:
+            raise ValueError(f"invalid learning rate: {lr}")
+        if eps < 0.0:
+            raise ValueError(f"invalid epsilon: {eps}")
+        if not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"invalid betas: {betas}")
+        if weight_decay < 0.0:
+            raise ValueError(f"invalid weight_decay: {weight_decay}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        bias_correction=bias_correction, grad_averaging=grad_averaging,
+                        max_grad_norm=max_grad_norm, use_nvlamb=use_nvlamb, foreach=foreach, step=0)
+        super().__init__(params, defaults)
+        self.last_grad_norm: float | None = None
+        self.last_step_skipped = False
+        self.skipped_steps = 0
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params_by_group = [_params_with_grad(group) for group in self.param_groups]
+        grad_norm = _global_grad_norm([p.grad for p in chain.from_iterable(params_by_group)])
+        self.last_grad_norm = grad_norm
+        self.last_step_skipped = not math.isfinite(grad_norm)
+        if self.last_step_skipped:
+            self.skipped_steps += 1
+            return loss
+        max_norm = self.defaults["max_grad_norm"]
+        grad_scale = max_norm / grad_norm if 0.0 < max_norm < grad_norm else 1.0
+        for group, params in zip(self.param_groups, params_by_group, strict=True):
+            group["step"] += 1
+            for bucket in _buckets(params, group["foreach"]):
+                self._update_bucket(group, bucket, grad_scale)
+        return loss
+
+    def _state_lists(self, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["exp_avg"] = torch.zeros_like(p, dtype=_math_dtype(p), memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=_math_dtype(p), memory_format=torch.preserve_format)
+        return [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
+
+    def _update_bucket(self, group: dict[str, Any], params: list[torch.Tensor], grad_scale: float) -> None:
+        beta1, beta2 = group["betas"]
+        step, decay, lr = group["step"], group["weight_decay"], float(group["lr"])
+        exp_avgs, exp_avg_sqs = self._state_lists(params)
+        grads = _upcast([p.grad for p in params])
+        weights = _upcast(list(params))
+
+        # Pre-normalisation is folded into the moment updates instead of scaling a copy of every gradient.
+        grad_weight = (1.0 - beta1) if group["grad_averaging"] else 1.0
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=grad_weight * grad_scale)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=(1.0 - beta2) * grad_scale * grad_scale)
+        del grads
+
+        bias1 = 1.0 - beta1 ** step if group["bias_correction"] else 1.0
+        bias2 = 1.0 - beta2 ** step if group["bias_correction"] else 1.0
+        updates = torch._foreach_div(exp_avgs, bias1)
+        denominators = torch._foreach_div(exp_avg_sqs, bias2)
+        torch._foreach_sqrt_(denominators)
+        torch._foreach_add_(denominators, group["eps"])
+        torch._foreach_div_(updates, denominators)
+        del denominators
+        if decay != 0.0:
+            torch._foreach_add_(updates, weights, alpha=decay)
+        if decay != 0.0 or group["use_nvlamb"]:
+            torch._foreach_mul_(updates, _trust_ratios(weights, updates))
+        torch._foreach_add_(weights, updates, alpha=-lr)
+        for param, weight in zip(params, weights, strict=True):
+            if weight is not param:
+                param.copy_(weight)
+
+
+def _trust_ratios(weights: list[torch.Tensor], updates: list[torch.Tensor]) -> list[torch.Tensor]:
+    """‖w‖/‖u‖ per tensor as 0-dim tensors (no host sync); 1 where either norm is zero."""
+    weight_norms = torch.stack(torch._foreach_norm(weights))
+    update_norms = torch.stack(torch._foreach_norm(updates))
+    usable = (weight_norms > 0) & (update_norms > 0)
+    ratios = torch.where(usable, weight_norms / update_norms, torch.ones_like(weight_norms))
+    return list(ratios.unbind())
+
+
+def _global_grad_norm(grads: list[torch.Tensor]) -> float:
+    """L2 norm over all gradients (any devices and dtypes), accumulated in at least fp32."""
+    partial_norms = []
+    for bucket in _buckets(grads, multi_tensor=True):
+        dtype = _math_dtype(bucket[0])
+        norms = torch._foreach_norm(bucket, 2, dtype=dtype)
+        partial_norms.append(torch.linalg.vector_norm(torch.stack(norms)).to("cpu", torch.float64))
+    if not partial_norms:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(partial_norms)))
+
+
+def _apex_fused_lamb() -> type[Optimizer] | None:
+    try:
+        from apex.optimizers import FusedLAMB  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return FusedLAMB
+
+
+def build_lamb(params: Iterable[Any], lr: float, use_apex: bool = False, **kwargs: Any) -> Optimizer:
+    """`Lamb`, or apex's `FusedLAMB` (same math and state layout) when asked for and importable.
+
+    apex's optimizer does not skip non-finite steps itself; use it under a GradScaler.
+    """
+    fused_lamb = _apex_fused_lamb() if use_apex else None
+    if fused_lamb is None:
+        return Lamb(params, lr=lr, **kwargs)
+    kwargs.pop("foreach", None)
+    return fused_lamb(params, lr=lr, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Fine-tuning: BertAdam and AdamW
+# --------------------------------------------------------------------------------------------
+
+SCHEDULES: dict[str, Callable[[float, float], float]] = {
+    "warmup_linear": linear_warmup_factor,
+    "warmup_constant": constant_warmup_factor,
+    "warmup_cosine": cosine_warmup_factor,
+    "warmup_poly": poly_warmup_factor,
+}
+
+
+class BertAdam(_Fp32StateMixin, Optimizer):
+    """The original's fine-tuning optimizer (spec §6.4), kept so its recipes reproduce.
+
+    Per parameter tensor, in this order:
+
+    * its own gradient is clipped to norm `max_grad_norm` (g · min(1, max/(‖g‖ + 1e-6)); per tensor,
+      not global; the gradient in `.grad` is left as it is);
+    * m ← b1·m + (1 − b1)·g, v ← b2·v + (1 − b2)·g² — **no bias correction**;
+    * u = m / (√v + e) + weight_decay·w (decoupled decay, added to the update);
+    * w ← w − lr_t·u with lr_t = lr·schedule(step / t_total, warmup) when t_total ≠ −1, else lr;
+    * step += 1 — the schedule sees the count *before* the update, so with warm-up the first update
+      has lr 0, as in the original.
+
+    State keys are the original's (`next_m`, `next_v`, `step` per parameter). Schedules come from
+    `schedulers.py`; two fixes there reach BertAdam: `warmup_cosine` is the standard half cosine
+    (the original's crashed on a float) and `warmup_poly` gives 0 past t_total instead of a complex
+    number. warmup = −1 (the default) means no warm-up: the original fed −1 into the schedule
+    formula, which made `warmup_linear` start at lr/2.
+    """
+
+    _fp32_state_keys = ("next_m", "next_v")
+
+    def __init__(self, params: Iterable[Any], lr: float, warmup: float = -1, t_total: int = -1,
+                 schedule: str = "warmup_linear", b1: float = 0.9, b2: float = 0.999, e: float = 1e-6,
+                 weight_decay: float = 0.01, max_grad_norm: float = 1.0) -> None:
+        if lr < 0.0:
+            raise ValueError(f"invalid learning rate: {lr}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"invalid schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not (0.0 <= warmup < 1.0 or warmup == -1):
+            raise ValueError(f"invalid warmup: {warmup} (a proportion in [0, 1), or -1)")
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"invalid b1/b2: {b1}, {b2}")
+        if e < 0.0:
+            raise ValueError(f"invalid epsilon: {e}")
+        defaults = dict(lr=lr, schedule=schedule, warmup=warmup, t_total=t_total, b1=b1, b2=b2, e=e,
+                        weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def scheduled_lr(group: dict[str, Any], step: int) -> float:
+        """The lr the update after `step` completed updates of a tensor uses."""
+        if group["t_total"] == -1:
+            return float(group["lr"])
+        schedule = SCHEDULES[group["schedule"]]
+        return float(group["lr"]) * schedule(step / group["t_total"], max(group["warmup"], 0.0))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in _params_with_grad(group):
+                self._update_tensor(group, param)
+        return loss
+
+    def _update_tensor(self, group: dict[str, Any], param: torch.Tensor) -> None:
+        state = self.state[param]
+        if not state:
+            state["step"] = 0
+            state["next_m"] = torch.zeros_like(param, dtype=_math_dtype(param), memory_format=torch.preserve_format)
+            state["next_v"] = torch.zeros_like(param, dtype=_math_dtype(param), memory_format=torch.preserve_format)
+        grad = param.grad.to(_math_dtype(param))
+        if group["max_grad_norm"] > 0:
+            clip = (group["max_grad_norm"] / (torch.linalg.vector_norm(grad) + 1e-6)).clamp(max=1.0)
+            grad = grad * clip
+        next_m, next_v = state["next_m"], state["next_v"]
+        next_m.mul_(group["b1"]).add_(grad, alpha=1.0 - group["b1"])
+        next_v.mul_(group["b2"]).addcmul_(grad, grad, value=1.0 - group["b2"])
+        weight = param.to(_math_dtype(param))
+        update = next_m / (next_v.sqrt() + group["e"])
+        if group["weight_decay"] > 0.0:
+            update.add_(weight, alpha=group["weight_decay"])
+        weight.add_(update, alpha=-self.scheduled_lr(group, state["step"]))
+        if weight is not param:
+            param.copy_(weight)
+        state["step"] += 1
+
+
+def _fast_adamw_options(groups: list[dict[str, Any]]) -> dict[str, bool]:
+    """fused=True on CUDA (one kernel for all tensors); elsewhere torch's own default."""
+    params = [p for group in groups for p in group["params"]]
+    if params and all(p.is_cuda for p in params):
+        return {"fused": True}
+    return {}
+
+
+def build_finetune_optimizer(model_or_named_params: nn.Module | NamedParams, lr: float, weight_decay: float = 0.01,
+                             kind: str = "adamw", skip_pooler: bool = False, warmup: float = -1,
+                             t_total: int = -1) -> Optimizer:
+    """The fine-tuning optimizer over the original's two parameter groups.
+
+    kind="adamw": torch.optim.AdamW (betas 0.9/0.999, eps 1e-6, with bias correction; `warmup` and
+    `t_total` unused — pair it with a scheduler). kind="bertadam": the original's BertAdam with its
+    built-in schedule from `warmup` and `t_total`.
+    """
+    groups = finetune_param_groups(model_or_named_params, weight_decay, skip_pooler)
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=weight_decay,
+                                 **_fast_adamw_options(groups))
+    if kind == "bertadam":
+        return BertAdam(groups, lr=lr, warmup=warmup, t_total=t_total, weight_decay=weight_decay)
+    raise InputError(f"unknown fine-tuning optimizer {kind!r}; choose adamw or bertadam")

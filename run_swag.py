@@ -1,0 +1,96 @@
+"""Fine-tune and evaluate BERT on SWAG multiple choice (the original's flags, spec §2.6).
+
+    python run_swag.py --data_dir swagaf/data --init_checkpoint ckpt.pt --config_file bert_config.json \
+        --vocab_file vocab.txt --do_lower_case --do_train --do_eval --output_dir results/SWAG
+
+Reads train.csv / val.csv; each example is a context and four endings, scored as four
+`[CLS] context [SEP] ending [SEP]` sequences. --do_eval writes eval_results.txt (accuracy and loss).
+Unlike the original's run_swag.py, the pooler is trained: the multiple-choice head reads it.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import finetuning as ft
+from modeling import BertForMultipleChoice
+from processors import swag
+from utils import InputError, atomic_write_text, run_main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ft.add_common_arguments(parser, max_seq_length=128, seed=42)
+    s = parser.add_argument_group("SWAG")
+    s.add_argument("--data_dir", required=True, help="folder with train.csv and val.csv")
+    s.add_argument("--do_eval", action="store_true", help="score val.csv")
+    s.add_argument("--eval_batch_size", type=int, default=8, help="batch size for evaluation")
+    args = parser.parse_args(argv)
+    if not (args.do_train or args.do_eval):
+        raise InputError("at least one of --do_train or --do_eval is required")
+    return args
+
+
+def choice_loss(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    input_ids, input_mask, segment_ids, labels = batch
+    return ft.classification_loss(model(input_ids, segment_ids, input_mask), labels)
+
+
+def choice_scores(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    input_ids, input_mask, segment_ids = batch[:3]
+    return model(input_ids, segment_ids, input_mask)
+
+
+def swag_dataset(path: Path, tokenizer: Any, max_seq_length: int, is_training: bool) -> torch.utils.data.TensorDataset:
+    examples = swag.read_swag_examples(path, is_training=is_training)
+    if not examples:
+        raise InputError(f"{path}: no examples")
+    arrays = swag.features_to_arrays(swag.convert_examples_to_features(examples, tokenizer, max_seq_length))
+    return ft.arrays_to_dataset(arrays, ("input_ids", "input_mask", "segment_ids", "labels"))
+
+
+def run_evaluation(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, global_step: int,
+                   train_loss: float | None) -> dict[str, float]:
+    args = ctx.args
+    dataset = swag_dataset(Path(args.data_dir) / "val.csv", tokenizer, args.max_seq_length, is_training=True)
+    inference = ft.predict(ctx, model, dataset, choice_scores, args.eval_batch_size)
+    scores = inference.outputs[0]
+    labels = dataset.tensors[3].numpy()
+    results = {
+        "eval_loss": float(ft.classification_loss(torch.from_numpy(scores), torch.from_numpy(labels))),
+        "eval_accuracy": float(np.mean(scores.argmax(axis=-1) == labels)),
+        "global_step": global_step,
+    }
+    if train_loss is not None:
+        results["loss"] = train_loss
+    lines = [f"{key} = {value}" for key, value in sorted(results.items())]
+    atomic_write_text(ctx.output_dir / "eval_results.txt", "\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    ctx.logger.log((), {**results, **ft.log_inference_summary(ctx, inference)})
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    ctx = ft.start_run(args)
+    vocab_file = ft.resolve_vocab_file(args.vocab_file, args.init_checkpoint)
+    tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)
+    model, config = ft.load_model(ctx, lambda cfg: BertForMultipleChoice(cfg, swag.NUM_CHOICES))
+    global_step, train_loss = 0, None
+    if args.do_train:
+        dataset = swag_dataset(Path(args.data_dir) / "train.csv", tokenizer, args.max_seq_length, is_training=True)
+        result = ft.train(ctx, model, dataset, choice_loss)
+        ft.log_train_summary(ctx, result)
+        global_step, train_loss = result.global_step, result.final_loss
+        ft.save_model(ctx, model, config, vocab_file)
+    if args.do_eval and ctx.is_main:
+        run_evaluation(ctx, model, tokenizer, global_step, train_loss)
+    ft.finish(ctx)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,282 @@
+"""Export a fine-tuned BERT checkpoint to TorchScript (`model.pt`) and ONNX (`model.onnx`), checked.
+
+    python triton/export.py --checkpoint results/squad --output_dir results/export \\
+        --vocab_file vocab/vocab --predict_file data/squad/v1.1/dev-v1.1.json
+
+The exported graphs take int64 `input_ids`, `token_type_ids`, `attention_mask` of shape
+[batch, sequence] (both axes dynamic) and return float32 `start_logits`, `end_logits` [batch, sequence]
+(QA) or `logits` [batch, labels] (classification). Every export is run on sample batches (real
+SQuAD windows when --predict_file is given, random tokens otherwise) and on a second, smaller
+shape, and compared with the PyTorch model; the script fails when the largest difference exceeds
+--atol. `export_info.json` beside the files records names, shapes and the model's limits for
+triton/model_repository.py.
+
+The original's deployer flags `--ts-script`, `--ts-trace` and `--onnx` select formats as before.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))
+
+import bert_io  # noqa: E402
+from utils import InputError, atomic_path, atomic_write_json, run_main  # noqa: E402
+
+FORMATS = ("onnx", "ts-trace", "ts-script")
+DEFAULT_OPSET = 17  # the legacy exporter's newest; current ONNX Runtime runs it with all BERT fusions
+FP32_ATOL = 1e-4
+FP16_ATOL = 5e-2
+
+
+class ExportWrapper(torch.nn.Module):
+    """Fixes the call order and returns float32 tensors whatever the compute precision."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor):
+        outputs = self.model(input_ids, token_type_ids, attention_mask)
+        if isinstance(outputs, torch.Tensor):
+            return outputs.float()
+        return tuple(t.float() for t in outputs)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="fine-tuned checkpoint file or output folder")
+    parser.add_argument("--config_file", default=None, help="bert_config.json (default: the one beside the checkpoint)")
+    parser.add_argument("--task", choices=bert_io.TASKS, default="qa")
+    parser.add_argument("--num_labels", type=int, default=None, help="classification labels (default: from checkpoint)")
+    parser.add_argument("--output_dir", required=True, type=Path)
+    parser.add_argument("--format", nargs="+", choices=FORMATS, default=None,
+                        help="what to write (default: onnx and ts-trace)")
+    for name in FORMATS:
+        parser.add_argument(f"--{name}", dest="legacy_formats", action="append_const", const=name,
+                            help=f"same as --format {name} (the original deployer's flag)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--fp16", action="store_true", help="export half-precision weights (for GPU serving)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda for --fp16 when available)")
+    parser.add_argument("--atol", type=float, default=None,
+                        help=f"largest allowed difference to PyTorch (default {FP32_ATOL:g}; {FP16_ATOL:g} with --fp16)")
+    parser.add_argument("--predict_file", default=None, help="SQuAD json to take sample windows from")
+    bert_io.add_squad_feature_args(parser)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--nbatches", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    args.formats = list(dict.fromkeys((args.format or []) + (args.legacy_formats or []))) or ["onnx", "ts-trace"]
+    if args.predict_file and not args.vocab_file:
+        parser.error("--predict_file needs --vocab_file")
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# Sample inputs
+# --------------------------------------------------------------------------------------------
+
+
+def squad_sample_batches(args: argparse.Namespace, count: int) -> dict[str, np.ndarray]:
+    """The first `count` windows of the SQuAD file, as the model's int64 inputs."""
+    from processors import squad
+    from tokenization import FullTokenizer
+
+    tokenizer = FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
+    examples = squad.read_squad_examples(args.predict_file, is_training=False)[:count]
+    features = squad.convert_examples_to_features(examples, tokenizer, **bert_io.feature_settings(args))[:count]
+    return bert_io.feature_arrays(features)
+
+
+def random_sample_batches(args: argparse.Namespace, config: Any, count: int) -> dict[str, np.ndarray]:
+    """Token ids spread over the vocabulary, two segments and some padding per row."""
+    rng = np.random.default_rng(args.seed)
+    seq = args.max_seq_length
+    input_ids = rng.integers(1000, config.vocab_size, size=(count, seq), dtype=np.int64)
+    lengths = rng.integers(seq // 2, seq + 1, size=count)
+    positions = np.arange(seq)[None, :]
+    attention_mask = (positions < lengths[:, None]).astype(np.int64)
+    token_type_ids = ((positions >= lengths[:, None] // 3) & (attention_mask == 1)).astype(np.int64)
+    return {"input_ids": input_ids * attention_mask, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+
+
+def sample_inputs(args: argparse.Namespace, config: Any) -> dict[str, np.ndarray]:
+    count = args.batch_size * args.nbatches
+    if args.predict_file:
+        return squad_sample_batches(args, count)
+    return random_sample_batches(args, config, count)
+
+
+def check_shapes(samples: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """The sample batches plus one of another shape (1 row, the shortest sequence that holds it)."""
+    total = len(samples["input_ids"])
+    batches = [{k: v[i:i + batch_size] for k, v in samples.items()} for i in range(0, total, batch_size)]
+    used = int(samples["attention_mask"][0].sum())
+    short = max(used, 8)
+    batches.append({k: v[:1, :short] for k, v in samples.items()})
+    return batches
+
+
+# --------------------------------------------------------------------------------------------
+# Exporters
+# --------------------------------------------------------------------------------------------
+
+
+def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(batch[name]).to(device) for name in bert_io.INPUT_NAMES)
+
+
+def as_numpy_outputs(outputs: Any) -> list[np.ndarray]:
+    if isinstance(outputs, torch.Tensor):
+        outputs = (outputs,)
+    return [t.detach().float().cpu().numpy() for t in outputs]
+
+
+def export_torchscript(wrapper: ExportWrapper, example: tuple[torch.Tensor, ...], path: Path, mode: str) -> None:
+    with torch.no_grad():
+        if mode == "ts-script":
+            try:
+                module = torch.jit.script(wrapper)
+            except Exception as exc:  # noqa: BLE001 - scripting failures are many kinds of errors
+                reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+                raise InputError(f"torch.jit.script cannot compile this model ({reason}); "
+                                 "use --format ts-trace") from None
+        else:
+            module = torch.jit.trace(wrapper, example, check_trace=False)
+    with atomic_path(path) as tmp:
+        torch.jit.save(module, str(tmp))
+
+
+def export_onnx(wrapper: ExportWrapper, example: tuple[torch.Tensor, ...], path: Path, task: str, opset: int) -> None:
+    import onnx
+
+    outputs = bert_io.output_names(task)
+    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in (*bert_io.INPUT_NAMES, *outputs)}
+    if task == "classification":
+        dynamic_axes["logits"] = {0: "batch"}
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # dynamo=False: the TorchScript-based exporter needs no onnxscript and handles these models fully.
+        torch.onnx.export(wrapper, example, str(tmp), input_names=list(bert_io.INPUT_NAMES),
+                          output_names=list(outputs), dynamic_axes=dynamic_axes, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+        onnx.checker.check_model(str(tmp))
+
+
+def onnx_runner(path: Path, device: torch.device):
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), providers=providers)
+    return lambda batch: session.run(None, {name: batch[name] for name in bert_io.INPUT_NAMES})
+
+
+def torchscript_runner(path: Path, device: torch.device):
+    module = torch.jit.load(str(path), map_location=device)
+
+    def run(batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            return as_numpy_outputs(module(*to_torch(batch, device)))
+
+    return run
+
+
+def largest_difference(runner, reference, batches: list[dict[str, np.ndarray]]) -> tuple[float, float]:
+    """Largest |exported − PyTorch| over all outputs and batches, and the exported model's run time."""
+    worst, seconds = 0.0, 0.0
+    for batch in batches:
+        start = time.perf_counter()
+        got = runner(batch)
+        seconds += time.perf_counter() - start
+        for mine, ref in zip(got, reference(batch), strict=True):
+            if mine.shape != ref.shape:
+                raise RuntimeError(f"output shape {mine.shape} differs from PyTorch's {ref.shape}")
+            worst = max(worst, float(np.max(np.abs(mine - ref))))
+    return worst, seconds
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def pick_device(args: argparse.Namespace) -> torch.device:
+    if args.device:
+        return torch.device(args.device)
+    return torch.device("cuda" if args.fp16 and torch.cuda.is_available() else "cpu")
+
+
+def export_info(args: argparse.Namespace, config: Any, model: torch.nn.Module, files: dict[str, str]) -> dict:
+    outputs = bert_io.output_names(args.task)
+    classes = getattr(model, "num_labels", None)
+    return {
+        "task": args.task,
+        "files": files,
+        "inputs": {name: {"dtype": "int64", "shape": ["batch", "sequence"]} for name in bert_io.INPUT_NAMES},
+        "outputs": {name: {"dtype": "float32", "shape": ["batch", classes if args.task == "classification" else "sequence"]}
+                    for name in outputs},
+        "precision": "fp16" if args.fp16 else "fp32",
+        "max_position_embeddings": config.max_position_embeddings,
+        "vocab_size": config.padded_vocab_size,
+        "type_vocab_size": config.type_vocab_size,
+        "max_seq_length": args.max_seq_length,
+        "opset": args.opset,
+        "checkpoint": str(args.checkpoint),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    device = pick_device(args)
+    model = bert_io.load_finetuned_model(args.checkpoint, args.config_file, args.task, args.num_labels)
+    if args.fp16:
+        model = model.half()
+    model = model.to(device)
+    wrapper = ExportWrapper(model).eval()
+    atol = args.atol if args.atol is not None else (FP16_ATOL if args.fp16 else FP32_ATOL)
+
+    samples = sample_inputs(args, model.config)
+    batches = check_shapes(samples, args.batch_size)
+    example = to_torch(batches[0], device)
+
+    def reference(batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            return as_numpy_outputs(wrapper(*to_torch(batch, device)))
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    files, errors = {}, {}
+    for fmt in args.formats:
+        if fmt == "onnx":
+            path = args.output_dir / "model.onnx"
+            export_onnx(wrapper, example, path, args.task, args.opset)
+            runner = onnx_runner(path, device)
+        else:
+            path = args.output_dir / "model.pt"
+            export_torchscript(wrapper, example, path, fmt)
+            runner = torchscript_runner(path, device)
+        error, seconds = largest_difference(runner, reference, batches)
+        files[fmt] = path.name
+        errors[fmt] = error
+        print(f"{fmt}: {path}  max |diff| vs PyTorch = {error:.3e} over {len(batches)} batches "
+              f"({seconds:.2f} s)", flush=True)
+        if not error <= atol:
+            raise SystemExit(f"error: {fmt} export differs from PyTorch by {error:.3e} > --atol {atol:g}")
+    atomic_write_json(args.output_dir / "export_info.json", export_info(args, model.config, model, files))
+    print(json.dumps({"max_abs_diff": errors}), flush=True)
+    return errors
+
+
+if __name__ == "__main__":
+    run_main(main)
