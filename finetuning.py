@@ -280,6 +280,19 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.float(), labels)
 
 
+def trim_padding(batch: list[torch.Tensor], mask_index: int = 1, sequence_columns: int = 3) -> list[torch.Tensor]:
+    """Cut the first `sequence_columns` tensors (ids, mask, segments) to the batch's longest real sequence.
+
+    Exact for heads that read real tokens only ([CLS] classification, multiple choice): padded keys
+    are masked out of attention, so real tokens see the same thing at any padded length. Not used for
+    SQuAD, whose loss takes a softmax over every position, padding included (as the original).
+    """
+    length = int(batch[mask_index].sum(-1).max())
+    if length == batch[mask_index].size(-1):
+        return batch
+    return [t[..., :length] if i < sequence_columns else t for i, t in enumerate(batch)]
+
+
 # --------------------------------------------------------------------------------------------
 # Optimizer, precision and one update
 # --------------------------------------------------------------------------------------------
@@ -311,6 +324,7 @@ def build_optimizer_and_scheduler(model: nn.Module, args: argparse.Namespace, to
 
 
 def current_lr(optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
+    """The learning rate the latest update used."""
     if scheduler is not None:
         return float(scheduler.get_last_lr()[0])
     group = optimizer.param_groups[0]
@@ -439,8 +453,11 @@ def freeze(model: nn.Module, name_part: str) -> None:
 
 
 def train(ctx: RunContext, model: nn.Module, dataset: TensorDataset, loss_fn: LossFn, *,
-          skip_pooler: bool = False, clip_grad_norm: float | None = None) -> TrainResult:
-    """Fine-tune `model` in place on `dataset`; `loss_fn(model, batch)` gives the mean loss of a batch."""
+          skip_pooler: bool = False, clip_grad_norm: float | None = None, trim: bool = False) -> TrainResult:
+    """Fine-tune `model` in place on `dataset`; `loss_fn(model, batch)` gives the mean loss of a batch.
+
+    `trim`: cut each batch to its longest real sequence (see `trim_padding`; columns ids, mask, segments).
+    """
     args, env = ctx.args, ctx.env
     if skip_pooler:
         freeze(model, "pooler")  # the QA head never reads the pooler; the original left it out too
@@ -461,18 +478,17 @@ def train(ctx: RunContext, model: nn.Module, dataset: TensorDataset, loss_fn: Lo
     for epoch in range(plan.epochs):
         sampler.set_epoch(epoch)
         for micro_index, batch in enumerate(ctx.progress(loader, desc=f"Epoch {epoch}")):
-            batch = to_device(batch, ctx.device)
+            batch = to_device(trim_padding(batch) if trim else batch, ctx.device)
             weight = 1.0 / plan.group_size(micro_index)
             loss = stepper.accumulate(batch, loss_fn, weight, sync=plan.ends_update(micro_index))
             window.append(loss)
             sequences += batch[0].size(0) * env.world_size
             if not plan.ends_update(micro_index):
                 continue
-            lr = current_lr(optimizer, scheduler)
             stepper.update()
             global_step += 1
             if global_step % args.log_freq == 0 or global_step == plan.total_steps:
-                logged.append(_log_training(ctx, epoch, global_step, window, lr))
+                logged.append(_log_training(ctx, epoch, global_step, window, current_lr(optimizer, scheduler)))
                 window = []
             if global_step >= plan.total_steps:
                 break
@@ -520,8 +536,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 @torch.inference_mode()
 def predict(ctx: RunContext, model: nn.Module, dataset: TensorDataset, forward_fn: ForwardFn,
-            batch_size: int, desc: str = "Evaluating") -> InferenceResult:
-    """Run `forward_fn(model, batch)` over `dataset` in order; every output comes back as fp32 numpy."""
+            batch_size: int, desc: str = "Evaluating", trim: bool = False) -> InferenceResult:
+    """Run `forward_fn(model, batch)` over `dataset` in order; every output comes back as fp32 numpy.
+
+    `trim` as in `train`; only for outputs without a sequence dimension.
+    """
     model = unwrap(model)
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -531,7 +550,7 @@ def predict(ctx: RunContext, model: nn.Module, dataset: TensorDataset, forward_f
     for batch in ctx.progress(loader, desc=desc):
         batch_start = time.perf_counter()
         with autocast_context(ctx.precision, ctx.device):
-            out = forward_fn(model, to_device(batch, ctx.device))
+            out = forward_fn(model, to_device(trim_padding(batch) if trim else batch, ctx.device))
         out = out if isinstance(out, tuple) else (out,)
         chunks.append([o.float().cpu() for o in out])
         latencies.append(time.perf_counter() - batch_start)

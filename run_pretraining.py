@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
+import hashlib
 import math
 import os
 import random
@@ -17,16 +17,18 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import utils
+from data.pretraining_dataset import PretrainingShardDataset, list_shards
 from modeling import (
     BertConfig,
     BertForPreTraining,
@@ -134,14 +136,6 @@ class DataPosition:
     offset: int = 0  # samples of the current shard already consumed
 
 
-def list_shards(input_dir: str, kind: str = "training") -> list[str]:
-    files = sorted(f for f in glob.glob(os.path.join(input_dir, "*")) if os.path.isfile(f) and kind in os.path.basename(f))
-    files = [f for f in files if f.endswith((".hdf5", ".h5"))]
-    if not files:
-        raise InputError(f"{input_dir}: no .hdf5 shards whose name contains '{kind}'")
-    return files
-
-
 def slots_per_epoch(num_files: int, world: int) -> int:
     """Shards each rank reads per epoch, so that an epoch is one pass over the data.
 
@@ -160,8 +154,6 @@ def shard_for_slot(files: list[str], epoch: int, slot: int, rank: int, world: in
 
 
 def load_shard(path: str, max_pred: int) -> dict[str, torch.Tensor]:
-    from data.pretraining_dataset import PretrainingShardDataset
-
     return PretrainingShardDataset(path, max_pred).tensors()
 
 
@@ -194,8 +186,11 @@ class ShardStream:
         self._prefetched = (nxt, self._pool.submit(load_shard, self._path(*nxt), self.max_pred))
         return shard
 
-    def _order(self, n: int, epoch: int, slot: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 10_007 + slot) * 131 + self.env.rank)
+    def _order(self, n: int, epoch: int, path: str) -> torch.Tensor:
+        """Sample order within a shard: a function of (seed, epoch, shard name) only, so the same shard
+        is batched identically whichever rank or slot reads it."""
+        key = f"{self.seed}:{epoch}:{os.path.basename(path)}".encode()
+        g = torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)
         return torch.randperm(n, generator=g)
 
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
@@ -203,7 +198,7 @@ class ShardStream:
             pos = self.position
             shard = self._fetch(pos.epoch, pos.slot)
             n = shard["input_ids"].size(0)
-            order = self._order(n, pos.epoch, pos.slot)
+            order = self._order(n, pos.epoch, self._path(pos.epoch, pos.slot))
             while pos.offset + self.micro_batch <= n:  # the last partial batch is dropped: shapes stay static
                 idx = order[pos.offset : pos.offset + self.micro_batch]
                 pos.offset += self.micro_batch
@@ -319,6 +314,8 @@ class Trainer:
         utils.apply_tf32(self.precision)
         self.config = BertConfig.from_json_file(args.config_file)
         self.files = list_shards(args.input_dir, "training")
+        if not self.files:
+            raise InputError(f"{args.input_dir}: no .hdf5 shards whose name contains 'training'")
         self.seq_len, self.max_pred = check_shard_shapes(self.files, args, self.config)
         self.micro_batch = args.train_batch_size // args.gradient_accumulation_steps
         self.accum = args.gradient_accumulation_steps
@@ -535,7 +532,7 @@ class Trainer:
         mlm_window: list[torch.Tensor] = []
         history: dict[str, float] = {}
         progress = make_progress(args, env, start_step, steps_target)
-        train_start = time.time()
+        train_start = self.train_start_time = time.time()  # also the origin of seconds_to_target
         log_start, log_samples = train_start, 0
         micro = 0
         batches = iter(self.stream)
@@ -558,9 +555,8 @@ class Trainer:
                 elapsed = time.time() - log_start
                 history = self._log_step(window, mlm_window, step_loss, log_samples / max(elapsed, 1e-9))
                 window, mlm_window, log_start, log_samples = [], [], time.time(), 0
-            if evaluator is not None and evaluator.due(self.state.samples_seen):
-                if evaluator.run(self):
-                    break
+            if evaluator is not None and evaluator.due(self.state.samples_seen, self.state.global_step) and evaluator.run(self):
+                break
             if applied and args.num_steps_per_checkpoint > 0 and self.state.global_step % args.num_steps_per_checkpoint == 0:
                 self.save_checkpoint()
             self.stop_requested = self._stop_agreed()

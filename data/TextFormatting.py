@@ -21,19 +21,30 @@ from utils import atomic_path
 
 
 def run_wikiextractor(dump: str | os.PathLike, output_dir: str | os.PathLike, n_processes: int) -> None:
-    """`python -m wikiextractor.WikiExtractor DUMP -o OUT -b 100M --processes N` (argument list, no shell)."""
-    dump = Path(dump)
+    """`python -m wikiextractor.WikiExtractor DUMP -o OUT -b 100M --processes N` (argument list, no shell).
+
+    Its log goes to `<OUT>.log` (hours of progress lines); on failure the last line is quoted.
+    """
+    dump, output_dir = Path(dump), Path(output_dir)
     if not dump.exists():
         raise InputError(f"{dump}: Wikipedia dump not found; run --action download first")
     command = [
         sys.executable, "-m", "wikiextractor.WikiExtractor", str(dump),
         "-o", str(output_dir), "-b", "100M", "--processes", str(max(1, n_processes)),
     ]
-    print("running " + " ".join(command), flush=True)
-    result = subprocess.run(command, check=False)
+    log_path = output_dir.with_name(output_dir.name + ".log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"running {' '.join(command)} (log: {log_path})", flush=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
-        raise InputError(f"WikiExtractor failed on {dump} (exit {result.returncode}): a truncated or damaged dump? "
-                         "delete it and download again (details above)")
+        raise InputError(f"WikiExtractor failed on {dump} (exit {result.returncode}: {_last_line(log_path)}); "
+                         f"a truncated or damaged dump? delete it and download again (log: {log_path})")
+
+
+def _last_line(path: Path) -> str:
+    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
 
 
 def extracted_files(extracted_dir: str | os.PathLike) -> list[Path]:

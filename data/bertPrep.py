@@ -247,21 +247,36 @@ def _worker_init() -> None:
 
 
 def run_hdf5_jobs(jobs: list[dict], n_processes: int) -> list[str]:
-    """Run every job; return 'shard: reason' for each failure (the others still complete)."""
+    """Run every job; return 'shard: reason' for each failure (the others still complete).
+
+    One worker runs the jobs in this process; more run on a spawn-started process pool.
+    """
     from tqdm import tqdm
 
-    failures = []
     workers = max(1, min(n_processes, len(jobs)))
+    names = [Path(job["input_files"][0]).name for job in jobs]
+    failures = []
+    if workers == 1:
+        for name, job in tqdm(list(zip(names, jobs, strict=True)), desc="hdf5 shards", unit="shard"):
+            failure = _failure_of(name, lambda job=job: _make_hdf5(job))
+            failures += [failure] if failure else []
+        return sorted(failures)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
-        futures = {pool.submit(_make_hdf5, job): Path(job["input_files"][0]).name for job in jobs}
+        futures = {pool.submit(_make_hdf5, job): name for name, job in zip(names, jobs, strict=True)}
         for future in tqdm(as_completed(futures), total=len(futures), desc="hdf5 shards", unit="shard"):
-            try:
-                future.result()
-            except BrokenProcessPool:
-                failures.append(f"{futures[future]}: worker process died (out of memory?)")
-            except Exception as exc:  # noqa: BLE001 - report every shard's failure, keep the others
-                failures.append(f"{futures[future]}: {type(exc).__name__}: {exc}")
+            failure = _failure_of(futures[future], future.result)
+            failures += [failure] if failure else []
     return sorted(failures)
+
+
+def _failure_of(name: str, run) -> str | None:
+    try:
+        run()
+    except BrokenProcessPool:
+        return f"{name}: worker process died (out of memory?)"
+    except Exception as exc:  # noqa: BLE001 - report every shard's failure, keep the others
+        return f"{name}: {type(exc).__name__}: {exc}"
+    return None
 
 
 def action_create_hdf5_files(args: argparse.Namespace, layout: Layout) -> None:

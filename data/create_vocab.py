@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import unicodedata
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from download_utils import InputError
@@ -42,26 +45,70 @@ def google_layout_head(num_unused: int) -> list[str]:
     return rows
 
 
+def _is_bert_punctuation(char: str) -> bool:
+    """BERT's rule (tokenization._is_punctuation): ASCII non-alphanumerics and Unicode P* categories."""
+    cp = ord(char)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(char).startswith("P")
+
+
+def _is_cjk(char: str) -> bool:
+    cp = ord(char)
+    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+
+
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+               (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+
+def character_counts(files: list[Path], normalize: Callable[[str], str]) -> Counter:
+    """How often each character occurs after BERT normalisation (whitespace excluded)."""
+    counts: Counter = Counter()
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                counts.update(normalize(line))
+    for char in [c for c in counts if c.isspace()]:
+        del counts[char]
+    return counts
+
+
+def choose_alphabet(counts: Counter, limit: int) -> list[str]:
+    """The `limit` most frequent characters, ties broken by code point (the trainer breaks them at random)."""
+    return sorted(sorted(counts, key=lambda c: (-counts[c], c))[:limit])
+
+
 def train_wordpiece(
     files: list[Path], vocab_size: int, lowercase: bool, min_frequency: int = 2, limit_alphabet: int = 1000
 ) -> list[str]:
-    """Learned tokens (no special tokens) in the trainer's id order."""
+    """Learned tokens (no special tokens): characters, their `##` forms, then merged pieces.
+
+    The `tokenizers` trainer numbers `##x` pieces in hash-map order and breaks ties between equally
+    frequent merges by those numbers, so two runs can differ. Choosing the alphabet here and handing
+    the trainer every `##x` up front (as special tokens, which get fixed ids) makes it deterministic.
+    """
     from tokenizers import BertWordPieceTokenizer
 
     tokenizer = BertWordPieceTokenizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
     )
+    alphabet = choose_alphabet(character_counts(files, tokenizer.normalizer.normalize_str), limit_alphabet)
+    # Punctuation and CJK characters are always split off as words of their own: never "##x".
+    continuations = [f"##{c}" for c in alphabet if not (_is_bert_punctuation(c) or _is_cjk(c))]
     tokenizer.train(
         [str(f) for f in files],
-        vocab_size=vocab_size,
+        vocab_size=vocab_size + len(SPECIALS),
         min_frequency=min_frequency,
-        limit_alphabet=limit_alphabet,
-        special_tokens=list(SPECIALS),
+        limit_alphabet=len(alphabet),
+        initial_alphabet=alphabet,
+        special_tokens=list(SPECIALS) + continuations,
         show_progress=False,
         wordpieces_prefix="##",
     )
-    by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    return [token for token, _ in by_id if token not in SPECIALS]
+    by_id = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
+    merged = [t for t in by_id if t not in SPECIALS and t not in alphabet and t not in continuations]
+    return [t for t in alphabet if t in tokenizer.get_vocab()] + continuations + merged
 
 
 def build_vocab(
@@ -82,7 +129,7 @@ def build_vocab(
     head = google_layout_head(num_unused)
     if vocab_size <= len(head):
         raise InputError(f"--vocab_size {vocab_size} leaves no room for learned tokens after {len(head)} special rows")
-    learned = train_wordpiece(paths, vocab_size - num_unused, lowercase, min_frequency, limit_alphabet)
+    learned = train_wordpiece(paths, vocab_size - len(head), lowercase, min_frequency, limit_alphabet)
     if not learned:
         raise InputError(f"create_vocab: no tokens learned from {', '.join(map(str, paths))} (empty input?)")
     return head + learned[: vocab_size - len(head)]

@@ -183,7 +183,7 @@ def read_examples(
             text_a=fields[layout.text_a],
             text_b=fields[layout.text_b] if layout.text_b is not None else None,
             label=label,
-            index=fields[0] if set_type == "test" else index,
+            index=index,
         ))
     return examples
 

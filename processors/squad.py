@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -259,7 +259,7 @@ def _improve_answer_span(
     answer_pieces = " ".join(tokenizer.tokenize(orig_answer_text))
     for new_start in range(input_start, input_end + 1):
         for new_end in range(input_end, new_start - 1, -1):
-            if False:
+            if " ".join(doc_tokens[new_start:new_end + 1]) == answer_pieces:
                 return new_start, new_end
     return input_start, input_end
 
@@ -294,21 +294,20 @@ def make_doc_spans(num_tokens: int, max_tokens_for_doc: int, doc_stride: int) ->
     return spans
 
 
-def convert_examples_to_features(
-    examples: Sequence[SquadExample],
-    tokenizer: Any,
+def iter_features(
+    examples: Iterable[SquadExample],
+    tokenizer: WordPieceTokenizer,
     max_seq_length: int = 384,
     doc_stride: int = 128,
     max_query_length: int = 64,
     is_training: bool = False,
     first_window_only: bool = False,
-) -> list[SquadFeature]:
-    """Windowed features `[CLS] query [SEP] window [SEP]`, zero-padded to `max_seq_length`.
+) -> Iterator[SquadFeature]:
+    """Windowed features `[CLS] query [SEP] window [SEP]`, zero-padded to `max_seq_length`, one at a time.
 
     `first_window_only` keeps just the first window (interactive inference: the document is
     truncated, so every kept token has its maximum context there).
     """
-    features: list[SquadFeature] = []
     unique_id = FIRST_UNIQUE_ID
     doc_cache: tuple[list[str], _TokenizedDoc] | None = None
     for example_index, example in enumerate(examples):
@@ -336,12 +335,26 @@ def convert_examples_to_features(
                 feature.start_position, feature.end_position = _window_labels(
                     example.is_impossible, tok_start, tok_end, span, len(query_tokens)
                 )
-            features.append(feature)
+            yield feature
             unique_id += 1
-    return features
 
 
-def _answer_token_span(example: SquadExample, doc: _TokenizedDoc, tokenizer: Any) -> tuple[int, int]:
+def convert_examples_to_features(
+    examples: Sequence[SquadExample],
+    tokenizer: WordPieceTokenizer,
+    max_seq_length: int = 384,
+    doc_stride: int = 128,
+    max_query_length: int = 64,
+    is_training: bool = False,
+    first_window_only: bool = False,
+) -> list[SquadFeature]:
+    """All features of `examples` as a list (see `iter_features`)."""
+    return list(iter_features(
+        examples, tokenizer, max_seq_length, doc_stride, max_query_length, is_training, first_window_only
+    ))
+
+
+def _answer_token_span(example: SquadExample, doc: _TokenizedDoc, tokenizer: WordPieceTokenizer) -> tuple[int, int]:
     if example.is_impossible or example.start_position is None or example.end_position is None:
         return -1, -1
     tok_start = doc.orig_to_tok_index[example.start_position]
@@ -362,7 +375,7 @@ def _window_labels(is_impossible: bool, tok_start: int, tok_end: int, span: DocS
 
 def _build_feature(
     unique_id: int, example_index: int, span_index: int, doc_spans: list[DocSpan], query_tokens: list[str],
-    doc: _TokenizedDoc, tokenizer: Any, max_seq_length: int,
+    doc: _TokenizedDoc, tokenizer: WordPieceTokenizer, max_seq_length: int,
 ) -> SquadFeature:
     span = doc_spans[span_index]
     tokens = [CLS, *query_tokens, SEP]
@@ -396,32 +409,56 @@ def _build_feature(
 # --------------------------------------------------------------------------------------------
 
 
-def features_to_arrays(features: Sequence[SquadFeature]) -> dict[str, np.ndarray]:
-    """Plain arrays for a TensorDataset or the cache; -1 marks "no label" / "not a document token"."""
-    n = len(features)
-    seq = len(features[0].input_ids) if features else 0
-    token_to_orig = np.full((n, seq), -1, dtype=np.int32)
-    max_context = np.zeros((n, seq), dtype=bool)
-    for row, feat in enumerate(features):
-        for pos, orig in feat.token_to_orig_map.items():
-            token_to_orig[row, pos] = orig
-            max_context[row, pos] = feat.token_is_max_context[pos]
-    blob, offsets = cache.pack_strings([f.tokens for f in features])
-    return {
-        "unique_ids": np.array([f.unique_id for f in features], dtype=np.int64),
-        "example_index": np.array([f.example_index for f in features], dtype=np.int64),
-        "doc_span_index": np.array([f.doc_span_index for f in features], dtype=np.int32),
-        "input_ids": np.array([f.input_ids for f in features], dtype=np.int32).reshape(n, seq),
-        "input_mask": np.array([f.input_mask for f in features], dtype=np.int8).reshape(n, seq),
-        "segment_ids": np.array([f.segment_ids for f in features], dtype=np.int8).reshape(n, seq),
-        "start_positions": np.array([_or_minus_one(f.start_position) for f in features], dtype=np.int32),
-        "end_positions": np.array([_or_minus_one(f.end_position) for f in features], dtype=np.int32),
-        "is_impossible": np.array([f.is_impossible for f in features], dtype=bool),
-        "token_to_orig": token_to_orig,
-        "token_is_max_context": max_context,
-        "tokens_blob": blob,
-        "tokens_offsets": offsets,
-    }
+def features_to_arrays(features: Iterable[SquadFeature], max_seq_length: int | None = None) -> dict[str, np.ndarray]:
+    """Plain arrays for a TensorDataset or the cache; -1 marks "no label" / "not a document token".
+
+    Consumes `features` one at a time, so a generator (`iter_features`) never holds every
+    feature object in memory at once (full SQuAD train has ~88k of them).
+    """
+    rows: dict[str, list] = {name: [] for name in _ROW_FIELDS}
+    token_rows: list[list[str]] = []
+    for feature in features:
+        _append_feature_row(rows, feature)
+        token_rows.append(feature.tokens)
+    seq = len(rows["input_ids"][0]) if rows["input_ids"] else int(max_seq_length or 0)
+    arrays = {}
+    for name, dtype in _ROW_FIELDS.items():
+        values = rows[name]
+        if name in _MATRIX_FIELDS:
+            arrays[name] = np.stack(values).astype(dtype, copy=False) if values else np.zeros((0, seq), dtype=dtype)
+        else:
+            arrays[name] = np.array(values, dtype=dtype)
+    arrays["tokens_blob"], arrays["tokens_offsets"] = cache.pack_strings(token_rows)
+    return arrays
+
+
+_ROW_FIELDS: dict[str, Any] = {
+    "unique_ids": np.int64, "example_index": np.int64, "doc_span_index": np.int32,
+    "input_ids": np.int32, "input_mask": np.int8, "segment_ids": np.int8,
+    "start_positions": np.int32, "end_positions": np.int32, "is_impossible": bool,
+    "token_to_orig": np.int32, "token_is_max_context": bool,
+}
+_MATRIX_FIELDS = ("input_ids", "input_mask", "segment_ids", "token_to_orig", "token_is_max_context")
+
+
+def _append_feature_row(rows: dict[str, list], feature: SquadFeature) -> None:
+    seq = len(feature.input_ids)
+    token_to_orig = np.full(seq, -1, dtype=np.int32)
+    max_context = np.zeros(seq, dtype=bool)
+    for pos, orig in feature.token_to_orig_map.items():
+        token_to_orig[pos] = orig
+        max_context[pos] = feature.token_is_max_context[pos]
+    rows["unique_ids"].append(feature.unique_id)
+    rows["example_index"].append(feature.example_index)
+    rows["doc_span_index"].append(feature.doc_span_index)
+    rows["input_ids"].append(np.asarray(feature.input_ids, dtype=np.int32))
+    rows["input_mask"].append(np.asarray(feature.input_mask, dtype=np.int8))
+    rows["segment_ids"].append(np.asarray(feature.segment_ids, dtype=np.int8))
+    rows["start_positions"].append(_or_minus_one(feature.start_position))
+    rows["end_positions"].append(_or_minus_one(feature.end_position))
+    rows["is_impossible"].append(feature.is_impossible)
+    rows["token_to_orig"].append(token_to_orig)
+    rows["token_is_max_context"].append(max_context)
 
 
 def _or_minus_one(value: int | None) -> int:
@@ -486,27 +523,72 @@ def load_examples_and_features(
     cache_dir: str | os.PathLike | None = None,
     write_cache: bool = True,
 ) -> tuple[list[SquadExample], list[SquadFeature], Path | None]:
-    """Read examples and build (or load cached) features. Returns the cache path when one is used.
+    """Examples and feature objects (what prediction needs), built or loaded from the cache.
 
     With `cache_dir` None nothing is cached; `write_cache=False` reads an existing cache but
-    writes none (the original's `--skip_cache`).
+    writes none (the original's `--skip_cache`). Returns the cache path when one is used.
     """
     examples = read_squad_examples(input_file, is_training, version_2_with_negative, first_answer_only)
-    settings = dict(max_seq_length=max_seq_length, doc_stride=doc_stride, max_query_length=max_query_length)
+    windows = dict(max_seq_length=max_seq_length, doc_stride=doc_stride, max_query_length=max_query_length)
     if cache_dir is None:
-        return examples, convert_examples_to_features(examples, tokenizer, is_training=is_training, **settings), None
+        return examples, convert_examples_to_features(examples, tokenizer, is_training=is_training, **windows), None
     key = feature_cache_settings(
         input_file, vocab_file, do_lower_case, is_training=is_training,
-        version_2_with_negative=version_2_with_negative, first_answer_only=first_answer_only, **settings,
+        version_2_with_negative=version_2_with_negative, first_answer_only=first_answer_only, **windows,
     )
     path = cache.cache_path(cache_dir, Path(input_file).name, key)
     arrays = cache.load_arrays(path, key)
     if arrays is not None:
         return examples, features_from_arrays(arrays), path
-    features = convert_examples_to_features(examples, tokenizer, is_training=is_training, **settings)
+    features = convert_examples_to_features(examples, tokenizer, is_training=is_training, **windows)
     if write_cache:
-        cache.save_arrays(path, features_to_arrays(features), key)
+        cache.save_arrays(path, _with_example_count(features_to_arrays(features, max_seq_length), len(examples)), key)
     return examples, features, path if write_cache else None
+
+
+def load_training_arrays(
+    input_file: str | os.PathLike,
+    tokenizer: Any,
+    vocab_file: str | os.PathLike,
+    do_lower_case: bool,
+    *,
+    version_2_with_negative: bool = False,
+    max_seq_length: int = 384,
+    doc_stride: int = 128,
+    max_query_length: int = 64,
+    first_answer_only: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    write_cache: bool = True,
+) -> tuple[dict[str, np.ndarray], int, Path | None]:
+    """Training arrays (`input_ids`, `input_mask`, `segment_ids`, `start_positions`, `end_positions`, ...),
+    the number of training examples, and the cache path when one is used.
+
+    Streams features into arrays, so memory stays at the size of the arrays; the cache is the
+    same file `load_examples_and_features(..., is_training=True)` uses.
+    """
+    windows = dict(max_seq_length=max_seq_length, doc_stride=doc_stride, max_query_length=max_query_length)
+    path = key = None
+    if cache_dir is not None:
+        key = feature_cache_settings(
+            input_file, vocab_file, do_lower_case, is_training=True,
+            version_2_with_negative=version_2_with_negative, first_answer_only=first_answer_only, **windows,
+        )
+        path = cache.cache_path(cache_dir, Path(input_file).name, key)
+        arrays = cache.load_arrays(path, key)
+        if arrays is not None and "num_examples" in arrays:
+            return arrays, int(arrays["num_examples"]), path
+    examples = read_squad_examples(input_file, True, version_2_with_negative, first_answer_only)
+    stream = iter_features(examples, tokenizer, is_training=True, **windows)
+    arrays = _with_example_count(features_to_arrays(stream, max_seq_length), len(examples))
+    if path is not None and key is not None and write_cache:
+        cache.save_arrays(path, arrays, key)
+        return arrays, len(examples), path
+    return arrays, len(examples), None
+
+
+def _with_example_count(arrays: dict[str, np.ndarray], num_examples: int) -> dict[str, np.ndarray]:
+    arrays["num_examples"] = np.array(num_examples, dtype=np.int64)
+    return arrays
 
 
 # --------------------------------------------------------------------------------------------

@@ -219,7 +219,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    dataset = _check_dataset(args.data_file, _load_json(args.data_file, "dataset"))
+    raw_dataset = _load_json(args.data_file, "dataset")
+    dataset = _check_dataset(args.data_file, raw_dataset)
+    if args.version == "1.1" and str(raw_dataset.get("version")) != "1.1":
+        print(f"Evaluation expects v-1.1, but got dataset with v-{raw_dataset.get('version')}", file=sys.stderr)
     predictions = _check_mapping(args.pred_file, _load_json(args.pred_file, "prediction"), "prediction", str)
     if args.version == "1.1":
         result: dict[str, Any] = evaluate_v1(dataset, predictions)

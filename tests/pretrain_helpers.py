@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import h5py
-
 from conftest import ROOT, script_env, shared_path
 
 TINY_MODEL = {

@@ -16,10 +16,8 @@ import subprocess
 import sys
 import threading
 import zipfile
-from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, script_env, shared_path
 
 sys.path.insert(0, str(ROOT / "data"))

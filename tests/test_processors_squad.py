@@ -59,9 +59,10 @@ def _round_trip(path: Path, tokenizer, version_2: bool, null_score_diff_threshol
             gold_features[example.qas_id] = gold
         for feature in by_example[index]:
             start, end = np.full(MAX_SEQ, LOW), np.full(MAX_SEQ, LOW)
-            if example.is_impossible:
-                start[0] = end[0] = HIGH
-            elif gold_features.get(example.qas_id) is feature:
+            # Null logits grow with the window index: the example's null score is its first window's.
+            start[0] = (HIGH if example.is_impossible else LOW) + 0.5 * feature.doc_span_index
+            end[0] = (HIGH if example.is_impossible else LOW) - 0.25 * feature.doc_span_index
+            if not example.is_impossible and gold_features.get(example.qas_id) is feature:
                 start[feature.start_position] = end[feature.end_position] = HIGH
             results.append(squad.RawResult(feature.unique_id, start, end))
     predictions = squad.get_answers(
@@ -125,7 +126,12 @@ def test_round_trip_v20_dev_with_null_answers(tokenizer):
         odds = predictions.null_odds[example.qas_id]
         assert (odds > 0) if example.is_impossible else (odds < 0), example.qas_id
         # The "" entry carries this question's own null logits (the original used the last question's).
-        null_entry = next(e for e in predictions.nbest[example.qas_id] if e["text"] == "")
+        nbest = predictions.nbest[example.qas_id]
+        assert len(nbest) <= 21  # n_best, plus "" when the null answer ranked below them
+        # Sorted, apart from the reference's "empty" placeholder put first when only "" survived.
+        scores = [e["start_logit"] + e["end_logit"] for e in nbest if e["text"] != "empty"]
+        assert scores == sorted(scores, reverse=True), example.qas_id
+        null_entry = next(e for e in nbest if e["text"] == "")
         expected = HIGH if example.is_impossible else LOW
         assert (null_entry["start_logit"], null_entry["end_logit"]) == (expected, expected)
 
@@ -226,6 +232,31 @@ def test_max_context_prefers_the_window_with_more_context_on_both_sides():
     assert [squad._check_is_max_context(spans, i, bought) for i in range(3)] == [False, False, True]
     to = 3  # A: 3 left / 1 right → 1.05; B: 0 left → 0.05
     assert [squad._check_is_max_context(spans, i, to) for i in range(3)] == [True, False, False]
+    # Equal scores: the first window wins; equal context: the longer window wins.
+    tied = [squad.DocSpan(0, 5), squad.DocSpan(2, 5)]
+    assert [squad._check_is_max_context(tied, i, 3) for i in range(2)] == [True, False]
+    by_length = [squad.DocSpan(1, 4), squad.DocSpan(2, 5)]
+    assert [squad._check_is_max_context(by_length, i, 3) for i in range(2)] == [False, True]
+
+
+def test_candidates_obey_max_context_order_and_length(tokenizer):
+    words = ["river", "stone", "house", "green", "music", "table", "light", "water", "paper", "glass"] * 15
+    example = squad.example_from_text("Which word?", " ".join(words))
+    features = squad.convert_examples_to_features([example], tokenizer, 64, 16, 8)
+    assert len(features) > 3
+    feature = features[1]
+    doc_positions = sorted(feature.token_to_orig_map)
+    not_max = next(p for p in doc_positions if not feature.token_is_max_context[p])
+    best = next(p for p in doc_positions if feature.token_is_max_context[p] and p + 14 < len(feature.tokens))
+    start, end = np.full(64, LOW), np.full(64, LOW)
+    start[best], end[best + 2] = HIGH, HIGH  # the answer: three WordPieces
+    start[not_max] = end[not_max] = HIGH + 3  # start without max context here
+    end[best - 1] = HIGH + 2  # end before start
+    start[best + 3], end[best + 3 + 10] = HIGH + 1, HIGH + 1  # 11 pieces > max_answer_length
+    results = [squad.RawResult(f.unique_id, start if f is feature else np.full(64, LOW),
+                               end if f is feature else np.full(64, LOW)) for f in features]
+    answer = squad.get_answers([example], features, results, max_answer_length=10).answers["0"]
+    assert answer == " ".join(feature.tokens[best:best + 3])
 
 
 def test_windowed_training_labels_point_at_the_answer_or_cls(tokenizer, tmp_path):
@@ -314,6 +345,26 @@ def test_feature_cache_round_trips_and_keys_on_settings(tokenizer, tmp_path):
     _, again, _ = squad.load_examples_and_features(dev, tokenizer, vocab, True, **other)
     assert again == rebuilt
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_training_arrays_stream_and_share_the_cache(tokenizer, tmp_path):
+    data = shared_path(*V2_DEV)
+    vocab = shared_path("vocab", "bert-base-uncased-vocab.txt")
+    windows = dict(version_2_with_negative=True, max_seq_length=128, doc_stride=64, max_query_length=32,
+                   first_answer_only=True)
+    arrays, num_examples, path = squad.load_training_arrays(data, tokenizer, vocab, True, cache_dir=tmp_path, **windows)
+    examples, features, same_path = squad.load_examples_and_features(
+        data, tokenizer, vocab, True, is_training=True, cache_dir=tmp_path, **windows)
+    assert same_path == path and num_examples == len(examples) == 1407
+    assert len(arrays["input_ids"]) == len(features) > num_examples
+    reference = squad.features_to_arrays(
+        squad.convert_examples_to_features(examples, tokenizer, 128, 64, 32, is_training=True))
+    for name, value in reference.items():
+        np.testing.assert_array_equal(arrays[name], value, err_msg=name)
+    impossible = arrays["is_impossible"]
+    assert impossible.sum() > 0 and (arrays["start_positions"][impossible] == 0).all()
+    again, count, _ = squad.load_training_arrays(data, None, vocab, True, cache_dir=tmp_path, **windows)
+    assert count == 1407 and (again["input_ids"] == arrays["input_ids"]).all()
 
 
 def test_training_features_survive_the_cache(tokenizer, tmp_path):

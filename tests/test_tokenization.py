@@ -200,9 +200,9 @@ def test_fast_path_matches_reference_on_all_real_lines(case):
     lines = list(_real_lines())
     expected = list(_reference_tokens(case))
     assert fast.tokenize_batch(lines) == expected, _first_difference(lines, fast.tokenize_batch(lines), expected)
-    assert fast.encode_batch_ids(lines) == [slow.convert_tokens_to_ids(tokens) for tokens in expected]
-    sample = lines[::7]
-    assert [fast.tokenize(line) for line in sample] == expected[::7]
+    # ids and the one-text call on deterministic thirds of the lines, to keep the test near 20 s.
+    assert fast.encode_batch_ids(lines[1::3]) == [slow.convert_tokens_to_ids(tokens) for tokens in expected[1::3]]
+    assert [fast.tokenize(line) for line in lines[2::3]] == expected[2::3]
     # The guard must leave almost everything to Rust, or this test would only compare the reference with itself.
     assert sum(fast.uses_fast_path(line) for line in lines) > 0.99 * len(lines)
 

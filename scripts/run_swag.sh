@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Fine-tune and/or evaluate BERT on SWAG multiple choice, in the style of run_glue.sh:
+#
+#   bash scripts/run_swag.sh [init_checkpoint] [data_dir] [vocab_file] [config_file] [out_dir] [num_gpu] \
+#        [batch_size] [gradient_accumulation_steps] [learning_rate] [warmup_proportion] [epochs] [max_steps] \
+#        [precision] [seed] [mode] [more run_swag.py flags...]
+#
+# data_dir holds train.csv and val.csv. precision: fp16, bf16, tf32 or fp32. num_gpu > 1 launches that
+# many processes with torchrun (forced to 1 when mode is exactly "eval"). mode may contain "train"
+# and/or "eval" (default "train eval"). Arguments after the 15th are passed on to run_swag.py unchanged.
+set -euo pipefail
+
+CODEDIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/finetune_common.sh
+source "$CODEDIR/scripts/finetune_common.sh"
+PREP_DIR=${BERT_PREP_WORKING_DIR:-$CODEDIR/data}
+
+init_checkpoint=${1:-"$CODEDIR/checkpoints/bert_uncased.pt"}
+data_dir=${2:-"$PREP_DIR/download/swag/data"}
+vocab_file=${3:-"$PREP_DIR/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt"}
+config_file=${4:-"$CODEDIR/bert_config.json"}
+out_dir=${5:-"$CODEDIR/results/SWAG"}
+num_gpu=${6:-"8"}
+batch_size=${7:-"16"}
+gradient_accumulation_steps=${8:-"1"}
+learning_rate=${9:-"2e-5"}
+warmup_proportion=${10:-"0.1"}
+epochs=${11:-"3"}
+max_steps=${12:-"-1.0"}
+precision=${13:-"fp16"}
+seed=${14:-"42"}
+mode=${15:-"train eval"}
+extra_args=("${@:16}")
+
+if [ "$mode" = "eval" ]; then
+  num_gpu=1
+fi
+set_precision_args "$precision"
+set_launcher "$num_gpu"
+
+mode_args=()
+if [[ $mode == *train* ]]; then
+  mode_args+=(--do_train --train_batch_size "$batch_size" --gradient_accumulation_steps "$gradient_accumulation_steps")
+fi
+if [[ $mode == *eval* ]]; then
+  mode_args+=(--do_eval --eval_batch_size "$batch_size")
+fi
+
+args=(
+  --init_checkpoint "$init_checkpoint"
+  --data_dir "$data_dir"
+  --vocab_file "$vocab_file"
+  --config_file "$config_file"
+  --output_dir "$out_dir"
+  --json-summary "$out_dir/dllogger.json"
+  --bert_model bert-large-uncased
+  --do_lower_case
+  --max_seq_length 128
+  --learning_rate "$learning_rate"
+  --warmup_proportion "$warmup_proportion"
+  --num_train_epochs "$epochs"
+  --max_steps "$max_steps"
+  --seed "$seed"
+  "${PRECISION_ARGS[@]}"
+  "${mode_args[@]}"
+  "${extra_args[@]}"
+)
+
+run_logged "$out_dir/logfile" "${LAUNCH[@]}" "$CODEDIR/run_swag.py" "${args[@]}"
