@@ -26,6 +26,7 @@ from utils import autocast_context  # noqa: E402
 SHAPES = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, batch=8),
     "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, batch=32),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, batch=64),
 }
 
 
@@ -46,26 +47,26 @@ def make_batch(batch: int, seq: int, max_pred: int, vocab: int, seed: int = 0) -
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": labels, "nsp": nsp}
 
 
-def ours_step_fn(config: BertConfig, batch: dict, precision: str, max_pred: int):
-    model = BertForPreTraining(config).train()
+def ours_step_fn(config: BertConfig, batch: dict, precision: str, max_pred: int, device: torch.device, compile_: bool):
+    model = BertForPreTraining(config).to(device).train()
     opt = build_lamb(pretraining_param_groups(model), lr=1e-4)
     crit = BertPretrainingCriterion(config.padded_vocab_size)
-    device = torch.device("cpu")
+    forward = torch.compile(model) if compile_ else model
 
     def step():
         positions, labels = masked_positions_from_labels(batch["labels"], max_pred)
         with autocast_context(precision, device):
-            scores, nsp = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], positions)
+            scores, nsp = forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], positions)
             loss = crit(scores, nsp, labels, batch["nsp"])[0]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss.item()
+        return loss.detach()
 
     return model, step
 
 
-def hf_step_fn(config: BertConfig, batch: dict, precision: str, state_dict: dict):
+def hf_step_fn(config: BertConfig, batch: dict, precision: str, device: torch.device):
     import transformers
 
     hf_config = transformers.BertConfig(
@@ -73,10 +74,9 @@ def hf_step_fn(config: BertConfig, batch: dict, precision: str, state_dict: dict
         num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
         max_position_embeddings=config.max_position_embeddings,
     )
-    model = transformers.BertForPreTraining(hf_config).train()
+    model = transformers.BertForPreTraining(hf_config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     labels = batch["labels"].masked_fill(batch["labels"] == -1, -100)
-    device = torch.device("cpu")
 
     def step():
         with autocast_context(precision, device):
@@ -85,18 +85,36 @@ def hf_step_fn(config: BertConfig, batch: dict, precision: str, state_dict: dict
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return out.loss.item()
+        return out.loss.detach()
 
     return model, step
 
 
-def time_steps(step, warmup: int, steps: int) -> float:
+def time_steps(step, warmup: int, steps: int, device: torch.device) -> float:
     for _ in range(warmup):
         step()
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        step()
+        loss = step()
+    float(loss)  # waits for the device
+    sync(device)
     return (time.perf_counter() - start) / steps
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def mfu(config: BertConfig, seq: int, max_pred: int, seq_per_s: float, device: torch.device) -> str:
+    from run_pretraining import PEAK_BF16_FLOPS, training_flops_per_sequence
+
+    if device.type != "cuda":
+        return "-"
+    name = torch.cuda.get_device_name(device)
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return f"{training_flops_per_sequence(config, seq, max_pred) * seq_per_s / peak:.1%}" if peak else "?"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,27 +126,41 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--batch", type=int, default=0, help="override the shape's batch size")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile our model")
+    p.add_argument("--skip_hf", action="store_true", help="time ours only (e.g. BERT-large on a GPU)")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for shape in args.shapes.split(","):
         spec = dict(SHAPES[shape])
-        batch_size = spec.pop("batch")
+        batch_size = args.batch or spec.pop("batch")
+        spec.pop("batch", None)
         config = BertConfig(vocab_size=30522, **spec)
-        batch = make_batch(batch_size, args.seq, args.max_pred, config.vocab_size)
+        batch = {k: v.to(device) for k, v in make_batch(batch_size, args.seq, args.max_pred, config.vocab_size).items()}
         for precision in args.precisions.split(","):
             torch.manual_seed(0)
-            _, ours = ours_step_fn(config, batch, precision, args.max_pred)
-            t_ours = time_steps(ours, args.warmup, args.steps)
-            _, theirs = hf_step_fn(config, batch, precision, {})
-            t_hf = time_steps(theirs, args.warmup, args.steps)
-            rows.append((shape, precision, batch_size, batch_size / t_ours, batch_size / t_hf, t_hf / t_ours))
-    print(f"\nPretraining step (fwd+bwd+optimizer), seq {args.seq}, {torch.get_num_threads()} threads, "
+            _, ours = ours_step_fn(config, batch, precision, args.max_pred, device, args.compile)
+            ours_sps = batch_size / time_steps(ours, args.warmup, args.steps, device)
+            del ours
+            hf_sps = float("nan")
+            if not args.skip_hf:
+                _, theirs = hf_step_fn(config, batch, precision, device)
+                hf_sps = batch_size / time_steps(theirs, args.warmup, args.steps, device)
+                del theirs
+            rows.append((shape, precision, batch_size, ours_sps, hf_sps, ours_sps / hf_sps,
+                         mfu(config, args.seq, args.max_pred, ours_sps, device)))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\nPretraining step (fwd+bwd+optimizer), seq {args.seq}, {args.max_pred} predictions, {where}, "
           f"torch {torch.__version__}")
-    print(f"{'shape':<6} {'prec':<5} {'batch':>5} {'ours seq/s':>11} {'HF seq/s':>9} {'ours/HF':>8}")
-    for shape, precision, b, ours, hf, ratio in rows:
-        print(f"{shape:<6} {precision:<5} {b:>5} {ours:>11.2f} {hf:>9.2f} {ratio:>7.2f}x")
+    print(f"{'shape':<6} {'prec':<5} {'batch':>5} {'ours seq/s':>11} {'HF seq/s':>9} {'ours/HF':>8} {'MFU':>6}")
+    for shape, precision, b, ours, hf, ratio, util in rows:
+        print(f"{shape:<6} {precision:<5} {b:>5} {ours:>11.2f} {hf:>9.2f} {ratio:>7.2f}x {util:>6}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import ROOT, script_env
 from pretrain_helpers import copy_rows, make_shard, shard_rows, wikitext_documents, write_config
+from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
 
 from utils import read_dllogger
 
@@ -219,3 +220,23 @@ def test_shell_scripts_lint_clean():
 
 def _have(program: str) -> bool:
     return any(os.access(os.path.join(d, program), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep))
+
+
+@pytest.mark.slow
+def test_run_sub_on_real_slurm(corpus, tmp_path, slurm_cluster):  # noqa: F811
+    """sbatch run.sub for a 2-task tiny pretraining run on a real single-node Slurm (gloo, bind.sh per task)."""
+    ckpt_dir = tmp_path / "checkpoints"
+    env = {
+        "PHASE": "1", "DATADIR": str(corpus["phase1"]), "CHECKPOINTDIR": str(ckpt_dir), "CODEDIR": str(ROOT),
+        "BERT_CONFIG": str(corpus["config"]), "PRECISION": "fp32", "MAX_STEPS": "3", "BATCHSIZE": "8",
+        "GRADIENT_STEPS": "2", "LR": "1e-2", "CKPT_STEPS": "2", "PYTHON": sys.executable,
+        "EXTRA_PARAMS": "--device=cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+    }
+    job = slurm_cluster.submit(ROOT / "run.sub", env=env, sbatch_args=["--nodes=1", "--ntasks=2"], cwd=tmp_path)
+    state, code = slurm_cluster.wait(job, timeout=600)
+    out = slurm_cluster.output(job) + slurm_cluster.errors(job)
+    assert (state, code) == ("COMPLETED", 0), out[-4000:]
+    ckpt = torch.load(ckpt_dir / "ckpt_3.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["step"] == 3
+    assert len(ckpt["data_position"]) == 2, "both SLURM tasks must have joined one process group"
+    assert "0: " in out and "final_loss" in out  # srun -l labels rank 0's output; only rank 0 logs

@@ -72,11 +72,15 @@ def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("serving")
     checkpoint = make_checkpoint(work / "ckpt")
     run_script(TRITON_DIR / "export.py", "--checkpoint", checkpoint, "--output_dir", work / "export",
-               "--format", "onnx", "--max_seq_length", "64", "--batch_size", "2", "--nbatches", "1")
+               "--format", "onnx", "ts-trace", "--max_seq_length", "64", "--batch_size", "2", "--nbatches", "1")
     repo = work / "models"
-    run_script(TRITON_DIR / "model_repository.py", "--export-dir", work / "export", "--model-repository", repo,
-               "--backend", "python", "--vocab_file", vocab_file(), "--do_lower_case",
-               "--max-context-chars", str(MAX_CONTEXT_CHARS), "--threads", "2")
+    mr = load_triton_module("model_repository")
+    common = ["--export-dir", str(work / "export"), "--model-repository", str(repo), "--backend", "python",
+              "--threads", "2"]
+    mr.main([*common, "--vocab_file", str(vocab_file()), "--do_lower_case",
+             "--max-context-chars", str(MAX_CONTEXT_CHARS)])
+    # The same weights as TorchScript, also through the python backend.
+    mr.main([*common, "--runtime", "torchscript", "--model-name", "bert_ts", "--no-text-model"])
     http, grpc, metrics = free_port(), free_port(), free_port()
     log = work / "server.log"
     with open(log, "wb") as out:
@@ -87,7 +91,7 @@ def server(tmp_path_factory):
     served = Server(process, repo, http, grpc, log, checkpoint)
     client_lib = load_triton_module("client_lib")
     try:
-        for name in ("bert", "bert_qa"):
+        for name in ("bert", "bert_ts", "bert_qa"):
             client_lib.TritonModel(served.http, "http", name).wait_ready(180)
     except Exception:
         process.kill()
@@ -126,6 +130,25 @@ def reference_answers(server):
                                      "--context", context])
         answers.append(inference.answer(args))
     return answers
+
+
+def test_served_logits_match_pytorch_for_onnx_and_torchscript(server):
+    """Real SQuAD windows through both python-backend runtimes, against the PyTorch model."""
+    import torch
+    from processors import squad
+    from tokenization import FullTokenizer
+
+    bert_io = load_triton_module("bert_io")
+    examples = squad.read_squad_examples(squad_dev(), is_training=False)[:6]
+    features = squad.convert_examples_to_features(examples, FullTokenizer(str(vocab_file()), do_lower_case=True))
+    batch = bert_io.feature_arrays(features[:6])
+    model = bert_io.load_finetuned_model(server.checkpoint, None, "qa")
+    with torch.no_grad():
+        reference = [t.numpy() for t in model(*(torch.from_numpy(batch[n]) for n in bert_io.INPUT_NAMES))]
+    for name, protocol in (("bert", "http"), ("bert_ts", "grpc")):
+        got = server.model(name, protocol).infer(batch)
+        np.testing.assert_allclose(got["start_logits"], reference[0], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got["end_logits"], reference[1], atol=1e-4, rtol=0)
 
 
 def test_long_context_really_needs_windows():
