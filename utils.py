@@ -1,6 +1,7 @@
 """Shared helpers: distributed setup, rank queries, dllogger-compatible logging, atomic file I/O.
 
-Every script imports these from here; nothing in this file knows about BERT.
+Every script imports these from here; nothing in this file knows about BERT. torch is imported
+inside the functions that need it, so the data-preparation workers start without it.
 """
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import numpy as np
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 # --------------------------------------------------------------------------------------------
 # Distributed setup
@@ -31,7 +31,12 @@ class DistEnv:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-    device: torch.device = torch.device("cpu")
+    device: Any = None  # torch.device; CPU when not given
+
+    def __post_init__(self) -> None:
+        import torch
+
+        self.device = torch.device(self.device or "cpu")
 
     @property
     def distributed(self) -> bool:
@@ -67,6 +72,9 @@ def init_distributed(device: str | None = None) -> DistEnv:
     NCCL on GPU, gloo on CPU. MASTER_ADDR/MASTER_PORT must be set for SLURM launches
     (run.sub exports them); torchrun sets them itself.
     """
+    import torch
+    import torch.distributed as dist
+
     rank, local_rank, world_size = discover_ranks()
     want_cuda = torch.cuda.is_available() if device in (None, "auto") else device.startswith("cuda")
     if want_cuda:
@@ -86,16 +94,25 @@ def init_distributed(device: str | None = None) -> DistEnv:
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
 
 
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
 def cleanup_distributed() -> None:
+    dist = _dist()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def get_rank() -> int:
+    dist = _dist()
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def get_world_size() -> int:
+    dist = _dist()
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
@@ -105,19 +122,24 @@ def is_main_process() -> bool:
 
 def barrier() -> None:
     if get_world_size() > 1:
-        dist.barrier()
+        _dist().barrier()
 
 
 def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
     """Mean of a Python scalar over ranks (identity for one process)."""
     if get_world_size() == 1:
         return float(value)
+    import torch
+
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    _dist().all_reduce(t)
     return float(t.item()) / get_world_size()
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -141,6 +163,8 @@ def resolve_precision(precision: str | None, fp16_flag: bool = False) -> str:
 
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """Autocast for bf16/fp16, nothing for fp32/tf32 (tf32 is a backend switch, see `apply_tf32`)."""
+    import torch
+
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     if precision == "fp16":
@@ -149,6 +173,8 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
 
 
 def apply_tf32(precision: str) -> None:
+    import torch
+
     enabled = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
@@ -172,9 +198,11 @@ def format_step(step: Any) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
+    """Tensors and numpy scalars as plain numbers (checked by module so torch need not be imported)."""
+    module = type(value).__module__
+    if module.startswith("torch") and hasattr(value, "numel"):
         return value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, (np.generic,)):
+    if module == "numpy" and hasattr(value, "item"):
         return value.item()
     return value
 
@@ -297,6 +325,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def atomic_torch_save(obj: Any, final: str | os.PathLike) -> None:
+    import torch
+
     with atomic_path(final) as tmp:
         torch.save(obj, tmp)
 

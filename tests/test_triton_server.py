@@ -135,6 +135,7 @@ def reference_answers(server):
 def test_served_logits_match_pytorch_for_onnx_and_torchscript(server):
     """Real SQuAD windows through both python-backend runtimes, against the PyTorch model."""
     import torch
+
     from processors import squad
     from tokenization import FullTokenizer
 

@@ -233,6 +233,9 @@ def running_server(args: argparse.Namespace) -> Iterator[subprocess.Popen]:
         try:
             yield process
         finally:
+            # A second Ctrl-C must not cut the shutdown short (stop_server kills after a timeout anyway).
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_IGN)
             code = stop_server(process)
             clean_leftovers(shm_prefix)
             print(f"tritonserver stopped (exit code {code})", flush=True)
