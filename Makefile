@@ -33,8 +33,13 @@ lint: $(STAMP)
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
+# CPU benchmarks, each printing a table of ratios against its reference (minutes each on 2 cores).
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_tokenizer.py
+	$(PY) benchmarks/bench_create_pretraining_data.py
+	$(PY) benchmarks/bench_pretraining.py
+	$(PY) benchmarks/bench_squad.py
+	$(PY) benchmarks/bench_inference.py --int8
 
 clean:
 	rm -rf $(VENV) results demo_out

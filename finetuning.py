@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import math
 import os
 import shutil
@@ -534,6 +535,24 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def inference_copy(model: nn.Module, precision: str) -> nn.Module:
+    """The model to predict with: under bf16/fp16, a copy whose Linear layers hold 16-bit weights.
+
+    Autocast casts every Linear weight from fp32 on every call; casting them once up front gives
+    bit-identical outputs (autocast would produce the same 16-bit weights) without that per-batch
+    memory traffic (~7% of a BERT-base forward on CPU). fp32/tf32: the model itself.
+    """
+    model = unwrap(model)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return model.eval()
+    cast = copy.deepcopy(model)
+    for module in cast.modules():
+        if isinstance(module, nn.Linear):
+            module.to(dtype)
+    return cast.eval()
+
+
 @torch.inference_mode()
 def predict(ctx: RunContext, model: nn.Module, dataset: TensorDataset, forward_fn: ForwardFn,
             batch_size: int, desc: str = "Evaluating", trim: bool = False) -> InferenceResult:
@@ -541,8 +560,7 @@ def predict(ctx: RunContext, model: nn.Module, dataset: TensorDataset, forward_f
 
     `trim` as in `train`; only for outputs without a sequence dimension.
     """
-    model = unwrap(model)
-    model.eval()
+    model = inference_copy(model, ctx.precision)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     chunks: list[list[torch.Tensor]] = []
     latencies = []

@@ -90,7 +90,7 @@ def ours_train_step(model: BertForQuestionAnswering, batch: list[torch.Tensor], 
     def step() -> float:
         loss = stepper.accumulate(batch, squad_train_loss)
         stepper.update()
-        return float(loss)
+        return loss.item()
 
     return step
 
@@ -115,18 +115,20 @@ def hf_train_step(model: torch.nn.Module, batch: list[torch.Tensor], precision: 
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return loss.item()
 
     return step
 
 
 def ours_infer_step(model: BertForQuestionAnswering, batch: list[torch.Tensor], precision: str) -> Callable[[], None]:
+    """As `finetuning.predict` runs it (Linear weights cast to 16 bits once for bf16, same outputs)."""
     inputs = batch[:3]
+    model = ft.inference_copy(model, precision)
 
     @torch.inference_mode()
     def step() -> None:
         with autocast_context(precision, CPU):
-            squad_forward(model.eval(), inputs)
+            squad_forward(model, inputs)
 
     return step
 

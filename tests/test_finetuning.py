@@ -131,6 +131,23 @@ def test_trimming_padding_changes_neither_training_nor_predictions(tmp_path):
         torch.testing.assert_close(results[1][0][key], value, atol=1e-5, rtol=1e-4, msg=key)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_inference_copy_gives_the_autocast_outputs_and_leaves_the_model_alone(precision):
+    from utils import autocast_context
+
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(tiny_config()).eval()
+    cast = ft.inference_copy(model, precision)
+    assert cast.qa_outputs.weight.dtype != torch.float32 and model.qa_outputs.weight.dtype == torch.float32
+    ids = torch.randint(4, 99, (2, 16))
+    with torch.inference_mode(), autocast_context(precision, torch.device("cpu")):
+        expected = model(ids, torch.zeros_like(ids), torch.ones_like(ids))
+        got = cast(ids, torch.zeros_like(ids), torch.ones_like(ids))
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
+    assert ft.inference_copy(model, "fp32") is model
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_training_lowers_the_loss_in_every_precision(tmp_path, precision):
     torch.manual_seed(0)

@@ -273,6 +273,21 @@ def test_mixed_batch_rows_are_answered_independently(server):
     assert "longer than the model allows" in results[1]
 
 
+def test_perf_reports_every_setting_as_table_csv_json_and_png(server, tmp_path, capsys):
+    perf = load_triton_module("perf")
+    rows = perf.main(["-u", server.grpc, "-i", "grpc", "-m", "bert", "--batch-sizes", "1", "3", "--concurrency", "1",
+                      "2", "--seq-length", "64", "--requests", "6", "--warmup", "1", "--output-dir", str(tmp_path)])
+    assert [(r["batch_size"], r["concurrency"], r["requests"]) for r in rows] == [(1, 1, 6), (1, 2, 6), (3, 1, 6),
+                                                                                (3, 2, 6)]
+    for row in rows:
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert row["sequences_per_second"] > 0
+    assert "| batch | concurrency | seq/s | p50 ms | p90 ms | p95 ms | p99 ms | avg ms |" in capsys.readouterr().out
+    assert len((tmp_path / "perf.csv").read_text().strip().splitlines()) == 5
+    assert json.loads((tmp_path / "perf.json").read_text())["results"] == rows
+    assert (tmp_path / "perf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # --------------------------------------------------------------------------------------------
 # Stopping by PID leaves nothing behind (runs last)
 # --------------------------------------------------------------------------------------------

@@ -81,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.formats = list(dict.fromkeys((args.format or []) + (args.legacy_formats or []))) or ["onnx", "ts-trace"]
     if args.predict_file and not args.vocab_file:
         parser.error("--predict_file needs --vocab_file")
+    if {"ts-trace", "ts-script"} <= set(args.formats):
+        parser.error("ts-trace and ts-script both write model.pt: choose one")
     return args
 
 

@@ -142,11 +142,13 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     for batch in sorted({r["batch_size"] for r in rows}):
         series = sorted((r for r in rows if r["batch_size"] == batch), key=lambda r: r["concurrency"])
         concurrency = [r["concurrency"] for r in series]
-        left.plot(concurrency, [r["sequences_per_second"] for r in series], marker="o", label=f"batch {batch}")
-        right.plot([r["sequences_per_second"] for r in series], [r["p99_ms"] for r in series], marker="o",
-                   label=f"batch {batch} (p99)")
-        right.plot([r["sequences_per_second"] for r in series], [r["p50_ms"] for r in series], marker=".",
-                   linestyle="--", label=f"batch {batch} (p50)")
+        (line,) = left.plot(concurrency, [r["sequences_per_second"] for r in series], marker="o",
+                            label=f"batch {batch}")
+        throughput = [r["sequences_per_second"] for r in series]
+        right.plot(throughput, [r["p99_ms"] for r in series], marker="o", color=line.get_color(),
+                   label=f"batch {batch} p99")
+        right.plot(throughput, [r["p50_ms"] for r in series], marker=".", linestyle="--", color=line.get_color(),
+                   label=f"batch {batch} p50")
     left.set(xlabel="concurrent requests", ylabel="sequences / s", title="throughput")
     right.set(xlabel="sequences / s", ylabel="latency per request (ms)", title="latency vs throughput")
     for axis in (left, right):
