@@ -24,6 +24,9 @@ Deliberate differences from the original, each a fix:
   every micro-batch, so accumulating k micro-batches equals one k-times larger batch.
 * The training sampler is a `DistributedSampler` in every run (world size 1 included), so N
   processes with per-process batch B see exactly the batches of one process with batch N·B.
+* Each batch is cut to its longest real sequence (`--keep_padding` turns this off), which skips the
+  work on padding without changing any result; SQuAD's span softmax therefore leaves padding
+  positions out (they can never be answers; the original included them).
 """
 from __future__ import annotations
 
@@ -110,6 +113,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, max_seq_length: int
     t.add_argument("--weight_decay", type=float, default=0.01, help="decay of all weights but biases/LayerNorm")
     t.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
     t.add_argument("--skip_checkpoint", action="store_true", help="do not save the fine-tuned model")
+    t.add_argument("--keep_padding", action="store_true",
+                   help="run every batch at --max_seq_length as the original did (slower); by default each batch "
+                        "is cut to its longest sequence, which changes no result (SQuAD: see run_squad.py)")
 
     p = parser.add_argument_group("precision and devices")
     p.add_argument("--precision", choices=PRECISIONS,
@@ -284,9 +290,9 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 def trim_padding(batch: list[torch.Tensor], mask_index: int = 1, sequence_columns: int = 3) -> list[torch.Tensor]:
     """Cut the first `sequence_columns` tensors (ids, mask, segments) to the batch's longest real sequence.
 
-    Exact for heads that read real tokens only ([CLS] classification, multiple choice): padded keys
-    are masked out of attention, so real tokens see the same thing at any padded length. Not used for
-    SQuAD, whose loss takes a softmax over every position, padding included (as the original).
+    Padded keys are masked out of attention, so real tokens get the same hidden states at any padded
+    length: results that read real tokens only ([CLS] heads, per-token scores of real tokens, a loss
+    that masks padding) do not change, and the work on padding is skipped.
     """
     length = int(batch[mask_index].sum(-1).max())
     if length == batch[mask_index].size(-1):
@@ -327,7 +333,7 @@ def build_optimizer_and_scheduler(model: nn.Module, args: argparse.Namespace, to
 def current_lr(optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
     """The learning rate the latest update used."""
     if scheduler is not None:
-        return float(scheduler.get_last_lr()[0])
+        return float(scheduler.get_last_lr()[0]) + 0.0  # + 0.0: no "-0" in the logs at the end of the decay
     group = optimizer.param_groups[0]
     scheduled = getattr(optimizer, "scheduled_lr", None)
     if scheduled is not None and group["params"]:
@@ -555,12 +561,15 @@ def inference_copy(model: nn.Module, precision: str) -> nn.Module:
 
 @torch.inference_mode()
 def predict(ctx: RunContext, model: nn.Module, dataset: TensorDataset, forward_fn: ForwardFn,
-            batch_size: int, desc: str = "Evaluating", trim: bool = False) -> InferenceResult:
+            batch_size: int, desc: str = "Evaluating", trim: bool = False,
+            per_position: bool = False) -> InferenceResult:
     """Run `forward_fn(model, batch)` over `dataset` in order; every output comes back as fp32 numpy.
 
-    `trim` as in `train`; only for outputs without a sequence dimension.
+    `trim` as in `train`. `per_position`: the outputs are [batch, sequence] scores; those of a cut
+    batch are padded back to the dataset's sequence length with -inf (never a candidate).
     """
     model = inference_copy(model, ctx.precision)
+    full_length = dataset.tensors[0].size(-1)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     chunks: list[list[torch.Tensor]] = []
     latencies = []
@@ -570,6 +579,8 @@ def predict(ctx: RunContext, model: nn.Module, dataset: TensorDataset, forward_f
         with autocast_context(ctx.precision, ctx.device):
             out = forward_fn(model, to_device(trim_padding(batch) if trim else batch, ctx.device))
         out = out if isinstance(out, tuple) else (out,)
+        if per_position:
+            out = tuple(F.pad(o.float(), (0, full_length - o.size(-1)), value=-math.inf) for o in out)
         chunks.append([o.float().cpu() for o in out])
         latencies.append(time.perf_counter() - batch_start)
     elapsed = time.perf_counter() - start

@@ -224,28 +224,33 @@ class Lamb(_Fp32StateMixin, Optimizer):
 
         bias1 = 1.0 - beta1 ** step if group["bias_correction"] else 1.0
         bias2 = 1.0 - beta2 ** step if group["bias_correction"] else 1.0
-        updates = torch._foreach_div(exp_avgs, bias1)
-        denominators = torch._foreach_div(exp_avg_sqs, bias2)
-        torch._foreach_sqrt_(denominators)
-        torch._foreach_add_(denominators, group["eps"])
-        torch._foreach_div_(updates, denominators)
+        # u = (m/bias1) / (sqrt(v/bias2) + eps) + λw is computed as step_size·u' with
+        # u' = m / (sqrt(v) + eps·sqrt(bias2)) + (λ/step_size)·w: one division instead of three, and
+        # step_size cancels in the trust ratio (‖w‖/‖u‖ · u = ‖w‖/‖u'‖ · u'). Division is the slow
+        # elementwise op on CPU, and every pass here walks all parameters.
+        step_size = math.sqrt(bias2) / bias1
+        denominators = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denominators, group["eps"] * math.sqrt(bias2))
+        updates = torch._foreach_div(exp_avgs, denominators)
         del denominators
         if decay != 0.0:
-            torch._foreach_add_(updates, weights, alpha=decay)
+            torch._foreach_add_(updates, weights, alpha=decay / step_size)
         if decay != 0.0 or group["use_nvlamb"]:
-            torch._foreach_mul_(updates, _trust_ratios(weights, updates))
-        torch._foreach_add_(weights, updates, alpha=-lr)
+            torch._foreach_mul_(updates, _trust_ratios(weights, updates, fallback=step_size))
+            torch._foreach_add_(weights, updates, alpha=-lr)
+        else:
+            torch._foreach_add_(weights, updates, alpha=-lr * step_size)
         for param, weight in zip(params, weights, strict=True):
             if weight is not param:
                 param.copy_(weight)
 
 
-def _trust_ratios(weights: list[torch.Tensor], updates: list[torch.Tensor]) -> list[torch.Tensor]:
-    """‖w‖/‖u‖ per tensor as 0-dim tensors (no host sync); 1 where either norm is zero."""
+def _trust_ratios(weights: list[torch.Tensor], updates: list[torch.Tensor], fallback: float = 1.0) -> list[torch.Tensor]:
+    """‖w‖/‖u‖ per tensor as 0-dim tensors (no host sync); `fallback` where either norm is zero."""
     weight_norms = torch.stack(torch._foreach_norm(weights))
     update_norms = torch.stack(torch._foreach_norm(updates))
     usable = (weight_norms > 0) & (update_norms > 0)
-    ratios = torch.where(usable, weight_norms / update_norms, torch.ones_like(weight_norms))
+    ratios = torch.where(usable, weight_norms / update_norms, torch.full_like(weight_norms, fallback))
     return list(ratios.unbind())
 
 

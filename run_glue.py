@@ -95,7 +95,7 @@ def run_training(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, voc
     if ctx.is_main:
         barrier()
     ctx.logger.log("PARAMETER", {"training_samples": len(examples)})
-    result = ft.train(ctx, model, dataset, classification_loss, trim=True)
+    result = ft.train(ctx, model, dataset, classification_loss, trim=not args.keep_padding)
     ft.log_train_summary(ctx, result)
     return {"global_step": result.global_step, "train:loss": result.final_loss, "train:latency": result.train_time,
             "train:num_samples_per_gpu": len(dataset) // ctx.env.world_size,
@@ -111,7 +111,7 @@ def run_evaluation(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, v
         examples = glue.get_dev_examples(task_name, args.data_dir, args.skip_malformed_rows)
         dataset = feature_dataset(ctx, task_name, examples, Path(args.data_dir) / task.dev_file, tokenizer, vocab_file)
         inference = ft.predict(ctx, model, dataset, logits_of, args.eval_batch_size, desc=f"Evaluating {task_name}",
-                               trim=True)
+                               trim=not args.keep_padding)
         logits = inference.outputs[0]
         labels = dataset.tensors[3].numpy()
         metrics = glue.compute_metrics(task_name, predictions_from_logits(task_name, logits), labels)
@@ -143,7 +143,7 @@ def run_prediction(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, v
         examples = glue.get_test_examples(task_name, args.data_dir, args.skip_malformed_rows)
         dataset = feature_dataset(ctx, task_name, examples, Path(args.data_dir) / task.test_file, tokenizer, vocab_file)
         inference = ft.predict(ctx, model, dataset, logits_of, args.eval_batch_size, desc=f"Predicting {task_name}",
-                               trim=True)
+                               trim=not args.keep_padding)
         predictions = predictions_from_logits(task_name, inference.outputs[0])
         path = glue.write_submission(task_name, examples, predictions, ctx.output_dir)
         print(f"wrote {path}", flush=True)

@@ -7,6 +7,9 @@
 Writes pytorch_model.bin + bert_config.json (training), predictions.json, nbest_predictions.json
 and, with --version_2_with_negative, null_odds.json (prediction); --do_eval scores the predictions
 with the built-in official metric and logs exact_match and F1.
+
+Batches are cut to their longest sequence and the span softmax covers real tokens only (padding can
+never be the answer); --keep_padding restores the original's fully padded batches and softmax.
 """
 from __future__ import annotations
 
@@ -57,17 +60,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def qa_loss(start_logits: torch.Tensor, end_logits: torch.Tensor, start_positions: torch.Tensor,
-            end_positions: torch.Tensor) -> torch.Tensor:
-    """Mean of start and end cross-entropy; positions outside the sequence are ignored (as the original)."""
+            end_positions: torch.Tensor, input_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of the start and end cross-entropy; positions outside the sequence are ignored (as the original).
+
+    With `input_mask`, padding positions are left out of the softmax: they can never be answers, and
+    the loss then no longer depends on how far a batch is padded.
+    """
     ignored = start_logits.size(1)
+    start_logits, end_logits = start_logits.float(), end_logits.float()
+    if input_mask is not None:
+        padding = input_mask == 0
+        lowest = torch.finfo(torch.float32).min
+        start_logits, end_logits = start_logits.masked_fill(padding, lowest), end_logits.masked_fill(padding, lowest)
     start = start_positions.clamp(0, ignored)
     end = end_positions.clamp(0, ignored)
-    start_loss = F.cross_entropy(start_logits.float(), start, ignore_index=ignored)
-    end_loss = F.cross_entropy(end_logits.float(), end, ignore_index=ignored)
+    start_loss = F.cross_entropy(start_logits, start, ignore_index=ignored)
+    end_loss = F.cross_entropy(end_logits, end, ignore_index=ignored)
     return (start_loss + end_loss) / 2
 
 
 def squad_train_loss(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    """The span loss over real tokens (the default; batches may be cut to their longest sequence)."""
+    input_ids, input_mask, segment_ids, start_positions, end_positions = batch
+    start_logits, end_logits = model(input_ids, segment_ids, input_mask)
+    return qa_loss(start_logits, end_logits, start_positions, end_positions, input_mask)
+
+
+def padded_squad_train_loss(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    """The original's span loss: the softmax covers every position up to --max_seq_length (--keep_padding)."""
     input_ids, input_mask, segment_ids, start_positions, end_positions = batch
     start_logits, end_logits = model(input_ids, segment_ids, input_mask)
     return qa_loss(start_logits, end_logits, start_positions, end_positions)
@@ -114,7 +134,9 @@ def run_training(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, voc
     arrays = squad.features_to_arrays(features)
     dataset = ft.arrays_to_dataset(arrays, ("input_ids", "input_mask", "segment_ids", "start_positions",
                                             "end_positions"))
-    result = ft.train(ctx, model, dataset, squad_train_loss, skip_pooler=True, clip_grad_norm=1.0)
+    loss_fn = padded_squad_train_loss if ctx.args.keep_padding else squad_train_loss
+    result = ft.train(ctx, model, dataset, loss_fn, skip_pooler=True, clip_grad_norm=1.0,
+                      trim=not ctx.args.keep_padding)
     ft.log_train_summary(ctx, result)
 
 
@@ -123,7 +145,8 @@ def run_prediction(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, v
     examples, features = load_features(ctx, tokenizer, vocab_file, args.predict_file, is_training=False)
     dataset = ft.arrays_to_dataset(squad.features_to_arrays(features), ("input_ids", "input_mask", "segment_ids"))
     ctx.logger.log("PARAMETER", {"infer_start": True, "predict_batch_size": args.predict_batch_size})
-    inference = ft.predict(ctx, model, dataset, squad_forward, args.predict_batch_size)
+    inference = ft.predict(ctx, model, dataset, squad_forward, args.predict_batch_size, trim=not args.keep_padding,
+                           per_position=True)
     start_logits, end_logits = inference.outputs
     results = [squad.RawResult(f.unique_id, start_logits[i].tolist(), end_logits[i].tolist())
                for i, f in enumerate(features)]

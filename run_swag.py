@@ -57,7 +57,7 @@ def run_evaluation(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, g
                    train_loss: float | None) -> dict[str, float]:
     args = ctx.args
     dataset = swag_dataset(Path(args.data_dir) / "val.csv", tokenizer, args.max_seq_length, is_training=True)
-    inference = ft.predict(ctx, model, dataset, choice_scores, args.eval_batch_size, trim=True)
+    inference = ft.predict(ctx, model, dataset, choice_scores, args.eval_batch_size, trim=not args.keep_padding)
     scores = inference.outputs[0]
     labels = dataset.tensors[3].numpy()
     results = {
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     global_step, train_loss = 0, None
     if args.do_train:
         dataset = swag_dataset(Path(args.data_dir) / "train.csv", tokenizer, args.max_seq_length, is_training=True)
-        result = ft.train(ctx, model, dataset, choice_loss, trim=True)
+        result = ft.train(ctx, model, dataset, choice_loss, trim=not args.keep_padding)
         ft.log_train_summary(ctx, result)
         global_step, train_loss = result.global_step, result.final_loss
         ft.save_model(ctx, model, config, vocab_file)

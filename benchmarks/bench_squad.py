@@ -4,12 +4,15 @@ Ours: `BertForQuestionAnswering` driven by `finetuning.Stepper`, exactly as `run
 (AdamW + LinearWarmUp over the original's parameter groups, pooler frozen, global clipping to 1.0,
 autocast). Theirs: `transformers.BertForQuestionAnswering` built from a `BertConfig` with the same
 weights copied in, trained the way its examples and Trainer do it (torch AdamW with the usual
-no-decay groups, linear warm-up schedule, clipping to 1.0, the same autocast). Same batch of real
-SQuAD features (or synthetic full-length sequences without the shared data), same precision.
-Timings alternate between the two models step by step, so machine load hits both alike.
+no-decay groups, linear warm-up schedule, clipping to 1.0, the same autocast). Same batch, same
+precision, two kinds of batch: real SQuAD features padded to 384 (run_squad.py cuts each batch to
+its longest sequence; transformers' run_qa.py pads to max_length by default, as here), and
+synthetic full-length sequences, where both models do the same work. Timings alternate between the
+two models step by step, so machine load hits both alike; the median step counts.
 
   python benchmarks/bench_squad.py                         # BERT-base, seq 384, batch 2, fp32 and bf16
-  python benchmarks/bench_squad.py --precisions bf16 --train_steps 5 --infer_steps 5
+  python benchmarks/bench_squad.py --precisions bf16 --data full --train_steps 8
+  python benchmarks/bench_squad.py --threads 1 --clock cpu   # steadier numbers on a busy machine
 
 Prints sequences/s and the ratio ours / transformers (targets: training >= 1.15, inference >= 1.0).
 """
@@ -88,7 +91,7 @@ def ours_train_step(model: BertForQuestionAnswering, batch: list[torch.Tensor], 
     stepper = ft.Stepper(model.train(), optimizer, scheduler, precision, CPU, clip_grad_norm=1.0)
 
     def step() -> float:
-        loss = stepper.accumulate(batch, squad_train_loss)
+        loss = stepper.accumulate(ft.trim_padding(batch), squad_train_loss)
         stepper.update()
         return loss.item()
 
@@ -128,7 +131,7 @@ def ours_infer_step(model: BertForQuestionAnswering, batch: list[torch.Tensor], 
     @torch.inference_mode()
     def step() -> None:
         with autocast_context(precision, CPU):
-            squad_forward(model, inputs)
+            squad_forward(model, ft.trim_padding(inputs))
 
     return step
 
@@ -144,49 +147,66 @@ def hf_infer_step(model: torch.nn.Module, batch: list[torch.Tensor], precision: 
     return step
 
 
-def alternate(ours: Callable, theirs: Callable, warmup: int, steps: int) -> tuple[float, float]:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def alternate(ours: Callable, theirs: Callable, warmup: int, steps: int, clock: str) -> tuple[float, float]:
     """Median seconds per call of each, measured in turn (ours, theirs, ours, ...)."""
+    now = CLOCKS[clock]
     for _ in range(warmup):
         ours()
         theirs()
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(steps):
         for fn, bucket in ((ours, times[0]), (theirs, times[1])):
-            start = time.perf_counter()
+            start = now()
             fn()
-            bucket.append(time.perf_counter() - start)
+            bucket.append(now() - start)
     return statistics.median(times[0]), statistics.median(times[1])
+
+
+def measure(batch: list[torch.Tensor], precision: str, args: argparse.Namespace) -> tuple[float, ...]:
+    """Training and inference sequences/s of (ours, theirs) on one batch."""
+    ours, theirs = build_models()
+    train = alternate(ours_train_step(ours, batch, precision), hf_train_step(theirs, batch, precision),
+                      args.warmup, args.train_steps, args.clock)
+    infer = alternate(ours_infer_step(ours, batch, precision), hf_infer_step(theirs, batch, precision),
+                      args.warmup, args.infer_steps, args.clock)
+    return tuple(args.batch_size / t for t in (*train, *infer))
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
+    p.add_argument("--data", choices=("real", "full", "both"), default="both",
+                   help="real: SQuAD features (padded; ours cuts padding as run_squad.py does); full: synthetic "
+                        "sequences without padding (identical work for both); both (default)")
     p.add_argument("--batch_size", type=int, default=2)
     p.add_argument("--seq", type=int, default=384)
-    p.add_argument("--train_steps", type=int, default=3)
-    p.add_argument("--infer_steps", type=int, default=3)
+    p.add_argument("--train_steps", type=int, default=5)
+    p.add_argument("--infer_steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--synthetic", action="store_true", help="full-length random sequences instead of SQuAD features")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="wall time, or this process's CPU time (steadier on a shared machine; use with --threads 1)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    made = None if args.synthetic else real_batch(args.batch_size, args.seq)
-    batch, description = made or synthetic_batch(args.batch_size, args.seq)
-    print(f"BERT-base QA, batch {args.batch_size} x seq {args.seq}, {description}, {torch.get_num_threads()} threads")
+    batches = []
+    if args.data in ("real", "both"):
+        batches.append(real_batch(args.batch_size, args.seq) or synthetic_batch(args.batch_size, args.seq))
+    if args.data in ("full", "both"):
+        batches.append(synthetic_batch(args.batch_size, args.seq))
+    print(f"BERT-base QA, batch {args.batch_size} x seq {args.seq}, {torch.get_num_threads()} threads, "
+          f"{args.clock} clock")
     rows = []
-    for precision in args.precisions.split(","):
-        ours, theirs = build_models()
-        train = alternate(ours_train_step(ours, batch, precision), hf_train_step(theirs, batch, precision),
-                          args.warmup, args.train_steps)
-        infer = alternate(ours_infer_step(ours, batch, precision), hf_infer_step(theirs, batch, precision),
-                          args.warmup, args.infer_steps)
-        rows.append((precision, *(args.batch_size / t for t in (*train, *infer))))
-        del ours, theirs
-    print(f"{'precision':<10}{'train ours':>12}{'train HF':>12}{'ratio':>8}{'infer ours':>12}{'infer HF':>12}{'ratio':>8}"
-          "   (sequences/s)")
-    for precision, train_ours, train_hf, infer_ours, infer_hf in rows:
-        print(f"{precision:<10}{train_ours:>12.3f}{train_hf:>12.3f}{train_ours / train_hf:>7.2f}x"
+    for index, (batch, description) in enumerate(batches):
+        print(f"  data {index}: {description}")
+        rows += [(index, precision, *measure(batch, precision, args)) for precision in args.precisions.split(",")]
+    print(f"{'data':<6}{'precision':<10}{'train ours':>12}{'train HF':>12}{'ratio':>8}{'infer ours':>12}"
+          f"{'infer HF':>12}{'ratio':>8}   (sequences/s)")
+    for index, precision, train_ours, train_hf, infer_ours, infer_hf in rows:
+        print(f"{index:<6}{precision:<10}{train_ours:>12.3f}{train_hf:>12.3f}{train_ours / train_hf:>7.2f}x"
               f"{infer_ours:>12.3f}{infer_hf:>12.3f}{infer_ours / infer_hf:>7.2f}x")
 
 

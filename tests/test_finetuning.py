@@ -226,6 +226,53 @@ def test_qa_loss_is_mean_of_start_and_end_cross_entropy_ignoring_outside_positio
     torch.testing.assert_close(loss, (expected_start + expected_end) / 2)
 
 
+def test_masked_qa_loss_ignores_padding_so_cutting_it_changes_nothing():
+    g = torch.Generator().manual_seed(2)
+    start, end = torch.randn(2, 12, generator=g), torch.randn(2, 12, generator=g)
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[0, 7:] = 0
+    mask[1, 9:] = 0
+    positions = (torch.tensor([3, 0]), torch.tensor([5, 8]))
+    padded = run_squad.qa_loss(start, end, *positions, mask)
+    cut = run_squad.qa_loss(start[:, :9], end[:, :9], *positions, mask[:, :9])
+    torch.testing.assert_close(cut, padded)
+    expected_start = -(start[0, 3] - start[0, :7].logsumexp(0) + start[1, 0] - start[1, :9].logsumexp(0)) / 2
+    expected_end = -(end[0, 5] - end[0, :7].logsumexp(0) + end[1, 8] - end[1, :9].logsumexp(0)) / 2
+    torch.testing.assert_close(padded, (expected_start + expected_end) / 2)
+    assert not torch.isclose(run_squad.qa_loss(start, end, *positions), padded)  # the original's softmax differs
+
+
+def test_squad_training_and_prediction_are_unchanged_by_cutting_padding(tmp_path):
+    g = torch.Generator().manual_seed(4)
+    n, seq = 12, 24
+    ids = torch.randint(10, 99, (n, seq), generator=g)
+    mask = torch.ones(n, seq, dtype=torch.int8)
+    for row in range(n):
+        mask[row, 10 + row % 7:] = 0
+    starts = torch.randint(1, 8, (n,), generator=g)
+    data = TensorDataset(ids, mask, torch.zeros(n, seq, dtype=torch.int8), starts, starts + 1)
+    runs = []
+    for trim in (False, True):
+        torch.manual_seed(0)
+        model = BertForQuestionAnswering(tiny_config())
+        ctx = glue_context(tmp_path / str(trim), "--train_batch_size", "4", "--num_train_epochs", "2",
+                           "--learning_rate", "1e-3")
+        ft.train(ctx, model, data, run_squad.squad_train_loss, skip_pooler=True, clip_grad_norm=1.0, trim=trim)
+        inputs = TensorDataset(*data.tensors[:3])
+        out = ft.predict(ctx, model, inputs, run_squad.squad_forward, batch_size=4, trim=trim, per_position=True)
+        ctx.logger.close()
+        runs.append((model.state_dict(), out.outputs))
+    real = mask.bool().numpy()
+    for full, cut in zip(runs[0][1], runs[1][1], strict=True):
+        assert full.shape == cut.shape == (n, seq)
+        np.testing.assert_allclose(cut[real], full[real], atol=1e-4)
+        assert np.isneginf(cut[:, 16:]).all()  # every batch is cut to at most 16 positions
+    for key, value in runs[0][0].items():
+        if key == "qa_outputs.bias":
+            continue  # a softmax is shift-invariant: its gradient is 0 up to rounding, which AdamW amplifies
+        torch.testing.assert_close(runs[1][0][key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
 def test_classification_loss_is_cross_entropy_or_mse():
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.5]])
     torch.testing.assert_close(ft.classification_loss(logits, torch.tensor([0, 1])),
