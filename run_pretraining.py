@@ -711,10 +711,10 @@ def finish_outputs(args: argparse.Namespace, trainer: Trainer, summary: dict[str
         summary["loss_curve"] = png
     except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished training run
         print(f"warning: could not draw the loss curve: {exc}", file=sys.stderr)
-    ckpts = sorted(trainer.written)
+    latest = trainer.written[-1] if trainer.written else "none"
     print(f"final_loss {summary['final_loss']:.4f} after {summary['global_step']} steps; "
           f"{summary['training_sequences_per_second']:.1f} sequences/s; "
-          f"checkpoint {ckpts[-1] if ckpts else 'none'}; loss curve {summary.get('loss_curve', 'none')}", flush=True)
+          f"checkpoint {latest}; loss curve {summary.get('loss_curve', 'none')}", flush=True)
     if math.isnan(summary["final_loss"]):
         print("warning: final loss is NaN", file=sys.stderr)
 
