@@ -44,21 +44,22 @@ SHARED_VOCAB = ROOT.parent / "shared" / "data" / "vocab" / "bert-base-uncased-vo
 CPU = torch.device("cpu")
 
 
-def real_batch(batch_size: int, seq: int) -> tuple[list[torch.Tensor], str] | None:
-    """The first SQuAD training features (ids, mask, segments, start, end), or None without the data."""
+def real_batch(batch_size: int, seq: int, seed: int = 0) -> tuple[list[torch.Tensor], str] | None:
+    """A random batch of SQuAD training features (ids, mask, segments, start, end), or None without the data."""
     if not (SHARED_SQUAD.is_file() and SHARED_VOCAB.is_file()):
         return None
     from processors import squad
     from tokenization import FullTokenizer
 
-    examples = squad.read_squad_examples(SHARED_SQUAD, is_training=True)[: batch_size * 2]
+    examples = squad.read_squad_examples(SHARED_SQUAD, is_training=True)[:400]
     features = squad.convert_examples_to_features(examples, FullTokenizer(str(SHARED_VOCAB)), max_seq_length=seq,
-                                                  is_training=True)[:batch_size]
-    arrays = squad.features_to_arrays(features)
+                                                  is_training=True)
+    chosen = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:batch_size].tolist()
+    arrays = squad.features_to_arrays([features[i] for i in chosen])
     names = ("input_ids", "input_mask", "segment_ids", "start_positions", "end_positions")
     tensors = [torch.from_numpy(arrays[n]).long() for n in names]
-    real = int(tensors[1].sum()) / tensors[1].numel()
-    return tensors, f"real SQuAD features ({100 * real:.0f}% real tokens, padded to {seq})"
+    longest = int(tensors[1].sum(-1).max())
+    return tensors, f"random real SQuAD features padded to {seq}, longest {longest} (run_squad.py cuts the batch there)"
 
 
 def synthetic_batch(batch_size: int, seq: int) -> tuple[list[torch.Tensor], str]:

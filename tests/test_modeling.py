@@ -283,3 +283,31 @@ def test_decoder_tied_and_vocab_padded():
     model = BertForPreTraining(tiny_config())
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
     assert model.bert.embeddings.word_embeddings.weight.shape[0] == 104
+
+
+def test_convert_checkpoint_cli_round_trip_and_tf_message(tmp_path, root):
+    import subprocess
+    import sys
+
+    from conftest import script_env
+
+    config = tiny_config()
+    model = BertForPreTraining(config)
+    config.to_json_file(tmp_path / "bert_config.json")
+    torch.save({"model": model.state_dict()}, tmp_path / "ckpt_5.pt")
+    run = [sys.executable, str(root / "convert_checkpoint.py")]
+    subprocess.run([*run, "--to_hf", str(tmp_path / "ckpt_5.pt"), str(tmp_path / "hf")], check=True, env=script_env(),
+                   capture_output=True)
+    subprocess.run([*run, "--from_hf", str(tmp_path / "hf"), str(tmp_path / "back" / "model.pt")], check=True,
+                   env=script_env(), capture_output=True)
+    back = BertForPreTraining(BertConfig.from_json_file(tmp_path / "back" / "bert_config.json"))
+    load_checkpoint(back, tmp_path / "back" / "model.pt")
+    for key, value in model.state_dict().items():
+        rows = config.vocab_size if key in modeling._VOCAB_KEYS else None
+        torch.testing.assert_close(back.state_dict()[key][:rows], value[:rows], msg=key)
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        proc = subprocess.run([*run, "--from_tf", "model.ckpt", str(tmp_path / "x.pt"), "--config_file",
+                               str(tmp_path / "bert_config.json")], env=script_env(), capture_output=True, text=True)
+        assert proc.returncode == 2 and "tensorflow" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
