@@ -723,7 +723,9 @@ def _check_completeness(report: LoadReport, strict: bool, source: str) -> None:
         if report.skipped:
             problems.append(f"unexpected keys: {_short_list(report.skipped)}")
         raise CheckpointError(f"{source}: {'; '.join(problems)} (pass strict=False to load a backbone into a task model)")
-    missing_backbone = [k for k in report.initialized if k.startswith("bert.")]
+    # The pooler is optional: QA and token-classification models never use it, and Hugging Face
+    # saves those models without one.
+    missing_backbone = [k for k in report.initialized if k.startswith("bert.") and not k.startswith("bert.pooler.")]
     if missing_backbone:
         raise CheckpointError(f"{source}: missing backbone keys: {_short_list(missing_backbone)}")
 

@@ -327,7 +327,7 @@ def test_loading_a_checkpoint_of_another_shape_names_the_file(tmp_path):
     (tmp_path / "wide.json").write_text(json.dumps(tiny_config(hidden_size=48, num_attention_heads=4).to_dict()))
     args = run_squad.parse_args(["--init_checkpoint", str(ckpt), "--config_file", str(tmp_path / "wide.json"),
                                  "--output_dir", str(tmp_path / "o"), "--do_predict", "--predict_file", "x.json",
-                                 "--max_seq_length", "32"])
+                                 "--max_seq_length", "32", "--json-summary", str(tmp_path / "dllogger.json")])
     ctx = ft.start_run(args)
     with pytest.raises(CheckpointError) as err:
         ft.load_model(ctx, BertForQuestionAnswering)

@@ -311,3 +311,14 @@ def test_convert_checkpoint_cli_round_trip_and_tf_message(tmp_path, root):
         proc = subprocess.run([*run, "--from_tf", "model.ckpt", str(tmp_path / "x.pt"), "--config_file",
                                str(tmp_path / "bert_config.json")], env=script_env(), capture_output=True, text=True)
         assert proc.returncode == 2 and "tensorflow" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_task_checkpoint_without_pooler_loads_non_strict(tmp_path):
+    """transformers saves BertForQuestionAnswering without a pooler; the pooler is then reported fresh."""
+    config = tiny_config()
+    sd = {k: v for k, v in BertForQuestionAnswering(config).state_dict().items() if not k.startswith("bert.pooler.")}
+    torch.save(sd, tmp_path / "qa.bin")
+    with pytest.raises(CheckpointError, match="bert.pooler"):
+        load_checkpoint(BertForQuestionAnswering(config), tmp_path / "qa.bin")
+    report = load_checkpoint(BertForQuestionAnswering(config), tmp_path / "qa.bin", strict=False)
+    assert sorted(report.initialized) == ["bert.pooler.dense_act.bias", "bert.pooler.dense_act.weight"]
