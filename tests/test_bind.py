@@ -315,6 +315,10 @@ rank = int(os.environ["RANK"])
 folder = os.path.dirname(__file__)
 open(os.path.join(folder, "pid%d" % rank), "w").write(str(os.getpid()))
 if rank == 1:
+    # fail only once rank 0 is running, so the launcher has a live rank to stop
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(folder, "pid0")) and time.time() < deadline:
+        time.sleep(0.05)
     sys.exit(3)
 time.sleep(300)
 open(os.path.join(folder, "finished%d" % rank), "w").close()
