@@ -36,3 +36,29 @@ run_logged() {
   echo
   "$@" 2>&1 | tee "$logfile"
 }
+
+# MODE_ARGS: --do_train/--do_eval/--do_predict flags for a mode string that may contain
+# "train", "eval" and "prediction" (run_glue.sh, run_swag.sh).
+set_mode_args() {
+  local mode=$1 batch_size=$2 accumulation=$3
+  MODE_ARGS=()
+  if [[ $mode == *train* ]]; then
+    MODE_ARGS+=(--do_train --train_batch_size "$batch_size" --gradient_accumulation_steps "$accumulation")
+  fi
+  if [[ $mode == *eval* ]]; then
+    MODE_ARGS+=(--do_eval --eval_batch_size "$batch_size")
+  fi
+  if [[ $mode == *prediction* ]]; then
+    MODE_ARGS+=(--do_predict --eval_batch_size "$batch_size")
+  fi
+}
+
+# CLASSIFIER_ARGS: the flags run_glue.py and run_swag.py share (uncased, seq 128).
+# set_classifier_args init_checkpoint data_dir vocab_file config_file out_dir lr warmup epochs max_steps seed
+set_classifier_args() {
+  CLASSIFIER_ARGS=(
+    --init_checkpoint "$1" --data_dir "$2" --vocab_file "$3" --config_file "$4" --output_dir "$5"
+    --json-summary "$5/dllogger.json" --bert_model bert-large-uncased --do_lower_case --max_seq_length 128
+    --learning_rate "$6" --warmup_proportion "$7" --num_train_epochs "$8" --max_steps "$9" --seed "${10}"
+  )
+}

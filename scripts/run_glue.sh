@@ -41,35 +41,15 @@ fi
 set_precision_args "$precision"
 set_launcher "$num_gpu"
 
-mode_args=()
-if [[ $mode == *train* ]]; then
-  mode_args+=(--do_train --train_batch_size "$batch_size" --gradient_accumulation_steps "$gradient_accumulation_steps")
-fi
-if [[ $mode == *eval* ]]; then
-  mode_args+=(--do_eval --eval_batch_size "$batch_size")
-fi
-if [[ $mode == *prediction* ]]; then
-  mode_args+=(--do_predict --eval_batch_size "$batch_size")
-fi
+set_mode_args "$mode" "$batch_size" "$gradient_accumulation_steps"
+set_classifier_args "$init_checkpoint" "$data_dir" "$vocab_file" "$config_file" "$out_dir" \
+  "$learning_rate" "$warmup_proportion" "$epochs" "$max_steps" "$seed"
 
 args=(
   --task_name "$task_name"
-  --init_checkpoint "$init_checkpoint"
-  --data_dir "$data_dir"
-  --vocab_file "$vocab_file"
-  --config_file "$config_file"
-  --output_dir "$out_dir"
-  --json-summary "$out_dir/dllogger.json"
-  --bert_model bert-large-uncased
-  --do_lower_case
-  --max_seq_length 128
-  --learning_rate "$learning_rate"
-  --warmup_proportion "$warmup_proportion"
-  --num_train_epochs "$epochs"
-  --max_steps "$max_steps"
-  --seed "$seed"
+  "${CLASSIFIER_ARGS[@]}"
   "${PRECISION_ARGS[@]}"
-  "${mode_args[@]}"
+  "${MODE_ARGS[@]}"
   "${extra_args[@]}"
 )
 
