@@ -79,7 +79,7 @@ def test_cuda_graphs_and_torchscript_python_runtime(mr):
 def test_text_model_config_parses_and_names_the_tensor_model(mr):
     tensor = mr.TensorModelSpec(backend="pytorch", max_batch_size=4)
     text = mr.TextModelSpec(tensor=tensor, do_lower_case=False, doc_stride=64, max_context_chars=5000,
-                            code_root='/work/"odd" path\\x')
+                            code_root='/srv/"odd" path\\x')
     config = parse(mr.text_model_config(text))
     assert (config.name, config.backend, config.max_batch_size) == ("bert_qa", "python", 8)
     assert [(i.name, i.data_type) for i in config.input] == [("question", model_config_pb2.TYPE_STRING),
@@ -91,7 +91,7 @@ def test_text_model_config_parses_and_names_the_tensor_model(mr):
     assert got["tensor_outputs"] == "start_logits__0,end_logits__1"
     assert got["tensor_max_batch_size"] == "4"
     assert (got["do_lower_case"], got["doc_stride"], got["max_context_chars"]) == ("false", "64", "5000")
-    assert got["code_root"] == '/work/"odd" path\\x'  # quotes and backslashes survive the text format
+    assert got["code_root"] == '/srv/"odd" path\\x'  # quotes and backslashes survive the text format
 
 
 @pytest.mark.parametrize("change, message", [
