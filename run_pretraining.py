@@ -410,7 +410,8 @@ class Trainer:
     def _init_from(self, path: str) -> None:
         report = load_checkpoint(self.model, path, strict=True)
         print(f"init_checkpoint: {report.summary()}")
-        raw = torch.load(path, map_location="cpu", weights_only=True) if os.path.isfile(path) else {}
+        is_torch_file = os.path.isfile(path) and not path.endswith(".safetensors")
+        raw = torch.load(path, map_location="cpu", weights_only=True) if is_torch_file else {}
         if isinstance(raw, dict) and isinstance(raw.get("optimizer"), dict):
             self._load_optimizer(raw["optimizer"], reset_schedule=True)
 

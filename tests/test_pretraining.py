@@ -240,3 +240,17 @@ def test_run_sub_on_real_slurm(corpus, tmp_path, slurm_cluster):  # noqa: F811
     assert ckpt["optimizer"]["param_groups"][0]["step"] == 3
     assert len(ckpt["data_position"]) == 2, "both SLURM tasks must have joined one process group"
     assert "0: " in out and "final_loss" in out  # srun -l labels rank 0's output; only rank 0 logs
+
+
+def test_init_checkpoint_alone_starts_from_its_weights(corpus, tmp_path):
+    """--init_checkpoint works without --resume_from_checkpoint (the original ignored it): weights and
+    LAMB moments come from the file, the step count and schedule start again."""
+    source = tmp_path / "source"
+    run_pretraining(base_args(corpus, source, max_steps=40, train_batch_size=32, learning_rate=3e-2))
+    started = tmp_path / "started"
+    run_pretraining(base_args(corpus, started, max_steps=2, init_checkpoint=source / "ckpt" / "ckpt_40.pt"))
+    first_loss = step_losses(started / "dllogger.json")[1]
+    fresh_loss = step_losses(source / "dllogger.json")[1]
+    assert first_loss < fresh_loss - 1.0, (first_loss, fresh_loss)
+    ckpt = torch.load(started / "ckpt" / "ckpt_2.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["step"] == 2
