@@ -681,8 +681,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer = Trainer(args, env, logger)
         install_stop_handlers(trainer)
         if args.tensorboard_dir and env.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise InputError("--tensorboard_dir needs the tensorboard package (pip install tensorboard)") from None
             trainer.tb_writer = SummaryWriter(args.tensorboard_dir)
         evaluator = build_evaluator(args, trainer)
         summary = trainer.train(evaluator)

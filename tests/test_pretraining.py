@@ -78,6 +78,8 @@ def test_exact_resume_after_sigterm(corpus, tmp_path):
     n = 24
     straight = tmp_path / "straight"
     run_pretraining(base_args(corpus, straight, max_steps=n, num_steps_per_checkpoint=4))
+    kept = sorted(p.name for p in (straight / "ckpt").glob("ckpt_*.pt"))
+    assert kept == ["ckpt_16.pt", "ckpt_20.pt", "ckpt_24.pt"], kept  # --keep_checkpoints 3 (default)
 
     resumed = tmp_path / "resumed"
     cmd = [sys.executable, str(ROOT / "run_pretraining.py"), "--do_train", "--disable_progress_bar",
