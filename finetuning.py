@@ -287,6 +287,17 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.float(), labels)
 
 
+def batch_scores(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    """Scores of a classifier (GLUE) or multiple-choice (SWAG) batch laid out as ids, mask, segments[, labels]."""
+    input_ids, input_mask, segment_ids = batch[:3]
+    return model(input_ids, segment_ids, input_mask)
+
+
+def batch_classification_loss(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    """`classification_loss` of `batch_scores` against the batch's last column (the labels)."""
+    return classification_loss(batch_scores(model, batch), batch[3])
+
+
 def trim_padding(batch: list[torch.Tensor], mask_index: int = 1, sequence_columns: int = 3) -> list[torch.Tensor]:
     """Cut the first `sequence_columns` tensors (ids, mask, segments) to the batch's longest real sequence.
 

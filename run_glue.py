@@ -51,16 +51,6 @@ def eval_tasks(task_name: str) -> list[str]:
     return ["mnli", "mnli-mm"] if task_name == "mnli" else [task_name]
 
 
-def classification_loss(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
-    input_ids, input_mask, segment_ids, labels = batch
-    return ft.classification_loss(model(input_ids, segment_ids, input_mask), labels)
-
-
-def logits_of(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
-    input_ids, input_mask, segment_ids = batch[:3]
-    return model(input_ids, segment_ids, input_mask)
-
-
 def cache_dir_for(args: argparse.Namespace) -> Path | None:
     folder = Path(args.cache_dir or args.data_dir)
     if args.cache_dir:
@@ -95,7 +85,7 @@ def run_training(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, voc
     if ctx.is_main:
         barrier()
     ctx.logger.log("PARAMETER", {"training_samples": len(examples)})
-    result = ft.train(ctx, model, dataset, classification_loss, trim=not args.keep_padding)
+    result = ft.train(ctx, model, dataset, ft.batch_classification_loss, trim=not args.keep_padding)
     ft.log_train_summary(ctx, result)
     return {"global_step": result.global_step, "train:loss": result.final_loss, "train:latency": result.train_time,
             "train:num_samples_per_gpu": len(dataset) // ctx.env.world_size,
@@ -110,7 +100,7 @@ def run_evaluation(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, v
         task = glue.get_task(task_name)
         examples = glue.get_dev_examples(task_name, args.data_dir, args.skip_malformed_rows)
         dataset = feature_dataset(ctx, task_name, examples, Path(args.data_dir) / task.dev_file, tokenizer, vocab_file)
-        inference = ft.predict(ctx, model, dataset, logits_of, args.eval_batch_size, desc=f"Evaluating {task_name}",
+        inference = ft.predict(ctx, model, dataset, ft.batch_scores, args.eval_batch_size, desc=f"Evaluating {task_name}",
                                trim=not args.keep_padding)
         logits = inference.outputs[0]
         labels = dataset.tensors[3].numpy()
@@ -142,7 +132,7 @@ def run_prediction(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, v
         task = glue.get_task(task_name)
         examples = glue.get_test_examples(task_name, args.data_dir, args.skip_malformed_rows)
         dataset = feature_dataset(ctx, task_name, examples, Path(args.data_dir) / task.test_file, tokenizer, vocab_file)
-        inference = ft.predict(ctx, model, dataset, logits_of, args.eval_batch_size, desc=f"Predicting {task_name}",
+        inference = ft.predict(ctx, model, dataset, ft.batch_scores, args.eval_batch_size, desc=f"Predicting {task_name}",
                                trim=not args.keep_padding)
         predictions = predictions_from_logits(task_name, inference.outputs[0])
         path = glue.write_submission(task_name, examples, predictions, ctx.output_dir)

@@ -35,16 +35,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def choice_loss(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
-    input_ids, input_mask, segment_ids, labels = batch
-    return ft.classification_loss(model(input_ids, segment_ids, input_mask), labels)
-
-
-def choice_scores(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
-    input_ids, input_mask, segment_ids = batch[:3]
-    return model(input_ids, segment_ids, input_mask)
-
-
 def swag_dataset(path: Path, tokenizer: Any, max_seq_length: int, is_training: bool) -> torch.utils.data.TensorDataset:
     examples = swag.read_swag_examples(path, is_training=is_training)
     if not examples:
@@ -57,7 +47,7 @@ def run_evaluation(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, g
                    train_loss: float | None) -> dict[str, float]:
     args = ctx.args
     dataset = swag_dataset(Path(args.data_dir) / "val.csv", tokenizer, args.max_seq_length, is_training=True)
-    inference = ft.predict(ctx, model, dataset, choice_scores, args.eval_batch_size, trim=not args.keep_padding)
+    inference = ft.predict(ctx, model, dataset, ft.batch_scores, args.eval_batch_size, trim=not args.keep_padding)
     scores = inference.outputs[0]
     labels = dataset.tensors[3].numpy()
     results = {
@@ -83,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     global_step, train_loss = 0, None
     if args.do_train:
         dataset = swag_dataset(Path(args.data_dir) / "train.csv", tokenizer, args.max_seq_length, is_training=True)
-        result = ft.train(ctx, model, dataset, choice_loss, trim=not args.keep_padding)
+        result = ft.train(ctx, model, dataset, ft.batch_classification_loss, trim=not args.keep_padding)
         ft.log_train_summary(ctx, result)
         global_step, train_loss = result.global_step, result.final_loss
         ft.save_model(ctx, model, config, vocab_file)

@@ -60,7 +60,7 @@ def trained_weights(out_dir: Path, argv: list[str], clip: float | None = None) -
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_config(), 2)
     ctx = glue_context(out_dir, *argv)
-    ft.train(ctx, model, separable_dataset(), run_glue.classification_loss, clip_grad_norm=clip)
+    ft.train(ctx, model, separable_dataset(), ft.batch_classification_loss, clip_grad_norm=clip)
     ctx.logger.close()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -122,8 +122,8 @@ def test_trimming_padding_changes_neither_training_nor_predictions(tmp_path):
         model = BertForSequenceClassification(tiny_config(), 2)
         ctx = glue_context(tmp_path / str(trim), "--train_batch_size", "8", "--num_train_epochs", "2",
                            "--learning_rate", "1e-3")
-        ft.train(ctx, model, data, run_glue.classification_loss, trim=trim)
-        logits = ft.predict(ctx, model, data, run_glue.logits_of, batch_size=8, trim=trim).outputs[0]
+        ft.train(ctx, model, data, ft.batch_classification_loss, trim=trim)
+        logits = ft.predict(ctx, model, data, ft.batch_scores, batch_size=8, trim=trim).outputs[0]
         ctx.logger.close()
         results.append((model.state_dict(), logits))
     np.testing.assert_allclose(results[1][1], results[0][1], atol=1e-5)
@@ -156,7 +156,7 @@ def test_training_lowers_the_loss_in_every_precision(tmp_path, precision):
     ctx = glue_context(tmp_path, "--train_batch_size", "16", "--num_train_epochs", "12", "--learning_rate", "3e-3",
                        "--precision", precision, "--log_freq", "3")
     before = evaluate_loss(ctx, model, data)
-    result = ft.train(ctx, model, data, run_glue.classification_loss)
+    result = ft.train(ctx, model, data, ft.batch_classification_loss)
     after = evaluate_loss(ctx, model, data)
     ctx.logger.close()
     assert result.global_step == 36
@@ -165,7 +165,7 @@ def test_training_lowers_the_loss_in_every_precision(tmp_path, precision):
 
 
 def evaluate_loss(ctx: ft.RunContext, model, data: TensorDataset) -> float:
-    logits = ft.predict(ctx, model, data, run_glue.logits_of, batch_size=16).outputs[0]
+    logits = ft.predict(ctx, model, data, ft.batch_scores, batch_size=16).outputs[0]
     return float(F.cross_entropy(torch.from_numpy(logits), data.tensors[3]))
 
 
@@ -201,7 +201,7 @@ def test_training_logs_dllogger_records(tmp_path):
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_config(), 2)
     ctx = glue_context(tmp_path, "--train_batch_size", "4", "--num_train_epochs", "1", "--log_freq", "2")
-    result = ft.train(ctx, model, separable_dataset(), run_glue.classification_loss)
+    result = ft.train(ctx, model, separable_dataset(), ft.batch_classification_loss)
     ft.log_train_summary(ctx, result)
     ctx.logger.close()
     records = read_dllogger(tmp_path / "dllogger.json")
