@@ -207,7 +207,8 @@ class ShardStream:
             pos.offset = 0
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Wait for a shard load still running: a thread inside h5py at interpreter exit can abort the process.
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 BATCH_KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_labels", "next_sentence_labels")
