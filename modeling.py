@@ -131,8 +131,98 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 ACT2FN = {"gelu": gelu, "relu": F.relu, "tanh": torch.tanh, "swish": F.silu, "silu": F.silu}
 
+# fp32 matrix products on the CPU: "onednn" sends them to oneDNN, "aten" leaves them to torch's BLAS
+# (MKL on x86). On AMD Zen CPUs MKL's sgemm takes its generic path and oneDNN's runs about twice as
+# fast (benchmarks/bench_pretraining.py shows both); on Intel CPUs the two are close. "auto" picks
+# oneDNN where torch was built with it on x86-64. BERT_CPU_GEMM=aten in the environment switches it off.
+_CPU_GEMM_CHOICES = ("auto", "onednn", "aten")
 
-class LinearActivation(nn.Linear):
+
+def _resolve_cpu_gemm(choice: str) -> str:
+    if choice not in _CPU_GEMM_CHOICES:
+        raise InputError(f"BERT_CPU_GEMM={choice!r}: choose one of {', '.join(_CPU_GEMM_CHOICES)}")
+    onednn_usable = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    if choice == "auto":
+        import platform
+
+        return "onednn" if onednn_usable and platform.machine().lower() in ("x86_64", "amd64") else "aten"
+    if choice == "onednn" and not onednn_usable:
+        raise InputError("BERT_CPU_GEMM=onednn: this torch build has no oneDNN (mkldnn) linear")
+    return choice
+
+
+_cpu_gemm = "unset"
+
+
+def cpu_gemm_backend() -> str:
+    """"onednn" or "aten": which library does fp32 CPU matrix products (resolved on first use)."""
+    global _cpu_gemm
+    if _cpu_gemm == "unset":
+        _cpu_gemm = _resolve_cpu_gemm(os.environ.get("BERT_CPU_GEMM", "auto"))
+    return _cpu_gemm
+
+
+def set_cpu_gemm_backend(choice: str) -> str:
+    """Pick the fp32 CPU GEMM library ("auto", "onednn" or "aten"); returns the one in use."""
+    global _cpu_gemm
+    _cpu_gemm = _resolve_cpu_gemm(choice)
+    return _cpu_gemm
+
+
+def _onednn_matmul_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b.T (+ bias) for 2-D fp32 CPU tensors, in oneDNN; a and b may be transposed views."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """F.linear over [N, in] with all three products (forward, input and weight gradients) in oneDNN."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_matmul_t(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = _onednn_matmul_t(grad, weight.t()) if ctx.needs_input_grad[0] else None
+        grad_w = _onednn_matmul_t(grad.t(), x.t()) if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, through oneDNN for fp32 on the CPU when that backend is on (see `cpu_gemm_backend`).
+
+    Autocast (bf16 already goes to oneDNN there), other devices and dtypes, torch.compile (which
+    lowers linears itself) and tracing or export (ONNX, TorchScript: the graph must hold F.linear)
+    take F.linear.
+    """
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.numel() == 0
+            or torch.is_autocast_enabled("cpu") or _tracing() or cpu_gemm_backend() != "onednn"):
+        return F.linear(x, weight, bias)
+    if bias is not None and bias.dtype != torch.float32:
+        return F.linear(x, weight, bias)
+    if x.dim() == 2:
+        return _OneDNNLinear.apply(x, weight, bias)
+    rows = x.reshape(-1, x.size(-1))
+    return _OneDNNLinear.apply(rows, weight, bias).view(*x.shape[:-1], weight.size(0))
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state-dict names) whose product goes through `linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+class LinearActivation(Linear):
     """`act(x W^T + b)`; named `dense_act` in the original's state dicts."""
 
     def __init__(self, in_features: int, out_features: int, act: str = "gelu", bias: bool = True):
@@ -181,9 +271,9 @@ class BertSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query = Linear(config.hidden_size, config.hidden_size)
+        self.key = Linear(config.hidden_size, config.hidden_size)
+        self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -191,7 +281,7 @@ class BertSelfAttention(nn.Module):
         # One GEMM for Q, K and V; the parameters stay separate so state-dict names match the original.
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        qkv = F.linear(x, weight, bias).view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = linear(x, weight, bias).view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         context = attention(qkv[0], qkv[1], qkv[2], mask, self.dropout_p if self.training else 0.0)
         return context.transpose(1, 2).reshape(b, s, h)
 
@@ -201,7 +291,7 @@ class BertResidualOutput(nn.Module):
 
     def __init__(self, config: BertConfig, in_features: int):
         super().__init__()
-        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.dense = Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=1e-12)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -308,19 +398,19 @@ class BertLMPredictionHead(nn.Module):
     def __init__(self, config: BertConfig, embedding_weight: nn.Parameter):
         super().__init__()
         self.transform = BertPredictionHeadTransform(config)
-        self.decoder = nn.Linear(embedding_weight.size(1), embedding_weight.size(0), bias=False)
+        self.decoder = Linear(embedding_weight.size(1), embedding_weight.size(0), bias=False)
         self.decoder.weight = embedding_weight  # tied to the word embeddings
         self.bias = nn.Parameter(torch.zeros(embedding_weight.size(0)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.transform(x), self.decoder.weight, self.bias)
+        return linear(self.transform(x), self.decoder.weight, self.bias)
 
 
 class BertPreTrainingHeads(nn.Module):
     def __init__(self, config: BertConfig, embedding_weight: nn.Parameter):
         super().__init__()
         self.predictions = BertLMPredictionHead(config, embedding_weight)
-        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+        self.seq_relationship = Linear(config.hidden_size, 2)
 
     def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor):
         return self.predictions(sequence_output), self.seq_relationship(pooled_output)
@@ -471,7 +561,7 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
         super().__init__(config)
         self.bert = BertModel(config)
         self.cls = nn.Module()
-        self.cls.seq_relationship = nn.Linear(config.hidden_size, 2)
+        self.cls.seq_relationship = Linear(config.hidden_size, 2)
         self._init_new_modules(self.cls.seq_relationship)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, next_sentence_label=None):
@@ -490,7 +580,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.num_labels = num_labels
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.classifier = Linear(config.hidden_size, num_labels)
         self._init_new_modules(self.classifier)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None):
@@ -506,7 +596,7 @@ class BertForMultipleChoice(BertPreTrainedModel):
         self.num_choices = num_choices
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.classifier = Linear(config.hidden_size, 1)
         self._init_new_modules(self.classifier)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
@@ -524,7 +614,7 @@ class BertForTokenClassification(BertPreTrainedModel):
         self.num_labels = num_labels
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.classifier = Linear(config.hidden_size, num_labels)
         self._init_new_modules(self.classifier)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
@@ -544,7 +634,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.bert = BertModel(config)
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.qa_outputs = Linear(config.hidden_size, 2)
         self._init_new_modules(self.qa_outputs)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None):

@@ -1,10 +1,15 @@
 """Pretraining step throughput: ours (BertForPreTraining + LAMB, masked-only MLM) vs Hugging Face
-`transformers.BertForPreTraining` + AdamW, same config, batch and data, in one run on this machine.
+`transformers.BertForPreTraining` + AdamW (fused, the Trainer's default), same config, batch and data,
+in one run on this machine.
 
   python benchmarks/bench_pretraining.py                  # BERT-base and a small shape, seq 128, fp32 + bf16
+  python benchmarks/bench_pretraining.py --shard demo_out/data/hdf5_.../demo/training_0.hdf5
   python benchmarks/bench_pretraining.py --shapes small --steps 5 --precisions fp32
 
-Prints sequences/s for each and the ratio ours / transformers.
+The batch is the first rows of --shard (a real HDF5 shard), else synthetic rows shaped like a phase-1
+shard (90% full length, 10% shorter, 15% of tokens masked). Prints sequences/s and the ratio ours /
+transformers; on the CPU in fp32 it also times ours with torch's own BLAS (BERT_CPU_GEMM=aten) so
+the part of the gain that comes from oneDNN GEMMs shows separately.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import modeling  # noqa: E402
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels  # noqa: E402
 from optimization import build_lamb, pretraining_param_groups  # noqa: E402
 from utils import autocast_context  # noqa: E402
@@ -31,10 +37,12 @@ SHAPES = {
 
 
 def make_batch(batch: int, seq: int, max_pred: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Padded sequences with 15% of real tokens masked (capped at max_pred), like a phase-1 shard."""
+    """Rows like a phase-1 shard's: 90% full length, 10% shorter (create_pretraining_data's
+    short_seq_prob), 15% of real tokens masked (capped at max_pred)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, vocab, (batch, seq), generator=g)
-    lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=g)
+    short = torch.rand(batch, generator=g) < 0.1
+    lengths = torch.where(short, torch.randint(8, seq + 1, (batch,), generator=g), torch.full((batch,), seq))
     mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
     ids = ids * mask
     types = ((torch.arange(seq)[None, :] >= lengths[:, None] // 2) & mask.bool()).long()
@@ -45,6 +53,18 @@ def make_batch(batch: int, seq: int, max_pred: int, vocab: int, seed: int = 0) -
         labels[b, pos] = ids[b, pos]
     nsp = torch.randint(0, 2, (batch,), generator=g)
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": labels, "nsp": nsp}
+
+
+def shard_batch(path: str, batch: int, max_pred: int) -> dict[str, torch.Tensor]:
+    """The first `batch` rows of a pretraining HDF5 shard, as the step functions take them."""
+    from data.pretraining_dataset import PretrainingShardDataset
+
+    rows = PretrainingShardDataset(path, max_pred).tensors()
+    if len(rows["input_ids"]) < batch:
+        raise SystemExit(f"{path}: {len(rows['input_ids'])} rows, fewer than the batch of {batch}")
+    names = {"input_ids": "input_ids", "segment_ids": "token_type_ids", "input_mask": "attention_mask",
+             "masked_lm_labels": "labels", "next_sentence_labels": "nsp"}
+    return {names[k]: v[:batch] for k, v in rows.items() if k in names}
 
 
 def ours_step_fn(config: BertConfig, batch: dict, precision: str, max_pred: int, device: torch.device, compile_: bool):
@@ -75,7 +95,8 @@ def hf_step_fn(config: BertConfig, batch: dict, precision: str, device: torch.de
         max_position_embeddings=config.max_position_embeddings,
     )
     model = transformers.BertForPreTraining(hf_config).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # The Trainer's default optimizer with torch >= 2.8 (optim="adamw_torch_fused").
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))
     labels = batch["labels"].masked_fill(batch["labels"] == -1, -100)
 
     def step():
@@ -130,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
     p.add_argument("--skip_hf", action="store_true", help="time ours only (e.g. BERT-large on a GPU)")
+    p.add_argument("--shard", default=None, help="HDF5 pretraining shard to take the batch from (else synthetic)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -142,26 +164,40 @@ def main(argv: list[str] | None = None) -> None:
         batch_size = args.batch or spec.pop("batch")
         spec.pop("batch", None)
         config = BertConfig(vocab_size=30522, **spec)
-        batch = {k: v.to(device) for k, v in make_batch(batch_size, args.seq, args.max_pred, config.vocab_size).items()}
+        batch = (shard_batch(args.shard, batch_size, args.max_pred) if args.shard
+                 else make_batch(batch_size, args.seq, args.max_pred, config.vocab_size))
+        seq = batch["input_ids"].size(1)
+        batch = {k: v.to(device) for k, v in batch.items()}
         for precision in args.precisions.split(","):
-            torch.manual_seed(0)
-            _, ours = ours_step_fn(config, batch, precision, args.max_pred, device, args.compile)
-            ours_sps = batch_size / time_steps(ours, args.warmup, args.steps, device)
-            del ours
+            ours_sps = time_ours(config, batch, precision, args, device)
+            aten_sps = float("nan")
+            if device.type == "cpu" and precision == "fp32" and modeling.cpu_gemm_backend() == "onednn":
+                modeling.set_cpu_gemm_backend("aten")
+                aten_sps = time_ours(config, batch, precision, args, device)
+                modeling.set_cpu_gemm_backend("onednn")
             hf_sps = float("nan")
             if not args.skip_hf:
                 _, theirs = hf_step_fn(config, batch, precision, device)
                 hf_sps = batch_size / time_steps(theirs, args.warmup, args.steps, device)
                 del theirs
-            rows.append((shape, precision, batch_size, ours_sps, hf_sps, ours_sps / hf_sps,
-                         mfu(config, args.seq, args.max_pred, ours_sps, device)))
+            rows.append((shape, precision, batch_size, ours_sps, aten_sps, hf_sps,
+                         mfu(config, seq, args.max_pred, ours_sps, device)))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\nPretraining step (fwd+bwd+optimizer), seq {args.seq}, {args.max_pred} predictions, {where}, "
-          f"torch {torch.__version__}")
-    print(f"{'shape':<6} {'prec':<5} {'batch':>5} {'ours seq/s':>11} {'HF seq/s':>9} {'ours/HF':>8} {'MFU':>6}")
-    for shape, precision, b, ours, hf, ratio, util in rows:
-        print(f"{shape:<6} {precision:<5} {b:>5} {ours:>11.2f} {hf:>9.2f} {ratio:>7.2f}x {util:>6}")
+    fill = float(batch["attention_mask"].float().mean())
+    data = f"rows of {args.shard}" if args.shard else "synthetic phase-1-like rows"
+    print(f"\nPretraining step (fwd+bwd+optimizer), seq {seq}, {args.max_pred} predictions, {data} "
+          f"({fill:.0%} real tokens), {where}, torch {torch.__version__}")
+    print(f"{'shape':<6} {'prec':<5} {'batch':>5} {'ours seq/s':>11} {'HF seq/s':>9} {'ours/HF':>8} "
+          f"{'ours, torch BLAS/HF':>20} {'MFU':>6}")
+    for shape, precision, b, ours, aten, hf, util in rows:
+        aten_ratio = f"{aten / hf:.2f}x" if aten == aten else "-"
+        print(f"{shape:<6} {precision:<5} {b:>5} {ours:>11.2f} {hf:>9.2f} {ours / hf:>7.2f}x {aten_ratio:>20} {util:>6}")
 
+
+def time_ours(config: BertConfig, batch: dict, precision: str, args: argparse.Namespace, device: torch.device) -> float:
+    torch.manual_seed(0)
+    _, ours = ours_step_fn(config, batch, precision, args.max_pred, device, args.compile)
+    return batch["input_ids"].size(0) / time_steps(ours, args.warmup, args.steps, device)
 
 if __name__ == "__main__":
     main()

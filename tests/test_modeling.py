@@ -322,3 +322,93 @@ def test_task_checkpoint_without_pooler_loads_non_strict(tmp_path):
         load_checkpoint(BertForQuestionAnswering(config), tmp_path / "qa.bin")
     report = load_checkpoint(BertForQuestionAnswering(config), tmp_path / "qa.bin", strict=False)
     assert sorted(report.initialized) == ["bert.pooler.dense_act.bias", "bert.pooler.dense_act.weight"]
+
+
+# --------------------------------------------------------------------------------------------
+# fp32 CPU GEMMs through oneDNN
+# --------------------------------------------------------------------------------------------
+
+needs_onednn = pytest.mark.skipif(
+    not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")),
+    reason="this torch build has no oneDNN linear")
+
+
+@pytest.fixture
+def cpu_gemm():
+    """Sets the CPU GEMM backend for one test and restores the previous one."""
+    before = modeling.cpu_gemm_backend()
+    yield modeling.set_cpu_gemm_backend
+    modeling.set_cpu_gemm_backend(before)
+
+
+@needs_onednn
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed_input"])
+def test_onednn_linear_matches_f_linear_values_and_gradients(cpu_gemm, with_bias, layout):
+    cpu_gemm("onednn")
+    torch.manual_seed(4)
+    x = torch.randn(3, 9, 24)
+    if layout == "transposed_input":
+        x = torch.randn(3, 24, 9).transpose(1, 2)
+    x.requires_grad_(True)
+    weight = torch.randn(40, 24, requires_grad=True)
+    bias = torch.randn(40, requires_grad=True) if with_bias else None
+    upstream = torch.randn(3, 9, 40)
+
+    def run(fn):
+        out = fn(x, weight, bias)
+        out.backward(upstream)
+        grads = [t.grad.clone() for t in (x, weight, bias) if t is not None]
+        for t in (x, weight, bias):
+            if t is not None:
+                t.grad = None
+        return out.detach(), grads
+
+    ours, our_grads = run(modeling.linear)
+    ref, ref_grads = run(F.linear)
+    assert ours.shape == ref.shape == (3, 9, 40)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(our_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_onednn_linear_is_the_path_taken_and_skips_frozen_weights(cpu_gemm):
+    cpu_gemm("onednn")
+    x = torch.randn(5, 8, requires_grad=True)
+    weight = torch.randn(6, 8)  # frozen: no weight gradient is computed
+    out = modeling.linear(x, weight)
+    assert type(out.grad_fn).__name__.startswith("_OneDNNLinear")
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, weight.sum(0).expand(5, 8))
+    cpu_gemm("aten")
+    assert not type(modeling.linear(x, weight).grad_fn).__name__.startswith("_OneDNNLinear")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps its own (bf16 oneDNN) path
+        cpu_gemm("onednn")
+        assert modeling.linear(x, weight).dtype == torch.bfloat16
+
+
+@needs_onednn
+def test_pretraining_gradients_agree_between_gemm_backends(cpu_gemm):
+    torch.manual_seed(5)
+    config = tiny_config(hidden_dropout_prob=0.0)
+    model = BertForPreTraining(config).train()
+    ids = torch.randint(5, config.vocab_size, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0
+
+    def grads(backend):
+        cpu_gemm(backend)
+        model.zero_grad()
+        mlm, nsp = model(ids, None, mask)
+        (mlm.square().mean() + nsp.square().mean()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    onednn, aten = grads("onednn"), grads("aten")
+    for name in aten:
+        torch.testing.assert_close(onednn[name], aten[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_unknown_cpu_gemm_backend_is_a_clear_error():
+    with pytest.raises(InputError, match="BERT_CPU_GEMM='blas'"):
+        modeling.set_cpu_gemm_backend("blas")

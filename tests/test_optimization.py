@@ -106,23 +106,28 @@ def reference_lamb(weights, steps, lr, weight_decay, use_nvlamb, max_grad_norm=1
     return w, m, v, norms
 
 
-def run_lamb(dtype, steps, lr, weight_decay, use_nvlamb, foreach=True):
+LAMB_PATHS = {"fused": dict(foreach=True, fused=True), "foreach": dict(foreach=True, fused=False),
+              "per_tensor": dict(foreach=False)}
+
+
+def run_lamb(dtype, steps, lr, weight_decay, use_nvlamb, path=None):
     params = make_params(dtype)
-    opt = Lamb(make_groups(params, weight_decay), lr=lr, use_nvlamb=use_nvlamb, foreach=foreach)
+    options = LAMB_PATHS[path] if path else {}
+    opt = Lamb(make_groups(params, weight_decay), lr=lr, use_nvlamb=use_nvlamb, **options)
     for grads in steps:
         set_grads(params, grads)
         opt.step()
     return params, opt
 
 
-@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("path", list(LAMB_PATHS))
 @pytest.mark.parametrize("use_nvlamb", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.01, 0.0])
 @pytest.mark.parametrize("grad_scale", [10.0, 0.01], ids=["clipped", "unclipped"])
-def test_lamb_matches_reference_formulas(grad_scale, weight_decay, use_nvlamb, foreach):
+def test_lamb_matches_reference_formulas(grad_scale, weight_decay, use_nvlamb, path):
     steps = gradient_steps(6, grad_scale)
     lr = 0.05
-    params, opt = run_lamb(torch.float32, steps, lr, weight_decay, use_nvlamb, foreach)
+    params, opt = run_lamb(torch.float32, steps, lr, weight_decay, use_nvlamb, path)
     ref_w, ref_m, ref_v, norms = reference_lamb(initial_weights(), steps, lr, weight_decay, use_nvlamb)
 
     assert all(n > 1.0 for n in norms) if grad_scale > 1 else all(n < 1.0 for n in norms)
@@ -136,6 +141,19 @@ def test_lamb_matches_reference_formulas(grad_scale, weight_decay, use_nvlamb, f
         assert (param.detach().double() - initial_weights()[name]).abs().max() > 1e-3  # it really moved
         torch.testing.assert_close(opt.state[param]["exp_avg"].double(), ref_m[name], rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(opt.state[param]["exp_avg_sq"].double(), ref_v[name], rtol=1e-6, atol=1e-6)
+
+
+def test_lamb_picks_the_fused_path_only_where_it_applies():
+    params = make_params(torch.float32)
+    opt = Lamb(make_groups(params, 0.01), lr=0.05)
+    assert opt._use_fused(opt.param_groups[0], list(params.values()))
+    assert not opt._use_fused(opt.param_groups[0], [nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))])
+    plain = Lamb(make_groups(params, 0.01), lr=0.05, grad_averaging=False)
+    assert not plain._use_fused(plain.param_groups[0], list(params.values()))
+    forced = Lamb(make_groups(params, 0.01), lr=0.05, foreach=False, fused=True)
+    set_grads(params, gradient_steps(1, 10.0)[0])
+    with pytest.raises(ValueError, match="fused LAMB needs"):
+        forced.step()
 
 
 def test_nvlamb_switch_changes_no_decay_tensors():
