@@ -153,8 +153,8 @@ class Lamb(_Fp32StateMixin, Optimizer):
 
     foreach=True updates all same-device, same-dtype tensors of a group together; its temporaries
     are then the size of that whole bucket. foreach=False goes tensor by tensor (same results, less
-    peak memory, more kernel launches). fused (None = wherever it applies: fp32 parameters on CPU or
-    CUDA, bias correction and grad averaging on) computes the Adam direction with torch's fused Adam
+    peak memory, more kernel launches). fused (None = on the CPU wherever it applies: fp32 parameters,
+    bias correction and grad averaging on; True also on CUDA) computes the Adam direction with torch's fused Adam
     kernel: about half the passes over memory, a persistent update buffer the size of the parameters,
     and `.grad` is left pre-normalised. Results agree with the other paths to float rounding.
     """
@@ -211,11 +211,12 @@ class Lamb(_Fp32StateMixin, Optimizer):
 
     def _use_fused(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
         """The fused path covers fp32 tensors on CPU/CUDA with bias correction and grad averaging (the
-        pretraining settings); anything else, or fused=False, takes the foreach path."""
+        pretraining settings); anything else, or fused=False, takes the foreach path. fused=None picks
+        it on the CPU only: on CUDA it is opt-in (fused=True) until it has been timed on a GPU."""
         eligible = (group["foreach"] and group["bias_correction"] and group["grad_averaging"]
                     and all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params))
         if self.fused is None:
-            return eligible
+            return eligible and all(p.device.type == "cpu" for p in params)
         if self.fused and not eligible:
             raise ValueError("fused LAMB needs foreach, bias_correction, grad_averaging and fp32 CPU/CUDA parameters")
         return self.fused

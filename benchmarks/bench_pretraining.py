@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--max_pred", type=int, default=20)
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of timing, taken in turns; the median counts")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--batch", type=int, default=0, help="override the shape's batch size")
@@ -169,17 +171,15 @@ def main(argv: list[str] | None = None) -> None:
         seq = batch["input_ids"].size(1)
         batch = {k: v.to(device) for k, v in batch.items()}
         for precision in args.precisions.split(","):
-            ours_sps = time_ours(config, batch, precision, args, device)
-            aten_sps = float("nan")
+            contenders = {"ours": ours_step_fn(config, batch, precision, args.max_pred, device, args.compile)[1]}
             if device.type == "cpu" and precision == "fp32" and modeling.cpu_gemm_backend() == "onednn":
-                modeling.set_cpu_gemm_backend("aten")
-                aten_sps = time_ours(config, batch, precision, args, device)
-                modeling.set_cpu_gemm_backend("onednn")
-            hf_sps = float("nan")
+                contenders["ours_aten"] = contenders["ours"]  # the same model, GEMMs left to torch's BLAS
             if not args.skip_hf:
-                _, theirs = hf_step_fn(config, batch, precision, device)
-                hf_sps = batch_size / time_steps(theirs, args.warmup, args.steps, device)
-                del theirs
+                contenders["hf"] = hf_step_fn(config, batch, precision, device)[1]
+            seconds = time_rounds(contenders, args.rounds, args.warmup, args.steps, device)
+            ours_sps, aten_sps, hf_sps = (batch_size / seconds.get(name, float("nan"))
+                                          for name in ("ours", "ours_aten", "hf"))
+            del contenders
             rows.append((shape, precision, batch_size, ours_sps, aten_sps, hf_sps,
                          mfu(config, seq, args.max_pred, ours_sps, device)))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -194,10 +194,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{shape:<6} {precision:<5} {b:>5} {ours:>11.2f} {hf:>9.2f} {ours / hf:>7.2f}x {aten_ratio:>20} {util:>6}")
 
 
-def time_ours(config: BertConfig, batch: dict, precision: str, args: argparse.Namespace, device: torch.device) -> float:
-    torch.manual_seed(0)
-    _, ours = ours_step_fn(config, batch, precision, args.max_pred, device, args.compile)
-    return batch["input_ids"].size(0) / time_steps(ours, args.warmup, args.steps, device)
+def time_rounds(contenders: dict, rounds: int, warmup: int, steps: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per step of each contender, timed in turns (round 1: each in order, round 2: ...)
+    so that a slow spell of the machine hits all of them rather than one."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for round_index in range(rounds):
+        for name, step in contenders.items():
+            modeling.set_cpu_gemm_backend("aten" if name == "ours_aten" else "auto")
+            times[name].append(time_steps(step, warmup if round_index == 0 else 0, steps, device))
+    modeling.set_cpu_gemm_backend("auto")
+    return {name: statistics.median(values) for name, values in times.items()}
 
 if __name__ == "__main__":
     main()

@@ -412,3 +412,93 @@ def test_pretraining_gradients_agree_between_gemm_backends(cpu_gemm):
 def test_unknown_cpu_gemm_backend_is_a_clear_error():
     with pytest.raises(InputError, match="BERT_CPU_GEMM='blas'"):
         modeling.set_cpu_gemm_backend("blas")
+
+
+# --------------------------------------------------------------------------------------------
+# CPU dropout
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_dropout_rate_scale_and_gradient(dtype):
+    torch.manual_seed(6)
+    x = torch.full((64, 128, 96), 2.0, dtype=dtype, requires_grad=True)
+    out = modeling.dropout(x, 0.1, training=True)
+    kept = out != 0
+    rate = 1 - kept.float().mean().item()
+    assert abs(rate - 0.1) < 0.003, rate  # 786k draws: the standard error is 0.0003
+    expected_scale = 32768 / (32768 - round(0.1 * 32768))
+    assert torch.all(out[kept] == torch.tensor(2.0 * expected_scale, dtype=dtype))
+    out.backward(torch.ones_like(out))
+    assert torch.equal(x.grad != 0, kept)  # the gradient flows through the same mask
+    # neighbouring lanes of one random word are independent: no pattern along the last axis
+    by_lane = kept.view(-1, 4).float().mean(0)
+    assert (by_lane - (1 - rate)).abs().max() < 0.005, by_lane
+
+
+def test_cpu_dropout_is_seeded_and_identity_when_off():
+    x = torch.randn(8, 33)
+    torch.manual_seed(7)
+    first = modeling.dropout(x, 0.5, training=True)
+    torch.manual_seed(7)
+    assert torch.equal(first, modeling.dropout(x, 0.5, training=True))
+    assert modeling.dropout(x, 0.5, training=False) is x
+    assert modeling.dropout(x, 0.0, training=True) is x
+    assert torch.equal(modeling.dropout(x, 1.0, training=True), torch.zeros_like(x))
+
+
+def test_attention_with_dropout_on_cpu_is_sdpa_math():
+    """The written-out CPU path with dropout equals SDPA when the rate rounds to no drops."""
+    torch.manual_seed(8)
+    q, k, v = (torch.randn(2, 4, 10, 8) for _ in range(3))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[0, 7:] = 0
+    m = modeling.padding_mask(mask)
+    written_out = modeling.attention(q, k, v, m, 1e-9)
+    torch.testing.assert_close(written_out, modeling.attention(q, k, v, m, 0.0), atol=1e-6, rtol=1e-5)
+    dropped = modeling.attention(q, k, v, m, 0.5)
+    assert not torch.allclose(dropped, written_out)
+
+
+# --------------------------------------------------------------------------------------------
+# Unpadded (packed-token) encoder on the CPU
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_packed_encoder_equals_padded_on_real_tokens(checkpointed):
+    torch.manual_seed(9)
+    config = tiny_config(num_hidden_layers=3)
+    model = BertForPreTraining(config).train()
+    model.enable_activation_checkpointing(checkpointed)
+    ids = torch.randint(5, config.vocab_size, (4, 16))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    mask[3, 4:] = 0
+    real = mask.bool()
+
+    def run(unpad):
+        model.bert.encoder.unpad = unpad
+        model.zero_grad()
+        encoded, pooled = model.bert(ids, None, mask, output_all_encoded_layers=True)
+        loss = sum(layer[real].square().mean() for layer in encoded) + pooled.square().mean()
+        loss.backward()
+        return encoded, pooled, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    packed_layers, packed_pooled, packed_grads = run(True)
+    padded_layers, padded_pooled, padded_grads = run(False)
+    assert len(packed_layers) == (1 if checkpointed else 3)  # checkpointing keeps the last layer only
+    for packed, padded in zip(packed_layers, padded_layers, strict=True):
+        torch.testing.assert_close(packed[real], padded[real], atol=1e-5, rtol=1e-5)
+        assert torch.all(packed[~real] == 0)  # padded positions come back as zeros
+    torch.testing.assert_close(packed_pooled, padded_pooled, atol=1e-5, rtol=1e-5)
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_packed_tokens_round_trip():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    packed = modeling.PackedTokens.from_mask(modeling.padding_mask(mask))
+    x = torch.arange(6.0).view(2, 3, 1)
+    assert packed.pack(x).flatten().tolist() == [0.0, 1.0, 3.0, 4.0, 5.0]
+    assert packed.pad(packed.pack(x)).flatten().tolist() == [0.0, 1.0, 0.0, 3.0, 4.0, 5.0]
