@@ -197,6 +197,12 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
+def _onednn_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel() > 0
+            and (bias is None or bias.dtype == torch.float32) and not torch.is_autocast_enabled("cpu")
+            and cpu_gemm_backend() == "onednn")
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, through oneDNN for fp32 on the CPU when that backend is on (see `cpu_gemm_backend`).
 
@@ -204,10 +210,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     lowers linears itself) and tracing or export (ONNX, TorchScript: the graph must hold F.linear)
     take F.linear.
     """
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.numel() == 0
-            or torch.is_autocast_enabled("cpu") or _tracing() or cpu_gemm_backend() != "onednn"):
-        return F.linear(x, weight, bias)
-    if bias is not None and bias.dtype != torch.float32:
+    if _tracing() or not _onednn_linear_applies(x, weight, bias):
         return F.linear(x, weight, bias)
     if x.dim() == 2:
         return _OneDNNLinear.apply(x, weight, bias)

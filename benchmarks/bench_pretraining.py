@@ -180,18 +180,19 @@ def main(argv: list[str] | None = None) -> None:
             ours_sps, aten_sps, hf_sps = (batch_size / seconds.get(name, float("nan"))
                                           for name in ("ours", "ours_aten", "hf"))
             del contenders
-            rows.append((shape, precision, batch_size, ours_sps, aten_sps, hf_sps,
+            fill = float(batch["attention_mask"].float().mean())
+            rows.append((shape, precision, batch_size, fill, ours_sps, aten_sps, hf_sps,
                          mfu(config, seq, args.max_pred, ours_sps, device)))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    fill = float(batch["attention_mask"].float().mean())
     data = f"rows of {args.shard}" if args.shard else "synthetic phase-1-like rows"
-    print(f"\nPretraining step (fwd+bwd+optimizer), seq {seq}, {args.max_pred} predictions, {data} "
-          f"({fill:.0%} real tokens), {where}, torch {torch.__version__}")
-    print(f"{'shape':<6} {'prec':<5} {'batch':>5} {'ours seq/s':>11} {'HF seq/s':>9} {'ours/HF':>8} "
+    print(f"\nPretraining step (fwd+bwd+optimizer), seq {seq}, {args.max_pred} predictions, {data}, "
+          f"{where}, torch {torch.__version__}")
+    print(f"{'shape':<6} {'prec':<5} {'batch':>5} {'real tok':>8} {'ours seq/s':>11} {'HF seq/s':>9} {'ours/HF':>8} "
           f"{'ours, torch BLAS/HF':>20} {'MFU':>6}")
-    for shape, precision, b, ours, aten, hf, util in rows:
+    for shape, precision, b, fill, ours, aten, hf, util in rows:
         aten_ratio = f"{aten / hf:.2f}x" if aten == aten else "-"
-        print(f"{shape:<6} {precision:<5} {b:>5} {ours:>11.2f} {hf:>9.2f} {ours / hf:>7.2f}x {aten_ratio:>20} {util:>6}")
+        print(f"{shape:<6} {precision:<5} {b:>5} {fill:>8.0%} {ours:>11.2f} {hf:>9.2f} {ours / hf:>7.2f}x "
+              f"{aten_ratio:>20} {util:>6}")
 
 
 def time_rounds(contenders: dict, rounds: int, warmup: int, steps: int, device: torch.device) -> dict[str, float]:

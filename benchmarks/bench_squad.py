@@ -3,7 +3,7 @@
 Ours: `BertForQuestionAnswering` driven by `finetuning.Stepper`, exactly as `run_squad.py` trains
 (AdamW + LinearWarmUp over the original's parameter groups, pooler frozen, global clipping to 1.0,
 autocast). Theirs: `transformers.BertForQuestionAnswering` built from a `BertConfig` with the same
-weights copied in, trained the way its examples and Trainer do it (torch AdamW with the usual
+weights copied in, trained the way its examples and Trainer do it (torch's fused AdamW with the usual
 no-decay groups, linear warm-up schedule, clipping to 1.0, the same autocast). Same batch, same
 precision, two kinds of batch: real SQuAD features padded to 384 (run_squad.py cuts each batch to
 its longest sequence; transformers' run_qa.py pads to max_length by default, as here), and
@@ -105,7 +105,7 @@ def hf_train_step(model: torch.nn.Module, batch: list[torch.Tensor], precision: 
     decay = [p for n, p in model.named_parameters() if not any(k in n for k in ("bias", "LayerNorm"))]
     no_decay = [p for n, p in model.named_parameters() if any(k in n for k in ("bias", "LayerNorm"))]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=3e-5, eps=1e-6)
+                                  lr=3e-5, eps=1e-6, fused=True)  # the Trainer's default with torch >= 2.8
     scheduler = get_linear_schedule_with_warmup(optimizer, 100, 1000)
     model.train()
     ids, mask, segments, start, end = batch
