@@ -404,9 +404,18 @@ class PackedTokens:
     seq: int
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor) -> PackedTokens:
+    def from_mask(cls, mask: torch.Tensor, multiple: int = 64) -> PackedTokens:
+        """Real tokens plus the first few padding positions, up to a multiple of `multiple` tokens:
+        GEMM libraries build a kernel per shape, and a new token count every step would rebuild
+        them every step (15-30% slower GEMMs); padding that rides along is computed and ignored,
+        as in the padded layout."""
         batch, seq = mask.size(0), mask.size(-1)
-        return cls(mask.reshape(-1).nonzero().squeeze(1), mask, batch, seq)
+        flat = mask.reshape(-1)
+        index = flat.nonzero().squeeze(1)
+        fill = min((-index.numel()) % multiple, flat.numel() - index.numel())
+        if fill:
+            index = torch.cat([index, (~flat).nonzero().squeeze(1)[:fill]]).sort().values
+        return cls(index, mask, batch, seq)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, S, ...] → [T, ...]"""
@@ -426,8 +435,8 @@ def _worth_packing(x: torch.Tensor, mask: torch.Tensor | None) -> bool:
 
 class BertEncoder(nn.Module):
     """The layer stack. In training, with `unpad` (default) and padding in a CPU batch, the layers run
-    on the real tokens only and the outputs come back padded, with zeros at the padded positions
-    (where the padded layout has values no loss reads). Evaluation keeps the padded layout, so its
+    on the real tokens (rounded up to a multiple of 64 with padding) and the outputs come back padded,
+    with zeros at the padding left out (where the padded layout has values no loss reads). Evaluation keeps the padded layout, so its
     outputs match exported (ONNX, TorchScript) models and transformers everywhere."""
 
     def __init__(self, config: BertConfig):
@@ -435,12 +444,13 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.checkpoint_activations = False
         self.unpad = True
+        self.pack_multiple = 64  # see PackedTokens.from_mask
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, output_all_encoded_layers: bool = False
     ) -> list[torch.Tensor]:
         if self.unpad and self.training and _worth_packing(x, mask):
-            packed = PackedTokens.from_mask(mask)
+            packed = PackedTokens.from_mask(mask, self.pack_multiple)
             return [packed.pad(out) for out in self._run(packed.pack(x), packed, output_all_encoded_layers)]
         return self._run(x, mask, output_all_encoded_layers)
 

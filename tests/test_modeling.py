@@ -479,6 +479,7 @@ def test_packed_encoder_equals_padded_on_real_tokens(checkpointed):
 
     def run(unpad):
         model.bert.encoder.unpad = unpad
+        model.bert.encoder.pack_multiple = 1  # exactly the real tokens
         model.zero_grad()
         encoded, pooled = model.bert(ids, None, mask, output_all_encoded_layers=True)
         loss = sum(layer[real].square().mean() for layer in encoded) + pooled.square().mean()
@@ -490,15 +491,18 @@ def test_packed_encoder_equals_padded_on_real_tokens(checkpointed):
     assert len(packed_layers) == (1 if checkpointed else 3)  # checkpointing keeps the last layer only
     for packed, padded in zip(packed_layers, padded_layers, strict=True):
         torch.testing.assert_close(packed[real], padded[real], atol=1e-5, rtol=1e-5)
-        assert torch.all(packed[~real] == 0)  # padded positions come back as zeros
+        assert torch.all(packed[~real] == 0)  # padding left out comes back as zeros
     torch.testing.assert_close(packed_pooled, padded_pooled, atol=1e-5, rtol=1e-5)
     for name, grad in padded_grads.items():
         torch.testing.assert_close(packed_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_packed_tokens_round_trip():
-    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    packed = modeling.PackedTokens.from_mask(modeling.padding_mask(mask))
-    x = torch.arange(6.0).view(2, 3, 1)
-    assert packed.pack(x).flatten().tolist() == [0.0, 1.0, 3.0, 4.0, 5.0]
-    assert packed.pad(packed.pack(x)).flatten().tolist() == [0.0, 1.0, 0.0, 3.0, 4.0, 5.0]
+def test_packed_tokens_round_trip_and_shape_rounding():
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])
+    x = torch.arange(1.0, 9.0).view(2, 4, 1)
+    exact = modeling.PackedTokens.from_mask(modeling.padding_mask(mask), multiple=1)
+    assert exact.pack(x).flatten().tolist() == [1.0, 2.0, 5.0, 6.0, 7.0]
+    assert exact.pad(exact.pack(x)).flatten().tolist() == [1.0, 2.0, 0.0, 0.0, 5.0, 6.0, 7.0, 0.0]
+    rounded = modeling.PackedTokens.from_mask(modeling.padding_mask(mask), multiple=3)
+    assert rounded.index.tolist() == [0, 1, 2, 4, 5, 6]  # the first padding position rides along
+    assert modeling.PackedTokens.from_mask(modeling.padding_mask(mask), multiple=64).index.numel() == 8
