@@ -213,7 +213,8 @@ class Lamb(_Fp32StateMixin, Optimizer):
         """The fused path covers fp32 tensors on CPU/CUDA with bias correction and grad averaging (the
         pretraining settings); anything else, or fused=False, takes the foreach path. fused=None picks
         it on the CPU only: on CUDA it is opt-in (fused=True) until it has been timed on a GPU."""
-        eligible = (group["foreach"] and group["bias_correction"] and group["grad_averaging"]
+        eligible = (hasattr(torch, "_fused_adamw_") and group["foreach"] and group["bias_correction"]
+                    and group["grad_averaging"]
                     and all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params))
         if self.fused is None:
             return eligible and all(p.device.type == "cpu" for p in params)
