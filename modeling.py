@@ -240,7 +240,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     F.dropout there, forward and backward), elsewhere and under tracing F.dropout."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or not 0.0 < p < 1.0 or _tracing():
+    if x.device.type != "cpu" or not 0.0 < p < 1.0 or round(p * _MASK_LEVELS) >= _MASK_LEVELS or _tracing():
         return F.dropout(x, p, training)
     return x * _cpu_dropout_scale_mask(x, p)
 

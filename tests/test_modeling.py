@@ -445,6 +445,7 @@ def test_cpu_dropout_is_seeded_and_identity_when_off():
     assert modeling.dropout(x, 0.5, training=False) is x
     assert modeling.dropout(x, 0.0, training=True) is x
     assert torch.equal(modeling.dropout(x, 1.0, training=True), torch.zeros_like(x))
+    assert torch.isfinite(modeling.dropout(x, 0.999999, training=True)).all()  # no 1/(1 - 1) scale
 
 
 def test_attention_with_dropout_on_cpu_is_sdpa_math():
