@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,6 @@ def _resolve_cpu_gemm(choice: str) -> str:
         raise InputError(f"BERT_CPU_GEMM={choice!r}: choose one of {', '.join(_CPU_GEMM_CHOICES)}")
     onednn_usable = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     if choice == "auto":
-        import platform
-
         return "onednn" if onednn_usable and platform.machine().lower() in ("x86_64", "amd64") else "aten"
     if choice == "onednn" and not onednn_usable:
         raise InputError("BERT_CPU_GEMM=onednn: this torch build has no oneDNN (mkldnn) linear")
@@ -225,9 +224,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 _MASK_LEVELS = 1 << 15
 
 
-def _cpu_dropout_scale_mask(x: torch.Tensor, p: float) -> torch.Tensor:
-    """0 where dropped, 1/(1 − rate) where kept, in x's dtype and shape, from the default CPU generator."""
-    dropped_levels = round(p * _MASK_LEVELS)
+def _cpu_dropout_scale_mask(x: torch.Tensor, dropped_levels: int) -> torch.Tensor:
+    """0 where dropped, 1/(1 − rate) where kept, in x's dtype and shape, from the default CPU generator;
+    rate = dropped_levels / 2¹⁵."""
     count = x.numel()
     words = torch.empty((count + 3) // 4, dtype=torch.int64).random_()  # 63 random bits each
     lanes = words.view(torch.int16)[:count].view(x.shape)
@@ -240,9 +239,10 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     F.dropout there, forward and backward), elsewhere and under tracing F.dropout."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or not 0.0 < p < 1.0 or round(p * _MASK_LEVELS) >= _MASK_LEVELS or _tracing():
+    dropped_levels = round(p * _MASK_LEVELS)
+    if x.device.type != "cpu" or not 0.0 < p < 1.0 or dropped_levels >= _MASK_LEVELS or _tracing():
         return F.dropout(x, p, training)
-    return x * _cpu_dropout_scale_mask(x, p)
+    return x * _cpu_dropout_scale_mask(x, dropped_levels)
 
 
 class Dropout(nn.Dropout):
@@ -435,9 +435,10 @@ def _worth_packing(x: torch.Tensor, mask: torch.Tensor | None) -> bool:
 
 class BertEncoder(nn.Module):
     """The layer stack. In training, with `unpad` (default) and padding in a CPU batch, the layers run
-    on the real tokens (rounded up to a multiple of 64 with padding) and the outputs come back padded,
-    with zeros at the padding left out (where the padded layout has values no loss reads). Evaluation keeps the padded layout, so its
-    outputs match exported (ONNX, TorchScript) models and transformers everywhere."""
+    on the real tokens (rounded up to a multiple of `pack_multiple` with padding) and the outputs come
+    back padded, with zeros at the padding left out (where the padded layout has values no loss
+    reads). Evaluation keeps the padded layout, so its outputs match exported (ONNX, TorchScript)
+    models and transformers everywhere."""
 
     def __init__(self, config: BertConfig):
         super().__init__()

@@ -153,10 +153,11 @@ class Lamb(_Fp32StateMixin, Optimizer):
 
     foreach=True updates all same-device, same-dtype tensors of a group together; its temporaries
     are then the size of that whole bucket. foreach=False goes tensor by tensor (same results, less
-    peak memory, more kernel launches). fused (None = on the CPU wherever it applies: fp32 parameters,
-    bias correction and grad averaging on; True also on CUDA) computes the Adam direction with torch's fused Adam
-    kernel: about half the passes over memory, a persistent update buffer the size of the parameters,
-    and `.grad` is left pre-normalised. Results agree with the other paths to float rounding.
+    peak memory, more kernel launches). fused (None = on the CPU wherever it applies: fp32
+    parameters, bias correction and grad averaging on; True also on CUDA) computes the Adam
+    direction with torch's fused Adam kernel: about half the passes over memory, a persistent update
+    buffer the size of the parameters, and `.grad` is left pre-normalised. Results agree with the
+    other paths to float rounding.
     """
 
     _fp32_state_keys = ("exp_avg", "exp_avg_sq")

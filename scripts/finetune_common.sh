@@ -53,6 +53,18 @@ set_mode_args() {
   fi
 }
 
+# set_classifier_run mode num_gpu precision batch_size accumulation: PRECISION_ARGS, LAUNCH and
+# MODE_ARGS for run_glue.sh and run_swag.sh; one process when mode is exactly "eval".
+set_classifier_run() {
+  local mode=$1 num_gpu=$2
+  if [ "$mode" = "eval" ]; then
+    num_gpu=1
+  fi
+  set_precision_args "$3" || return
+  set_launcher "$num_gpu" || return
+  set_mode_args "$mode" "$4" "$5"
+}
+
 # CLASSIFIER_ARGS: the flags run_glue.py and run_swag.py share (uncased, seq 128).
 # set_classifier_args init_checkpoint data_dir vocab_file config_file out_dir lr warmup epochs max_steps seed
 set_classifier_args() {

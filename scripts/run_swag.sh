@@ -32,13 +32,7 @@ seed=${14:-"42"}
 mode=${15:-"train eval"}
 extra_args=("${@:16}")
 
-if [ "$mode" = "eval" ]; then
-  num_gpu=1
-fi
-set_precision_args "$precision"
-set_launcher "$num_gpu"
-
-set_mode_args "$mode" "$batch_size" "$gradient_accumulation_steps"
+set_classifier_run "$mode" "$num_gpu" "$precision" "$batch_size" "$gradient_accumulation_steps"
 set_classifier_args "$init_checkpoint" "$data_dir" "$vocab_file" "$config_file" "$out_dir" \
   "$learning_rate" "$warmup_proportion" "$epochs" "$max_steps" "$seed"
 

@@ -251,12 +251,17 @@ def explicit_attention(q, k, v, mask):
     return scores.softmax(-1) @ v
 
 
-def test_sdpa_equals_explicit_math():
-    torch.manual_seed(2)
+def random_attention_inputs(seed: int, padded_row: int, pad_from: int):
+    """q, k, v [2, 4, 10, 8] and a padding mask with row `padded_row` padded from `pad_from` on."""
+    torch.manual_seed(seed)
     q, k, v = (torch.randn(2, 4, 10, 8) for _ in range(3))
     mask = torch.ones(2, 10, dtype=torch.long)
-    mask[1, 6:] = 0
-    m = modeling.padding_mask(mask)
+    mask[padded_row, pad_from:] = 0
+    return q, k, v, modeling.padding_mask(mask)
+
+
+def test_sdpa_equals_explicit_math():
+    q, k, v, m = random_attention_inputs(2, padded_row=1, pad_from=6)
     torch.testing.assert_close(modeling.attention(q, k, v, m, 0.0), explicit_attention(q, k, v, m), atol=1e-6, rtol=1e-5)
 
 
@@ -450,11 +455,7 @@ def test_cpu_dropout_is_seeded_and_identity_when_off():
 
 def test_attention_with_dropout_on_cpu_is_sdpa_math():
     """The written-out CPU path with dropout equals SDPA when the rate rounds to no drops."""
-    torch.manual_seed(8)
-    q, k, v = (torch.randn(2, 4, 10, 8) for _ in range(3))
-    mask = torch.ones(2, 10, dtype=torch.long)
-    mask[0, 7:] = 0
-    m = modeling.padding_mask(mask)
+    q, k, v, m = random_attention_inputs(8, padded_row=0, pad_from=7)
     written_out = modeling.attention(q, k, v, m, 1e-9)
     torch.testing.assert_close(written_out, modeling.attention(q, k, v, m, 0.0), atol=1e-6, rtol=1e-5)
     dropped = modeling.attention(q, k, v, m, 0.5)
