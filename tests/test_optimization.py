@@ -17,6 +17,7 @@ from optimization import (
     build_finetune_optimizer,
     build_lamb,
     finetune_param_groups,
+    fused_lamb_setting,
     pretraining_param_groups,
 )
 from utils import InputError
@@ -168,6 +169,18 @@ def test_lamb_picks_the_fused_path_only_where_it_applies():
     set_grads(params, gradient_steps(1, 10.0)[0])
     with pytest.raises(ValueError, match="fused LAMB needs"):
         forced.step()
+
+
+@pytest.mark.parametrize(("choice", "uses_fused"), [("auto", True), ("on", True), ("off", False)])
+def test_fused_lamb_choice_picks_the_path(choice, uses_fused):
+    params = make_params(torch.float32)
+    opt = Lamb(make_groups(params, 0.01), lr=0.05, fused=fused_lamb_setting(choice))
+    assert opt._use_fused(opt.param_groups[0], list(params.values())) is uses_fused
+
+
+def test_fused_lamb_rejects_unknown_choice():
+    with pytest.raises(InputError, match="--fused_lamb: unknown value 'yes'"):
+        fused_lamb_setting("yes")
 
 
 def test_nvlamb_switch_changes_no_decay_tensors():
