@@ -36,6 +36,8 @@ def probe(target: str, argv: list[str]) -> dict:
     """Run one script's argument parsing on argv; report whether argparse accepted it."""
     module = target[3:] if target.startswith("-m ") else None
     program = module or str(ROOT / target)
+    if not module and "ArgumentParser" not in Path(program).read_text(encoding="utf-8"):
+        return {"ok": False, "error": "not an argparse script: it would run for real, so it is not probed"}
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [program, *argv]
     # `python X.py` puts X's folder first on sys.path; `python -m` puts the working directory there.
