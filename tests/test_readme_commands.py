@@ -245,6 +245,19 @@ def test_readme_quick_start_is_make_demo_and_make_test():
     assert commands[:2] == ["make demo", "make test"]
 
 
+def test_pretraining_presets_run_this_checkout_from_any_folder(tmp_path):
+    """The README's preset command works on a fresh clone: CODEDIR and the data default to this checkout."""
+    script = f"source {ROOT / 'scripts/configs/pretrain_config.sh'} && dgxa100_8gpu_bf16"
+    env = {k: v for k, v in script_env().items() if k not in {"CODEDIR", "BERT_PREP_WORKING_DIR", "DATA_P1", "DATA_P2"}}
+    args = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert len(args) == 25
+    data_p1, data_p2, codedir, config = args[20], args[21], args[22], args[24]
+    assert codedir == str(ROOT) and config == str(ROOT / "bert_config.json")
+    assert data_p1.startswith(str(ROOT / "data" / "hdf5_lower_case_1_seq_len_128_max_pred_20_"))
+    assert data_p2.startswith(str(ROOT / "data" / "hdf5_lower_case_1_seq_len_512_max_pred_80_"))
+
+
 BROKEN = """
 ```bash
 python run_squad.py --init_checkpoint x.pt --output_dir results --no_such_flag 3
