@@ -258,6 +258,31 @@ def test_pretraining_presets_run_this_checkout_from_any_folder(tmp_path):
     assert data_p2.startswith(str(ROOT / "data" / "hdf5_lower_case_1_seq_len_512_max_pred_80_"))
 
 
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors for a markdown file's headings (lower case, punctuation dropped, spaces to -)."""
+    headings = (line.lstrip("#").strip() for line in text.splitlines() if re.match(r"^#{1,6} ", line))
+    return {"".join(c for c in h.lower() if c.isalnum() or c in "-_ ").replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("doc", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_and_anchor_exists(doc: Path):
+    broken = []
+    for target in LINK.findall(doc.read_text(encoding="utf-8")):
+        if "://" in target:
+            continue
+        path, _, anchor = target.partition("#")
+        file = (doc.parent / path).resolve() if path else doc
+        anchor_missing = bool(anchor) and file.suffix == ".md" and file.exists() and \
+            anchor not in heading_anchors(file.read_text(encoding="utf-8"))
+        if not file.exists() or anchor_missing:
+            broken.append(target)
+    assert not broken, f"{doc.name}: broken links {broken}"
+
+
 BROKEN = """
 ```bash
 python run_squad.py --init_checkpoint x.pt --output_dir results --no_such_flag 3
