@@ -263,7 +263,11 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 def heading_anchors(text: str) -> set[str]:
     """GitHub's anchors for a markdown file's headings (lower case, punctuation dropped, spaces to -)."""
-    headings = (line.lstrip("#").strip() for line in text.splitlines() if re.match(r"^#{1,6} ", line))
+    headings, in_block = [], False
+    for line in text.splitlines():
+        in_block ^= bool(FENCE.match(line.strip()))
+        if not in_block and re.match(r"^#{1,6} ", line):  # a `# comment` in a code block is no heading
+            headings.append(line.lstrip("#").strip())
     return {"".join(c for c in h.lower() if c.isalnum() or c in "-_ ").replace(" ", "-") for h in headings}
 
 
