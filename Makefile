@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast lint demo bench clean
+.PHONY: venv test test-fast lint demo bench docs clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_pretraining.py
 	$(PY) benchmarks/bench_squad.py
 	$(PY) benchmarks/bench_inference.py --int8
+
+# docs/parameters.md from every script's --help (tests/test_readme.py fails while it is stale).
+docs: $(STAMP)
+	$(PY) scripts/update_parameters_doc.py
 
 clean:
 	rm -rf $(VENV) results demo_out
