@@ -7,6 +7,7 @@ import sys
 import pytest
 from conftest import ROOT, script_env
 from pretrain_helpers import make_shard, wikitext_documents, write_config
+
 # Not skipped when missing: tensorboard is a runtime requirement (requirements.txt), not an option.
 from tensorboard.backend.event_processing import event_accumulator
 
