@@ -1,7 +1,7 @@
 """Build a Triton model repository from triton/export.py's output.
 
     python triton/model_repository.py --export-dir results/export --model-repository results/triton_models \\
-        --backend python --vocab_file vocab/vocab
+        --backend python --vocab_file data/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt
 
 Layout (what `tritonserver --model-repository` reads):
 
