@@ -11,8 +11,8 @@
 # MAX_CLIENT_THREADS client threads) and stops once the average latency exceeds MAX_LATENCY_MS.
 # Requests go over gRPC to SERVER_HOSTNAME:8001 ($TRITON_GRPC_PORT), as in the original (a host with a
 # port is refused, as there). PROFILING_DATA: "random" (random tokens, sequence length 384) or a
-# SQuAD json (real windows; needs $VOCAB_FILE). Results: results/perf_client/MODEL_NAME/
-# results[_RESULTS_ID]_<timestamp>/perf.csv (+ perf.json, perf.png). PRECISION only names the run,
+# SQuAD json (real windows; needs $VOCAB_FILE). Results: $PERF_RESULTS_DIR (default
+# results/perf_client)/MODEL_NAME/results[_RESULTS_ID]_<timestamp>/perf.csv (+ perf.json, perf.png). PRECISION only names the run,
 # as in the original; BRIDGE and GPUS are accepted and unused (no containers). PYTHON: interpreter.
 set -euo pipefail
 
@@ -68,7 +68,7 @@ case "$profiling_data" in
   *) die "PROFILING_DATA must be 'random' or a SQuAD .json file, got '$profiling_data'" ;;
 esac
 
-out_dir="$CODEDIR/results/perf_client/$model_name/results${results_id:+_$results_id}_$(date +%y%m%d_%H%M%S)"
+out_dir="${PERF_RESULTS_DIR:-"$CODEDIR/results/perf_client"}/$model_name/results${results_id:+_$results_id}_$(date +%y%m%d_%H%M%S)"
 echo "run_perf_client.sh: $model_name v$model_version ($precision), batch $batch_size," \
   "concurrency ${levels[*]} (max latency $max_latency ms) -> $out_dir"
 exec "$PYTHON" "$CODEDIR/triton/perf.py" -i grpc -u "$server_hostname:${TRITON_GRPC_PORT:-8001}" \
