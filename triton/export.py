@@ -2,7 +2,7 @@
 
     python triton/export.py --checkpoint results/squad --output_dir results/export \\
         --vocab_file data/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt \\
-        --predict_file data/squad/v1.1/dev-v1.1.json
+        --predict_file data/download/squad/v1.1/dev-v1.1.json
 
 The exported graphs take int64 `input_ids`, `token_type_ids`, `attention_mask` of shape
 [batch, sequence] (both axes dynamic) and return float32 `start_logits`, `end_logits` [batch, sequence]
