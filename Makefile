@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast lint demo bench clean
+.PHONY: venv system-packages test test-fast lint demo bench docs clean
 
 venv: $(STAMP)
 
@@ -18,15 +18,20 @@ $(STAMP): requirements.txt requirements-test.txt requirements-serve.txt
 	$(PIP) install -q -r requirements.txt -r requirements-serve.txt -r requirements-test.txt
 	touch $(STAMP)
 
-test: $(STAMP)
+# Slurm, munge, numactl, shellcheck (.ci/system-packages.txt), installed where root with apt-get;
+# elsewhere their tests skip, and pytest's last line says which were skipped and why.
+system-packages:
+	@bash .ci/install-system-packages.sh
+
+test: $(STAMP) system-packages
 	$(PY) -m pytest -q tests
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-packages
 	$(PY) -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	@command -v shellcheck >/dev/null || apt-get install -y -q shellcheck >/dev/null
+	@command -v shellcheck >/dev/null || bash .ci/install-system-packages.sh
 	shellcheck -x $$(git ls-files '*.sh' run.sub bind.sh)
 	$(VENV)/bin/hadolint Dockerfile
 
@@ -40,6 +45,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_pretraining.py
 	$(PY) benchmarks/bench_squad.py
 	$(PY) benchmarks/bench_inference.py --int8
+
+# docs/parameters.md from every script's --help (tests/test_readme.py fails while it is stale).
+docs: $(STAMP)
+	$(PY) scripts/update_parameters_doc.py
 
 clean:
 	rm -rf $(VENV) results demo_out

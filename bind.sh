@@ -2,7 +2,7 @@
 # Run a command bound to this local rank's share of the CPUs and memory (via numactl).
 #
 #   bind.sh [--cpu=exclusive|exclusive,nosmt|node|off] [--mem=node|off] [--ib=single|off]
-#           [--cluster=NAME] [--print] -- COMMAND [ARGS...]
+#           [--cluster=NAME] [--require-binding] [--print] -- COMMAND [ARGS...]
 #
 # Defaults: --cpu=node --mem=node --ib=off.
 #   --cpu=exclusive        the rank's contiguous share of the physical cores of its NUMA node,
@@ -13,8 +13,12 @@
 #   --ib=single            export OMPI_MCA_btl_openib_if_include with one InfiniBand device
 #                          (from `ibstat -l`) chosen by rank, like the original
 #   --cluster=NAME         accepted for compatibility; devices always come from `ibstat -l`
-#   --print                print the command that would run, one argument per line, and exit
-#                          (also when BIND_DRY_RUN=1)
+#   --require-binding      fail (exit 2) when numactl is missing instead of running unbound
+#                          (also when BIND_REQUIRE=1)
+#   --print                print the command that would run where numactl is installed, one
+#                          argument per line, and exit (also when BIND_DRY_RUN=1)
+#
+# Without numactl (clusters that lack it) the command runs unbound after one warning line on stderr.
 #
 # Local rank: LOCAL_RANK, SLURM_LOCALID, OMPI_COMM_WORLD_LOCAL_RANK, else 0.
 # Ranks on this node: LOCAL_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_SIZE, Slurm's tasks-per-node
@@ -156,12 +160,14 @@ cpu_mode=node
 mem_mode=node
 ib_mode=off
 print_only=${BIND_DRY_RUN:-0}
+require_binding=${BIND_REQUIRE:-0}
 while (($#)); do
   case "$1" in
     --cpu=*) cpu_mode=${1#--cpu=} ;;
     --mem=*) mem_mode=${1#--mem=} ;;
     --ib=*) ib_mode=${1#--ib=} ;;
     --cluster=*) ;;
+    --require-binding) require_binding=1 ;;
     --print) print_only=1 ;;
     -h | --help) usage; exit 0 ;;
     --) shift; break ;;
@@ -196,24 +202,29 @@ if [[ "$cpu_mode" != off || "$mem_mode" != off ]]; then
   [[ "$mem_mode" == node ]] && numactl_args+=("--membind=$numa_node")
 fi
 
-command_line=()
+ib_env=()
 if [[ "$ib_mode" == single ]]; then
   if device=$(infiniband_device "$local_rank" "$world"); then
-    command_line+=(env "OMPI_MCA_btl_openib_if_include=$device")
+    ib_env=(env "OMPI_MCA_btl_openib_if_include=$device")
   else
     echo "bind.sh: --ib=single: no InfiniBand device found by 'ibstat -l'; not selecting one" >&2
   fi
 fi
+binder=()
 if ((${#numactl_args[@]})); then
-  command_line+=(numactl "${numactl_args[@]}" --)
+  binder=(numactl "${numactl_args[@]}" --)
 fi
-command_line+=("$@")
 
 if [[ "$print_only" == 1 ]]; then
-  printf '%s\n' "${command_line[@]}"
+  printf '%s\n' "${ib_env[@]}" "${binder[@]}" "$@"
   exit 0
 fi
-if ((${#numactl_args[@]})) && ! command -v numactl >/dev/null 2>&1; then
-  die "numactl is not installed (apt-get install numactl), or run with --cpu=off --mem=off"
+if ((${#binder[@]})) && ! command -v numactl >/dev/null 2>&1; then
+  if [[ "$require_binding" == 1 ]]; then
+    die "numactl is not installed (apt-get install numactl), or run with --cpu=off --mem=off"
+  fi
+  # Clusters without numactl still run the job, just without affinity.
+  echo "bind.sh: warning: numactl not found, running unbound (install numactl to bind; --require-binding makes this an error)" >&2
+  binder=()
 fi
-exec "${command_line[@]}"
+exec "${ib_env[@]}" "${binder[@]}" "$@"

@@ -10,13 +10,15 @@ Every rank gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and 
 environment and, unless --use_env is given, `--local_rank=<r>` as its first script argument. The
 binding itself is computed and applied by `bind.sh` next to this file (`--cpu=exclusive`, or
 `exclusive,nosmt` with --no_hyperthreads; `--mem=node` unless --no_membind), so both launchers bind
-identically. SIGINT/SIGTERM/SIGHUP are forwarded to the ranks; when one rank fails the others are
+identically. Without numactl the ranks run unbound after one warning line (--require_binding makes
+that an error instead). SIGINT/SIGTERM/SIGHUP are forwarded to the ranks; when one rank fails the others are
 stopped and the launcher exits with that rank's code.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,6 +46,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ncores_per_socket", type=int, default=None,
                         help="accepted for compatibility; the topology is read from lscpu")
     parser.add_argument("--use_env", action="store_true", help="do not pass --local_rank to the script")
+    parser.add_argument("--require_binding", action="store_true",
+                        help="fail when numactl is missing (default: warn once and run the ranks unbound)")
     parser.add_argument("training_script", help="the Python script each rank runs")
     parser.add_argument("training_script_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -55,9 +59,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def bind_options(args: argparse.Namespace) -> list[str]:
+    if not args.bind:
+        return ["--cpu=off", "--mem=off"]
     cpu = "exclusive,nosmt" if args.no_hyperthreads else "exclusive"
     mem = "off" if args.no_membind else "node"
     return [f"--cpu={cpu}", f"--mem={mem}"]
+
+
+def decide_binding(args: argparse.Namespace) -> None:
+    """Sets args.bind; checked once here so a missing numactl gives one line, not one per rank."""
+    args.bind = shutil.which("numactl") is not None
+    if args.bind:
+        return
+    if args.require_binding:
+        print("error: numactl is not installed (apt-get install numactl); --require_binding forbids running unbound",
+              file=sys.stderr)
+        raise SystemExit(2)
+    print("bind_pyt.py: warning: numactl not found, running the ranks unbound (install numactl to bind)",
+          file=sys.stderr)
 
 
 def rank_env(args: argparse.Namespace, local_rank: int) -> dict[str, str]:
@@ -144,7 +163,9 @@ def launch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return launch(parse_args(argv))
+    args = parse_args(argv)
+    decide_binding(args)
+    return launch(args)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ int8 [N, S], `masked_lm_positions` int32 [N, M] and `masked_lm_ids` int32 [N, M]
 byte-shuffle filter). Chunks are whole rows, so a reader can also stream a shard in row blocks.
 
     python create_pretraining_data.py --input_file shard.txt --output_file shard.hdf5 \\
-        --vocab_file vocab/vocab.txt --max_seq_length 128 --max_predictions_per_seq 20
+        --vocab_file data/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt \\
+        --max_seq_length 128 --max_predictions_per_seq 20
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Per-token hidden states of chosen encoder layers as JSON lines (Google BERT's extract_features format).
 
     python extract_features.py --input_file sentences.txt --output_file features.jsonl \
-        --init_checkpoint ckpt.pt --vocab_file vocab.txt --do_lower_case --layers -1,-2,-3,-4
+        --init_checkpoint ckpt.pt --vocab_file vocab.txt --do_lower_case --layers=-1,-2,-3,-4
 
 Each input line is one text, or a pair written `text_a ||| text_b`. Each output line is
 `{"linex_index": i, "features": [{"token": t, "layers": [{"index": -1, "values": [...]}, ...]}, ...]}`

@@ -45,3 +45,31 @@ def script_env() -> dict[str, str]:
     env["HF_HUB_OFFLINE"] = "1"
     env["TRANSFORMERS_OFFLINE"] = "1"
     return env
+
+
+def skip_reason(report: pytest.TestReport) -> str:
+    """A skip's reason without the per-test detail after the first ': ' (e.g. which data file is absent)."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    return reason.split(": ", 1)[0].strip()
+
+
+def skip_summary(reports: list[pytest.TestReport]) -> str | None:
+    """One line: how many tests were skipped, grouped by reason, most frequent first."""
+    by_test = {report.nodeid: skip_reason(report) for report in reports}
+    if not by_test:
+        return None
+    counts: dict[str, int] = {}
+    for reason in by_test.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    groups = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return f"skipped {len(by_test)}: " + "; ".join(f"{count} × {reason}" for reason, count in groups)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    # `make test` on a machine without Slurm/numactl/shellcheck or the shared data tests less than CI:
+    # say so in one line at the end of the run rather than only in the count.
+    line = skip_summary(terminalreporter.stats.get("skipped", []))
+    if line:
+        terminalreporter.write_line(line, yellow=True)

@@ -18,7 +18,7 @@ BIND_PYT = ROOT / "bind_pyt.py"
 # Variables bind.sh reads; the test process may run under torchrun or Slurm itself.
 RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_WORLD_SIZE",
              "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE",
-             "SLURM_TASKS_PER_NODE", "SLURM_NODEID", "BIND_DRY_RUN")
+             "SLURM_TASKS_PER_NODE", "SLURM_NODEID", "BIND_DRY_RUN", "BIND_REQUIRE")
 
 
 def lscpu_lines(sockets: int, cores_per_socket: int, threads: int) -> list[str]:
@@ -203,18 +203,33 @@ def test_more_ranks_than_cores_is_an_error_for_exclusive_only(tmp_path):
 def minimal_path_without_numactl(tmp_path: Path) -> Path:
     """A bin folder with the stand-in lscpu and only the real tools bind.sh needs besides numactl."""
     bin_dir = fake_tools(tmp_path, ONE_NODE_TWO_CPUS)
-    for tool in ("awk", "cat", "grep", "sed", "env"):
+    for tool in ("awk", "bash", "cat", "grep", "sed", "env"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
     return bin_dir
 
 
-def test_missing_numactl_is_a_clear_error_only_when_binding(tmp_path):
+def test_missing_numactl_warns_once_and_runs_unbound(tmp_path):
+    env = bind_env(minimal_path_without_numactl(tmp_path), path_rest="", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2")
+    result = run_bind(["--cpu=exclusive", "--", sys.executable, "-c",
+                       "import os; print(sorted(os.sched_getaffinity(0)))"], env)
+    assert json.loads(result.stdout) == sorted(os.sched_getaffinity(0))
+    assert result.stderr.splitlines() == [
+        "bind.sh: warning: numactl not found, running unbound "
+        "(install numactl to bind; --require-binding makes this an error)"]
+
+
+def test_missing_numactl_is_an_error_when_binding_is_required(tmp_path):
     env = bind_env(minimal_path_without_numactl(tmp_path), path_rest="")
-    result = run_bind(["--cpu=node", "--", sys.executable, "-c", "print('ran')"], env, check=False)
-    assert result.returncode == 2
-    assert "numactl is not installed" in result.stderr
-    direct = run_bind(["--cpu=off", "--mem=off", "--", sys.executable, "-c", "print('ran')"], env)
-    assert direct.stdout == "ran\n"
+    command = ["--", sys.executable, "-c", "print('ran')"]
+    for args, extra_env in ((["--require-binding"], {}), ([], {"BIND_REQUIRE": "1"})):
+        result = run_bind([*args, "--cpu=node", *command], {**env, **extra_env}, check=False)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [
+            "bind.sh: numactl is not installed (apt-get install numactl), or run with --cpu=off --mem=off"]
+    # Nothing to bind: numactl is not needed, and nothing is said about it.
+    direct = run_bind(["--require-binding", "--cpu=off", "--mem=off", *command], env)
+    assert (direct.stdout, direct.stderr) == ("ran\n", "")
 
 
 def needs_real_numactl_on_cpus_0_and_1() -> None:
@@ -307,6 +322,43 @@ def test_bind_pyt_second_node_ranks_and_use_env(tmp_path):
     assert [r["affinity"] for r in reports.values()] == [[0], [1]]
     assert [r["argv"] for r in reports.values()] == [[], []]
     assert reports[2]["MASTER_ADDR"] == "10.0.0.1"
+
+
+def test_bind_pyt_without_numactl_warns_once_and_runs_ranks_unbound(tmp_path):
+    script = tmp_path / "report.py"
+    script.write_text(RANK_REPORT)
+    env = bind_env(minimal_path_without_numactl(tmp_path), path_rest="")
+    result = run_bind_pyt(["--nproc_per_node", "2", "--master_port", "29613", str(script)], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "bind_pyt.py: warning: numactl not found, running the ranks unbound (install numactl to bind)"]
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert (report["RANK"], report["WORLD_SIZE"]) == (str(rank), "2")
+        assert report["affinity"] == sorted(os.sched_getaffinity(0))
+        assert report["argv"] == [f"--local_rank={rank}"]
+
+
+def test_bind_pyt_require_binding_without_numactl_starts_no_rank(tmp_path):
+    script = tmp_path / "report.py"
+    script.write_text(RANK_REPORT)
+    env = bind_env(minimal_path_without_numactl(tmp_path), path_rest="")
+    result = run_bind_pyt(["--nproc_per_node", "2", "--require_binding", str(script)], env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: numactl is not installed (apt-get install numactl); --require_binding forbids running unbound"]
+    assert not list(tmp_path.glob("rank*.json"))
+
+
+def test_bind_pyt_require_binding_with_numactl_binds(tmp_path):
+    needs_real_numactl_on_cpus_0_and_1()
+    script = tmp_path / "report.py"
+    script.write_text(RANK_REPORT)
+    env = bind_env(fake_tools(tmp_path, ONE_NODE_TWO_CPUS))
+    result = run_bind_pyt(["--nproc_per_node", "2", "--require_binding", "--use_env", str(script)], env)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text())["affinity"] for r in (0, 1)] == [[0], [1]]
 
 
 FAILING_RANKS = """\

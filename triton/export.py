@@ -1,7 +1,8 @@
 """Export a fine-tuned BERT checkpoint to TorchScript (`model.pt`) and ONNX (`model.onnx`), checked.
 
     python triton/export.py --checkpoint results/squad --output_dir results/export \\
-        --vocab_file vocab/vocab --predict_file data/squad/v1.1/dev-v1.1.json
+        --vocab_file data/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt \\
+        --predict_file data/download/squad/v1.1/dev-v1.1.json
 
 The exported graphs take int64 `input_ids`, `token_type_ids`, `attention_mask` of shape
 [batch, sequence] (both axes dynamic) and return float32 `start_logits`, `end_logits` [batch, sequence]
@@ -70,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--fp16", action="store_true", help="export half-precision weights (for GPU serving)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda for --fp16 when available)")
+    parser.add_argument("--triton-no-cuda", action="store_true", help="the original deployer's flag: --device cpu")
     parser.add_argument("--atol", type=float, default=None,
                         help=f"largest allowed difference to PyTorch (default {FP32_ATOL:g}; {FP16_ATOL:g} with --fp16)")
     parser.add_argument("--predict_file", default=None, help="SQuAD json to take sample windows from")
@@ -81,6 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.formats = list(dict.fromkeys((args.format or []) + (args.legacy_formats or []))) or ["onnx", "ts-trace"]
     if args.predict_file and not args.vocab_file:
         parser.error("--predict_file needs --vocab_file")
+    if args.triton_no_cuda:
+        if args.device not in (None, "cpu"):
+            parser.error(f"--triton-no-cuda contradicts --device {args.device}")
+        args.device = "cpu"
     if {"ts-trace", "ts-script"} <= set(args.formats):
         parser.error("ts-trace and ts-script both write model.pt: choose one")
     return args
@@ -141,8 +147,9 @@ def export_torchscript(wrapper: ExportWrapper, example: tuple[torch.Tensor, ...]
                 module = torch.jit.script(wrapper)
             except Exception as exc:  # noqa: BLE001 - scripting failures are many kinds of errors
                 reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-                raise InputError(f"torch.jit.script cannot compile this model ({reason}); "
-                                 "use --format ts-trace") from None
+                raise InputError(f"torch.jit.script cannot compile this model ({reason}); modeling.py's "
+                                 "CPU fast paths are not TorchScript (triton/README.md lists them): "
+                                 "use --format ts-trace, checked against PyTorch the same way") from None
         else:
             module = torch.jit.trace(wrapper, example, check_trace=False)
     with atomic_path(path) as tmp:

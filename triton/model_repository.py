@@ -1,7 +1,7 @@
 """Build a Triton model repository from triton/export.py's output.
 
     python triton/model_repository.py --export-dir results/export --model-repository results/triton_models \\
-        --backend python --vocab_file vocab/vocab
+        --backend python --vocab_file data/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt
 
 Layout (what `tritonserver --model-repository` reads):
 
@@ -313,25 +313,42 @@ def build_repository(repository: Path, export_dir: Path, spec: TensorModelSpec, 
     return written
 
 
+def add_deployer_aliases(parser: argparse.ArgumentParser) -> None:
+    """The original deployer.py's Triton flags, with its meanings (they configure the repository)."""
+    legacy = parser.add_argument_group("the original deployer's flags")
+    legacy.add_argument("--triton-dyn-batching-delay", dest="legacy_dyn_delay", type=float, default=None,
+                        help="as the original: delay in ms, <= 0 turns dynamic batching off (its default 0); "
+                             "overrides --dyn-batching-delay")
+    legacy.add_argument("--triton-no-cuda", action="store_true",
+                        help="CPU instances (same as --device cpu)")
+    legacy.add_argument("--triton-server-url", default=None,
+                        help="accepted and unused, as in the original: the repository is written to disk, "
+                             "the server reads it at start")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export-dir", required=True, type=Path, help="triton/export.py --output_dir")
-    parser.add_argument("--model-repository", default=Path("results/triton_models"), type=Path)
+    parser.add_argument("--model-repository", "--save-dir", dest="model_repository",
+                        default=Path("results/triton_models"), type=Path)
     parser.add_argument("--backend", choices=BACKENDS, default="python",
                         help="python runs here (nvidia-pytriton); onnxruntime/pytorch need the Triton container")
     parser.add_argument("--runtime", choices=list(RUNTIMES), default=None,
                         help="python backend: run model.onnx (onnxruntime) or model.pt (torchscript); "
                              "default: whichever was exported, ONNX first")
-    parser.add_argument("--model-name", default="bert")
-    parser.add_argument("--model-version", type=int, default=1)
-    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--model-name", "--triton-model-name", dest="model_name", default="bert")
+    parser.add_argument("--model-version", "--triton-model-version", dest="model_version", type=int, default=1)
+    parser.add_argument("--max-batch-size", "--triton-max-batch-size", dest="max_batch_size", type=int, default=8)
     parser.add_argument("--dyn-batching-delay", type=float, default=1.0,
                         help="dynamic batching queue delay in ms (default 1; < 0 = static batching)")
     parser.add_argument("--preferred-batch-sizes", type=int, nargs="+", default=None)
-    parser.add_argument("--engine-count", type=int, default=1, help="model instances (instance_group count)")
+    parser.add_argument("--engine-count", "--triton-engine-count", dest="engine_count", type=int, default=1,
+                        help="model instances (instance_group count)")
     parser.add_argument("--device", choices=list(KINDS), default="auto", help="instance kind (default auto)")
     parser.add_argument("--gpus", type=int, nargs="+", default=[])
-    parser.add_argument("--capture-cuda-graph", action="store_true", help="onnxruntime: CUDA graphs")
+    parser.add_argument("--capture-cuda-graph", type=int, nargs="?", const=1, default=0, choices=(0, 1),
+                        help="onnxruntime backend on GPU: CUDA graphs (bare flag or the original's 0/1); "
+                             "written to config.pbtxt, has no effect on CPU instances")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads per instance (0 = runtime default)")
     parser.add_argument("--text-model-name", default="bert_qa")
     parser.add_argument("--no-text-model", action="store_true", help="only the tensor model")
@@ -339,9 +356,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--code-root", default=str(REPO_ROOT),
                         help="where the text model imports this project from (in a container: the mount point)")
     parser.add_argument("--overwrite", action="store_true")
+    add_deployer_aliases(parser)
     bert_io.add_squad_feature_args(parser)
     bert_io.add_squad_answer_args(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.legacy_dyn_delay is not None:
+        args.dyn_batching_delay = args.legacy_dyn_delay if args.legacy_dyn_delay > 0 else -1.0
+    if args.triton_no_cuda:
+        if args.device == "gpu" or args.gpus:
+            parser.error("--triton-no-cuda contradicts --device gpu / --gpus")
+        args.device = "cpu"
+    return args
 
 
 def spec_from_args(args: argparse.Namespace, info: dict[str, Any]) -> TensorModelSpec:
@@ -352,7 +377,7 @@ def spec_from_args(args: argparse.Namespace, info: dict[str, Any]) -> TensorMode
         backend=args.backend, name=args.model_name, task=info.get("task", "qa"), num_labels=labels,
         max_batch_size=args.max_batch_size, dyn_batching_delay_ms=args.dyn_batching_delay,
         preferred_batch_sizes=args.preferred_batch_sizes, engine_count=args.engine_count, kind=args.device,
-        gpus=args.gpus, capture_cuda_graph=args.capture_cuda_graph, runtime=runtime,
+        gpus=args.gpus, capture_cuda_graph=bool(args.capture_cuda_graph), runtime=runtime,
         max_sequence=int(info["max_position_embeddings"]), vocab_size=int(info["vocab_size"]),
         type_vocab_size=int(info["type_vocab_size"]), intra_op_threads=args.threads,
     )

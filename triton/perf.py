@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seq-length", type=int, default=384)
     parser.add_argument("--requests", type=int, default=20, help="measured requests per setting")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured requests per setting")
+    parser.add_argument("--max-latency", type=float, default=None, metavar="MS",
+                        help="stop raising the concurrency of a batch size after a setting whose average "
+                             "latency exceeds MS (perf_client's -l in its concurrency sweep)")
     parser.add_argument("--output-dir", type=Path, default=Path("results/perf"))
     parser.add_argument("--predict_file", default=None, help="take inputs from this SQuAD json (needs --vocab_file)")
     parser.add_argument("--vocab_file", default=None)
@@ -181,6 +184,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows.append(row)
             print(f"batch {batch_size}, concurrency {concurrency}: {row['sequences_per_second']:.2f} seq/s, "
                   f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms", flush=True)
+            if args.max_latency is not None and row["avg_ms"] > args.max_latency:
+                print(f"batch {batch_size}: average latency {row['avg_ms']:.1f} ms is above --max-latency "
+                      f"{args.max_latency:g} ms; no higher concurrency", flush=True)
+                break
     print(format_table(rows))
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Predict a SQuAD file through a BERT tensor model on a Triton server, then score it.
 
     python triton/run_squad_client.py -u localhost:8000 -i http --model_name bert \\
-        --vocab_file vocab/vocab --do_lower_case --predict_file dev-v1.1.json --output_dir results/triton
+        --vocab_file data/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt \\
+        --do_lower_case --predict_file dev-v1.1.json --output_dir results/triton
 
 Windows, post-processing and the metric are the project's own (processors.squad,
 processors.squad_metrics), with run_squad.py's defaults, so the same checkpoint gives the same

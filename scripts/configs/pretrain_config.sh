@@ -4,8 +4,10 @@
 # The DGX presets are the original's (global batch 65,536 in phase 1 and 32,768 in phase 2);
 # cpu_tiny pretrains a 2-layer model on the demo shards in a few minutes on 2 CPU cores.
 
-BERT_PREP_WORKING_DIR=${BERT_PREP_WORKING_DIR:-/workspace/bert/data}
-CODEDIR=${CODEDIR:-/workspace/bert}
+# CODEDIR defaults to the checkout holding this file (/workspace/bert inside the container), and the data
+# to bertPrep.py's default working directory under it, as in squad_config.sh and glue_config.sh.
+CODEDIR=${CODEDIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+BERT_PREP_WORKING_DIR=${BERT_PREP_WORKING_DIR:-$CODEDIR/data}
 DATA_P1=${DATA_P1:-$BERT_PREP_WORKING_DIR/hdf5_lower_case_1_seq_len_128_max_pred_20_masked_lm_prob_0.15_random_seed_12345_dupe_factor_5/wikicorpus_en/}
 DATA_P2=${DATA_P2:-$BERT_PREP_WORKING_DIR/hdf5_lower_case_1_seq_len_512_max_pred_80_masked_lm_prob_0.15_random_seed_12345_dupe_factor_5/wikicorpus_en/}
 
