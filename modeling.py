@@ -289,6 +289,121 @@ def attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
+@dataclass
+class PackedSequences:
+    """Where each sequence's real tokens lie in a packed [T, ...] layout (built on the host by the data stream).
+
+    cu_seqlens: int32 [B + 2]: sequence b holds tokens cu_seqlens[b] : cu_seqlens[b + 1]; the last
+    segment is filler (at least one token) that rounds T up to a bucket, so shapes repeat across steps.
+    max_seqlen: an upper bound of any segment's length (the shard's sequence length): a host int, so
+    the kernel launch needs no device-to-host read.
+    """
+
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    position_ids: torch.Tensor  # [T] position of each token in its sequence (0 for filler)
+    first_token: torch.Tensor  # [B] packed index of each sequence's [CLS]
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> PackedSequences:
+        return PackedSequences(self.cu_seqlens.to(device, non_blocking=non_blocking), self.max_seqlen,
+                               self.position_ids.to(device, non_blocking=non_blocking),
+                               self.first_token.to(device, non_blocking=non_blocking))
+
+
+def flash_varlen_supported(q: torch.Tensor) -> bool:
+    """FlashAttention's variable-length kernel runs here: CUDA, fp16/bf16, head dim ≤ 256, sm80+."""
+    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16) or q.size(-1) > 256:
+        return False
+    if not hasattr(torch.ops.aten, "_flash_attention_forward") or not torch.backends.cuda.flash_sdp_enabled():
+        return False
+    return torch.cuda.get_device_capability(q.device) >= (8, 0)
+
+
+class FlashVarlenAttention(torch.autograd.Function):
+    """aten's FlashAttention-2 forward/backward over packed [T, heads, d] tensors with cu_seqlens.
+
+    Chosen because it keeps attention dropout in torch 2.11 and 2.13 alike (the dropout mask is
+    regenerated in backward from the returned Philox state); the public varlen helper
+    (torch.nn.attention.varlen) fixes dropout at 0, and nested jagged tensors through SDPA need a
+    per-step max length (a host sync) and wrapper overhead. Positional arguments only up to
+    `return_debug_mask` plus `scale`: these have the same meaning in every release since 2.1.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                max_seqlen: int, dropout_p: float, scale: float) -> torch.Tensor:
+        out, lse, rng_state, unused, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, rng_state, unused)
+        ctx.max_seqlen, ctx.dropout_p, ctx.scale = max_seqlen, dropout_p, scale
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        q, k, v, out, lse, cu_seqlens, rng_state, unused = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            grad_out.contiguous(), q, k, v, out, lse, cu_seqlens, cu_seqlens, ctx.max_seqlen, ctx.max_seqlen,
+            ctx.dropout_p, False, rng_state, unused, scale=ctx.scale)
+        return dq, dk, dv, None, None, None, None
+
+
+def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                      dropout_p: float, scale: float) -> torch.Tensor:
+    """The same attention with plain SDPA per segment (CPU, fp32, old GPUs): the reference the
+    kernel is tested against, and the fallback. Reads cu_seqlens on the host."""
+    out = torch.empty_like(q)
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        if end > start:
+            seg = [t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v)]  # [1, heads, L, d]
+            out[start:end] = F.scaled_dot_product_attention(*seg, dropout_p=dropout_p, scale=scale)[0].transpose(0, 1)
+    return out
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences,
+                     dropout_p: float) -> torch.Tensor:
+    """Attention within each packed sequence: q, k, v [T, heads, d] → [T, heads, d]."""
+    scale = 1.0 / math.sqrt(q.size(-1))
+    if flash_varlen_supported(q):
+        return FlashVarlenAttention.apply(q, k, v, packed.cu_seqlens, packed.max_seqlen, dropout_p, scale)
+    return segment_attention(q, k, v, packed.cu_seqlens, dropout_p, scale)
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pack_batch(input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: torch.Tensor,
+               masked_positions: torch.Tensor, bucket: int = 256) -> dict[str, Any]:
+    """Host-side packing of one padded micro-batch ([B, S] tensors on the CPU).
+
+    Real tokens of row b (the first lengths[b] positions: shards are left-aligned) go to
+    cu[b] : cu[b+1]; a filler segment of ≥ 1 token rounds T up to a multiple of `bucket`.
+    masked_positions [B, P] (positions in each row) become packed indices.
+    """
+    batch, seq = input_ids.shape
+    lengths = input_mask.sum(dim=1)
+    real = int(lengths.sum())
+    total = round_up(real + 1, bucket)
+    cu = torch.zeros(batch + 2, dtype=torch.int32)
+    cu[1 : batch + 1] = torch.cumsum(lengths, 0)
+    cu[batch + 1] = total
+    flat = input_mask.reshape(-1).nonzero().squeeze(1)
+    fill = total - real
+
+    def packed(values: torch.Tensor) -> torch.Tensor:
+        return torch.cat([values.reshape(-1)[flat], values.new_zeros(fill)])
+
+    positions = torch.arange(seq).expand(batch, seq)
+    starts = cu[:batch].to(torch.int64)
+    # Filler prediction slots (label -1) may name padding positions; point them at the row's [CLS]
+    # so every packed index stays inside its own sequence.
+    in_row = torch.where(masked_positions < lengths[:, None], masked_positions, 0)
+    return {"input_ids": packed(input_ids), "segment_ids": packed(segment_ids),
+            "packed": PackedSequences(cu, seq, packed(positions), starts),
+            "masked_positions": in_row + starts[:, None]}
+
+
 def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """[B, S] 1/0 mask → boolean [B, 1, 1, S] for SDPA, or None when nothing is padded."""
     if attention_mask is None:
@@ -305,8 +420,10 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=1e-12)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.size(1), device=input_ids.device)
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, S] ids → [B, S, H]; or packed [T] ids with their `position_ids` → [T, H]."""
+        positions = torch.arange(input_ids.size(1), device=input_ids.device) if position_ids is None else position_ids
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))
 
@@ -321,17 +438,22 @@ class BertSelfAttention(nn.Module):
         self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
         # One GEMM for Q, K and V; the parameters stay separate so state-dict names match the original.
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         qkv = linear(x, weight, bias)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if isinstance(mask, PackedSequences):  # [T, 3H]: attention within each packed sequence
+            q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)
+            return varlen_attention(q, k, v, mask, dropout_p).reshape(qkv.size(0), -1)
         packed = mask if isinstance(mask, PackedTokens) else None
         if packed is not None:  # attention itself runs on the padded layout
             qkv, mask = packed.pad(qkv), packed.mask
         b, s = qkv.shape[:2]
-        qkv = qkv.view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        context = attention(qkv[0], qkv[1], qkv[2], mask, self.dropout_p if self.training else 0.0)
+        # unbind: one backward node for the three views (three selects would each write a full-size gradient)
+        q, k, v = qkv.view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        context = attention(q, k, v, mask, dropout_p)
         context = context.transpose(1, 2).reshape(b, s, -1)
         return packed.pack(context) if packed is not None else context
 
@@ -360,7 +482,7 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
         return self.output(self.self(x, mask), x)
 
 
@@ -385,7 +507,7 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
         attended = self.attention(x, mask)
         return self.output(self.intermediate(attended), attended)
 
@@ -448,14 +570,16 @@ class BertEncoder(nn.Module):
         self.pack_multiple = 64  # see PackedTokens.from_mask
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, output_all_encoded_layers: bool = False
+        self, x: torch.Tensor, mask: torch.Tensor | PackedSequences | None, output_all_encoded_layers: bool = False
     ) -> list[torch.Tensor]:
+        if isinstance(mask, PackedSequences):  # x is already [T, H]: real tokens only, end to end
+            return self._run(x, mask, output_all_encoded_layers)
         if self.unpad and self.training and _worth_packing(x, mask):
             packed = PackedTokens.from_mask(mask, self.pack_multiple)
             return [packed.pad(out) for out in self._run(packed.pack(x), packed, output_all_encoded_layers)]
         return self._run(x, mask, output_all_encoded_layers)
 
-    def _run(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | None,
+    def _run(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None,
              output_all_encoded_layers: bool) -> list[torch.Tensor]:
         if self.checkpoint_activations and self.training and torch.is_grad_enabled():
             return [self._forward_checkpointed(x, mask)]
@@ -466,12 +590,12 @@ class BertEncoder(nn.Module):
                 outputs.append(x)
         return outputs if output_all_encoded_layers else [x]
 
-    def _forward_checkpointed(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | None) -> torch.Tensor:
+    def _forward_checkpointed(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
         """Recompute activations in chunks of ceil(sqrt(L)) layers, as the original does."""
         chunk = max(1, math.ceil(math.sqrt(len(self.layer))))
 
         def run(start: int, end: int):
-            def fn(hidden: torch.Tensor, m: torch.Tensor | PackedTokens | None) -> torch.Tensor:
+            def fn(hidden: torch.Tensor, m: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
                 for layer in self.layer[start:end]:
                     hidden = layer(hidden, m)
                 return hidden
@@ -490,6 +614,10 @@ class BertPooler(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.dense_act(hidden[:, 0])
+
+    def pool_packed(self, hidden: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
+        """Packed [T, H] → [B, H] from each sequence's first token ([CLS])."""
+        return self.dense_act(hidden.index_select(0, packed.first_token))
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -574,11 +702,18 @@ class BertModel(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         output_all_encoded_layers: bool | None = None,
+        packed: PackedSequences | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """With `packed`, input_ids and token_type_ids are packed [T] (see `pack_batch`), attention_mask
+        is unused, and the encoded layers are [T, H]."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if output_all_encoded_layers is None:
             output_all_encoded_layers = self.config.output_all_encoded_layers
+        if packed is not None:
+            x = self.embeddings(input_ids, token_type_ids, packed.position_ids)
+            encoded = self.encoder(x, packed, output_all_encoded_layers)
+            return encoded, self.pooler.pool_packed(encoded[-1], packed)
         x = self.embeddings(input_ids, token_type_ids)
         encoded = self.encoder(x, padding_mask(attention_mask), output_all_encoded_layers)
         return encoded, self.pooler(encoded[-1])
@@ -619,10 +754,17 @@ class BertForPreTraining(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         masked_lm_positions: torch.Tensor | None = None,
+        packed: PackedSequences | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        encoded, pooled = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False)
+        """With `packed` (ids packed [T], see `pack_batch`), masked_lm_positions [B, P] are packed
+        indices and must be given."""
+        encoded, pooled = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False,
+                                    packed=packed)
         sequence = encoded[-1]
-        if masked_lm_positions is not None:
+        if packed is not None:
+            # [T, H] at [B, P] packed indices → [B, P, H] (index_select: its backward is one index_add)
+            sequence = sequence.index_select(0, masked_lm_positions.reshape(-1)).view(*masked_lm_positions.shape, -1)
+        elif masked_lm_positions is not None:
             sequence = gather_positions(sequence, masked_lm_positions)
         return self.cls(sequence, pooled)
 

@@ -1,0 +1,139 @@
+"""The unpadded (packed) path: real tokens only from the embeddings on, attention per sequence.
+
+On CUDA with bf16/fp16 attention runs FlashAttention's variable-length kernel; elsewhere a per-sequence
+SDPA stand-in runs the same plumbing, which is checked here against the padded model. The CUDA call
+itself (shapes, autograd wiring) is checked on meta tensors.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from pretrain_helpers import TINY_MODEL
+
+from modeling import (
+    BertConfig,
+    BertForPreTraining,
+    BertPretrainingCriterion,
+    FlashVarlenAttention,
+    PackedSequences,
+    masked_positions_from_labels,
+    pack_batch,
+    segment_attention,
+    varlen_attention,
+)
+
+LENGTHS = (32, 25, 12, 32, 9, 20)
+
+
+def padded_batch(seq: int = 32, max_pred: int = 6, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(LENGTHS)
+    mask = (torch.arange(seq)[None] < lengths[:, None]).long()
+    ids = torch.randint(1000, 30000, (len(LENGTHS), seq), generator=g) * mask
+    types = (torch.arange(seq)[None] >= (lengths[:, None] // 2)).long() * mask
+    labels = torch.full((len(LENGTHS), seq), -1)
+    for row, length in enumerate(LENGTHS):
+        picked = torch.randperm(length - 2, generator=g)[: min(4, length - 2)] + 1
+        labels[row, picked] = ids[row, picked]
+    positions, labels = masked_positions_from_labels(labels, max_pred)
+    return ids, types, mask, positions, labels, torch.randint(0, 2, (len(LENGTHS),), generator=g)
+
+
+def test_pack_batch_layout():
+    ids, types, mask, positions, _, _ = padded_batch()
+    packed = pack_batch(ids, types, mask, positions, bucket=64)
+    seqs: PackedSequences = packed["packed"]
+    real = sum(LENGTHS)
+    total = packed["input_ids"].numel()
+    assert total % 64 == 0 and total > real and total - real <= 64
+    assert seqs.cu_seqlens.dtype == torch.int32
+    assert seqs.cu_seqlens.tolist() == [0, 32, 57, 69, 101, 110, 130, total]
+    assert seqs.max_seqlen == 32
+    for row, length in enumerate(LENGTHS):
+        start = seqs.cu_seqlens[row]
+        assert torch.equal(packed["input_ids"][start : start + length], ids[row, :length])
+        assert torch.equal(packed["segment_ids"][start : start + length], types[row, :length])
+        assert seqs.position_ids[start : start + length].tolist() == list(range(length))
+        assert seqs.first_token[row] == start
+    assert (packed["input_ids"][real:] == 0).all() and (seqs.position_ids[real:] == 0).all()
+    mlm = packed["masked_positions"]
+    starts, ends = seqs.cu_seqlens[:-2, None], seqs.cu_seqlens[1:-1, None]
+    assert ((mlm >= starts) & (mlm < ends)).all(), "every prediction slot stays inside its own sequence"
+
+
+def test_segment_attention_equals_masked_padded_attention():
+    torch.manual_seed(0)
+    heads, dim = 2, 8
+    ids, types, mask, positions, _, _ = padded_batch()
+    seqs = pack_batch(ids, types, mask, positions, bucket=64)["packed"]
+    q, k, v = (torch.randn(len(LENGTHS), heads, 32, dim) for _ in range(3))
+    padded = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask.bool()[:, None, None, :])
+    flat = mask.reshape(-1).nonzero().squeeze(1)
+
+    def pack(t):
+        real = t.transpose(1, 2).reshape(-1, heads, dim)[flat]
+        filler = torch.randn(int(seqs.cu_seqlens[-1]) - len(flat), heads, dim)
+        return torch.cat([real, filler])
+
+    out = varlen_attention(pack(q), pack(k), pack(v), seqs, dropout_p=0.0)
+    torch.testing.assert_close(out[: len(flat)], padded.transpose(1, 2).reshape(-1, heads, dim)[flat])
+
+
+def _model_pair():
+    config = BertConfig.from_dict({**TINY_MODEL, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    torch.manual_seed(0)
+    model = BertForPreTraining(config).train()
+    model.bert.encoder.unpad = False  # the padded reference (not the CPU PackedTokens path)
+    return config, model
+
+
+def _loss_and_grads(model, criterion, scores, nsp_scores, labels, nsp):
+    model.zero_grad(set_to_none=True)
+    loss, _, _ = criterion(scores, nsp_scores, labels, nsp)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_packed_model_equals_padded_model_outputs_and_gradients():
+    config, model = _model_pair()
+    criterion = BertPretrainingCriterion(config.padded_vocab_size)
+    ids, types, mask, positions, labels, nsp = padded_batch()
+    padded_scores, padded_nsp = model(ids, types, mask, positions)
+    padded_loss, padded_grads = _loss_and_grads(model, criterion, padded_scores, padded_nsp, labels, nsp)
+
+    packed = pack_batch(ids, types, mask, positions, bucket=64)
+    scores, nsp_scores = model(packed["input_ids"], packed["segment_ids"], None, packed["masked_positions"],
+                               packed=packed["packed"])
+    loss, grads = _loss_and_grads(model, criterion, scores, nsp_scores, labels, nsp)
+
+    used = labels != -1  # filler slots differ (they read another position) and are ignored by the loss
+    torch.testing.assert_close(scores[used], padded_scores[used], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(nsp_scores, padded_nsp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, padded_loss, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == padded_grads.keys()
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_flash_varlen_call_shapes_and_autograd_on_meta_tensors():
+    """The aten FlashAttention op as the CUDA path calls it, on meta tensors (no GPU needed): output
+    and gradients come back as [T, heads, d] in the input dtype, and backward reaches q, k and v."""
+    if not hasattr(torch.ops.aten, "_flash_attention_forward"):
+        pytest.skip("this torch has no aten flash attention op")
+    total, heads, dim = 320, 4, 16
+    q, k, v = (torch.empty(total, heads, dim, device="meta", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    cu_seqlens = torch.empty(len(LENGTHS) + 2, device="meta", dtype=torch.int32)
+    out = FlashVarlenAttention.apply(q, k, v, cu_seqlens, 128, 0.1, dim**-0.5)
+    assert out.shape == (total, heads, dim) and out.dtype == torch.bfloat16
+    out.sum().backward()
+    for t in (q, k, v):
+        assert t.grad is not None and t.grad.shape == t.shape and t.grad.dtype == torch.bfloat16
+
+
+def test_segment_attention_keeps_dropout():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(40, 2, 8) for _ in range(3))
+    cu = torch.tensor([0, 30, 40], dtype=torch.int32)
+    plain = segment_attention(q, k, v, cu, 0.0, 8**-0.5)
+    dropped = segment_attention(q, k, v, cu, 0.5, 8**-0.5)
+    assert not torch.allclose(plain, dropped)
