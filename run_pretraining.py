@@ -494,16 +494,8 @@ class Trainer:
         return loss.detach(), mlm.detach(), nsp.detach()
 
     def allreduce_gradients(self) -> None:
-        """The original's post-accumulation all-reduce: one flat buffer, mean over ranks and micro-steps."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        dtype = torch.float16 if self.args.allreduce_post_accumulation_fp16 else torch.float32
-        flat = torch.cat([g.reshape(-1).to(dtype) for g in grads])
-        flat.div_(self.env.world_size * self.accum)
-        dist.all_reduce(flat)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        allreduce_post_accumulation(grads, self.env.world_size * self.accum, self.args.allreduce_post_accumulation_fp16)
 
     def optimizer_step(self) -> bool:
         """Scheduler then LAMB (the original's order). False when fp16 overflow skipped the update."""
@@ -613,6 +605,25 @@ class Trainer:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             flag = t.item()
         return bool(flag)
+
+
+def allreduce_post_accumulation(grads: list[torch.Tensor], divisor: int, fp16: bool) -> None:
+    """The original's post-accumulation all-reduce: one flat buffer, mean over ranks × micro-steps.
+
+    The gradients hold loss-scaled sums over the micro-steps; they are divided by `divisor` in their
+    own (fp32) precision before the fp16 cast, as the original's scaling copy does. Casting first
+    overflowed: a scaled sum over 64 micro-steps exceeds fp16's 65504 long before the mean does.
+    """
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat.div_(divisor)
+    wire = flat.to(torch.float16) if fp16 else flat
+    dist.all_reduce(wire)
+    if wire is not flat:
+        flat.copy_(wire)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def make_progress(args: argparse.Namespace, env: utils.DistEnv, start: int, total: int):

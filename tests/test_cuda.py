@@ -172,3 +172,22 @@ def test_run_pretraining_fp16_accumulation_checkpoint_and_resume(tmp_path):
     final = torch.load(tmp_path / "straight" / "ckpt" / "ckpt_4.pt", weights_only=True)
     for name, value in final["model"].items():
         torch.testing.assert_close(ckpt["model"][name], value, rtol=5e-3, atol=5e-4, msg=name)
+
+
+def test_post_accumulation_allreduce_on_device_tensors(tmp_path):
+    """One-rank process group (NCCL bound to the GPU, as utils sets it up): the fp16 wire format keeps
+    the mean of loss-scaled sums that exceed fp16's range."""
+    import torch.distributed as dist
+
+    from run_pretraining import allreduce_post_accumulation
+
+    options = utils.process_group_options(DEVICE, rank=0, world_size=1)
+    dist.init_process_group(init_method=f"file://{tmp_path / 'store'}", **options)
+    try:
+        grads = [torch.full((1000,), 2000.0 * 64, device=DEVICE), torch.full((3, 5), -1000.0 * 64, device=DEVICE)]
+        allreduce_post_accumulation(grads, 64, fp16=True)
+    finally:
+        dist.destroy_process_group()
+    assert all(g.device == grads[0].device for g in grads)
+    torch.testing.assert_close(grads[0], torch.full((1000,), 2000.0, device=DEVICE))
+    torch.testing.assert_close(grads[1], torch.full((3, 5), -1000.0, device=DEVICE))
