@@ -583,7 +583,7 @@ class Trainer:
             "seq_per_s": seq_per_s,
         }
         mfu = model_flops_utilization(self.config, self.args, self.env.device, seq_per_s / self.env.world_size,
-                                      self.seq_len, self.max_pred)
+                                      self.seq_len, self.max_pred, self.precision)
         if mfu is not None:
             record["mfu"] = mfu
         epoch = self.stream.position.epoch
@@ -638,7 +638,43 @@ def make_progress(args: argparse.Namespace, env: utils.DistEnv, start: int, tota
 # Throughput accounting
 # --------------------------------------------------------------------------------------------
 
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
+# Dense peak TFLOP/s per precision (no sparsity), keyed by the exact `torch.cuda.get_device_name()`.
+# tf32 runs count against the TF32 tensor-core peak, fp32 runs against the plain FP32 peak; a missing
+# entry (V100 has no bf16 or tf32) means no MFU is logged. Sources: NVIDIA's datasheets.
+_H100_SXM = {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}
+_H100_NVL = {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}
+_A100 = {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}
+_V100_SXM2 = {"fp16": 125.0, "fp32": 15.7}
+_V100_PCIE = {"fp16": 112.0, "fp32": 14.0}
+GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "NVIDIA H100 80GB HBM3": _H100_SXM,
+    "NVIDIA H100 80GB HBM3e": _H100_SXM,
+    "NVIDIA H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2},
+    "NVIDIA H100 NVL": _H100_NVL,
+    "NVIDIA H200": _H100_SXM,
+    "NVIDIA H200 NVL": _H100_NVL,
+    "NVIDIA GH200 480GB": _H100_SXM,
+    "NVIDIA A100-SXM4-40GB": _A100,
+    "NVIDIA A100-SXM4-80GB": _A100,
+    "NVIDIA A100-PCIE-40GB": _A100,
+    "NVIDIA A100 80GB PCIe": _A100,
+    "NVIDIA A10": {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2},
+    "NVIDIA L4": {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3},
+    "NVIDIA L40S": {"bf16": 362.05, "fp16": 362.05, "tf32": 183.0, "fp32": 91.6},
+    "NVIDIA L40": {"bf16": 181.0, "fp16": 181.0, "tf32": 90.5, "fp32": 90.5},
+    "Tesla V100-SXM2-16GB": _V100_SXM2,
+    "Tesla V100-SXM2-32GB": _V100_SXM2,
+    "Tesla V100-PCIE-16GB": _V100_PCIE,
+    "Tesla V100-PCIE-32GB": _V100_PCIE,
+    "Tesla V100S-PCIE-32GB": {"fp16": 130.0, "fp32": 16.4},
+    "Tesla T4": {"fp16": 65.0, "fp32": 8.1},
+}
+
+
+def peak_flops(device_name: str, precision: str) -> float | None:
+    """Dense peak FLOP/s of this exact GPU for this precision, or None when unknown (MFU is then omitted)."""
+    value = GPU_PEAK_TFLOPS.get(device_name.strip(), {}).get(precision)
+    return None if value is None else value * 1e12
 
 
 def training_flops_per_sequence(config: BertConfig, seq_len: int, masked: int | None) -> float:
@@ -653,15 +689,25 @@ def training_flops_per_sequence(config: BertConfig, seq_len: int, masked: int | 
 
 
 def model_flops_utilization(config, args, device: torch.device, seq_per_s_per_rank: float, seq_len: int,
-                            max_pred: int) -> float | None:
+                            max_pred: int, precision: str) -> float | None:
     if device.type != "cuda" or seq_per_s_per_rank <= 0:
         return None
     name = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    peak = peak_flops(name, precision)
     if peak is None:
+        _note_once(f"MFU not logged: no {precision} peak known for GPU {name!r} (run_pretraining.GPU_PEAK_TFLOPS)")
         return None
     masked = max_pred if args.dense_seq_output else None
     return training_flops_per_sequence(config, seq_len, masked) * seq_per_s_per_rank / peak
+
+
+_NOTES_GIVEN: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    if message not in _NOTES_GIVEN:
+        _NOTES_GIVEN.add(message)
+        print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------

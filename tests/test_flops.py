@@ -1,0 +1,40 @@
+"""Bug 4: MFU's peak table is keyed by exact GPU names and by precision."""
+from __future__ import annotations
+
+import pytest
+
+from run_pretraining import GPU_PEAK_TFLOPS, peak_flops
+
+
+@pytest.mark.parametrize(("name", "precision", "tflops"), [
+    ("NVIDIA H100 80GB HBM3", "bf16", 989.4),
+    ("NVIDIA H100 PCIe", "bf16", 756.5),  # a substring match gave PCIe and NVL the SXM peak
+    ("NVIDIA H100 NVL", "fp16", 835.5),
+    ("NVIDIA H100 80GB HBM3", "tf32", 494.7),  # tf32 runs count against the TF32 peak, not bf16's
+    ("NVIDIA H100 80GB HBM3", "fp32", 66.9),
+    ("NVIDIA A100-SXM4-80GB", "bf16", 312.0),
+    ("NVIDIA A100-PCIE-40GB", "tf32", 156.0),
+    ("NVIDIA A10", "bf16", 125.0),  # "A10" is a prefix of "A100": exact names keep them apart
+    ("NVIDIA L40S", "bf16", 362.05),
+    ("Tesla V100-SXM2-32GB", "fp16", 125.0),
+])
+def test_peak_by_exact_name_and_precision(name, precision, tflops):
+    assert peak_flops(name, precision) == pytest.approx(tflops * 1e12)
+
+
+@pytest.mark.parametrize(("name", "precision"), [
+    ("Tesla V100-SXM2-16GB", "bf16"),  # V100 has no bf16
+    ("Tesla V100-SXM2-16GB", "tf32"),
+    ("NVIDIA H100 80GB HBM3 (prototype)", "bf16"),  # unknown name: omitted, not guessed
+    ("NVIDIA A100", "bf16"),
+])
+def test_unknown_gpu_or_precision_gives_no_peak(name, precision):
+    assert peak_flops(name, precision) is None
+
+
+def test_every_peak_orders_precisions_as_the_hardware_does():
+    for name, peaks in GPU_PEAK_TFLOPS.items():
+        if "tf32" in peaks:
+            assert peaks["bf16"] == peaks["fp16"] > peaks["tf32"] >= peaks["fp32"], name
+        else:
+            assert peaks["fp16"] > peaks["fp32"] and "bf16" not in peaks, name
