@@ -291,42 +291,52 @@ def attention(
 
 @dataclass
 class PackedSequences:
-    """Where each sequence's real tokens lie in a packed [T, ...] layout (built on the host by the data stream).
+    """Where each sequence's real tokens lie in a packed [T, ...] layout (built on the host, `pack_batch`).
 
     cu_seqlens: int32 [B + 2]: sequence b holds tokens cu_seqlens[b] : cu_seqlens[b + 1]; the last
     segment is filler (at least one token) that rounds T up to a bucket, so shapes repeat across steps.
     max_seqlen: an upper bound of any segment's length (the shard's sequence length): a host int, so
-    the kernel launch needs no device-to-host read.
+    the kernel launch needs no device-to-host read. flash: attention runs FlashAttention's varlen
+    kernel (decided on the host: CUDA, fp16/bf16, sm80+, see `flash_varlen_available`), else the
+    block-diagonal reference.
     """
 
     cu_seqlens: torch.Tensor
     max_seqlen: int
     position_ids: torch.Tensor  # [T] position of each token in its sequence (0 for filler)
     first_token: torch.Tensor  # [B] packed index of each sequence's [CLS]
+    flash: bool = False
 
     def to(self, device: torch.device, non_blocking: bool = False) -> PackedSequences:
         return PackedSequences(self.cu_seqlens.to(device, non_blocking=non_blocking), self.max_seqlen,
                                self.position_ids.to(device, non_blocking=non_blocking),
-                               self.first_token.to(device, non_blocking=non_blocking))
+                               self.first_token.to(device, non_blocking=non_blocking), self.flash)
+
+    def pin_memory(self) -> PackedSequences:
+        return PackedSequences(self.cu_seqlens.pin_memory(), self.max_seqlen, self.position_ids.pin_memory(),
+                               self.first_token.pin_memory(), self.flash)
 
 
-def flash_varlen_supported(q: torch.Tensor) -> bool:
-    """FlashAttention's variable-length kernel runs here: CUDA, fp16/bf16, head dim ≤ 256, sm80+."""
-    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16) or q.size(-1) > 256:
+def flash_varlen_available(device: torch.device, precision: str) -> bool:
+    """Whether FlashAttention's variable-length kernel can run for this device and training precision:
+    CUDA sm80+ (Ampere and later) under fp16/bf16 autocast, with torch's flash kernels enabled."""
+    if device.type != "cuda" or precision not in ("fp16", "bf16") or not torch.cuda.is_available():
         return False
     if not hasattr(torch.ops.aten, "_flash_attention_forward") or not torch.backends.cuda.flash_sdp_enabled():
         return False
-    return torch.cuda.get_device_capability(q.device) >= (8, 0)
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 class FlashVarlenAttention(torch.autograd.Function):
     """aten's FlashAttention-2 forward/backward over packed [T, heads, d] tensors with cu_seqlens.
 
     Chosen because it keeps attention dropout in torch 2.11 and 2.13 alike (the dropout mask is
-    regenerated in backward from the returned Philox state); the public varlen helper
-    (torch.nn.attention.varlen) fixes dropout at 0, and nested jagged tensors through SDPA need a
-    per-step max length (a host sync) and wrapper overhead. Positional arguments only up to
-    `return_debug_mask` plus `scale`: these have the same meaning in every release since 2.1.
+    regenerated in backward from the Philox state the forward returns). The public varlen helper
+    (torch.nn.attention.varlen) fixes dropout at 0; nested jagged tensors through SDPA also reach
+    this kernel but need the batch's max length (a device-to-host read unless carried along) and
+    add wrapper work around every attention call. Arguments are passed positionally up to
+    `return_debug_mask`, plus `scale`: those have had the same meaning in every release since 2.1.
+    Both ops have meta kernels, so torch.compile traces through this function.
     """
 
     @staticmethod
@@ -347,26 +357,26 @@ class FlashVarlenAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                      dropout_p: float, scale: float) -> torch.Tensor:
-    """The same attention with plain SDPA per segment (CPU, fp32, old GPUs): the reference the
-    kernel is tested against, and the fallback. Reads cu_seqlens on the host."""
-    out = torch.empty_like(q)
-    bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-        if end > start:
-            seg = [t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v)]  # [1, heads, L, d]
-            out[start:end] = F.scaled_dot_product_attention(*seg, dropout_p=dropout_p, scale=scale)[0].transpose(0, 1)
-    return out
+def block_diagonal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                             dropout_p: float, scale: float) -> torch.Tensor:
+    """The same attention through SDPA with a [T, T] block-diagonal mask: each token attends to its
+    own sequence only. The reference the varlen kernel is checked against and the CPU stand-in for
+    tests (O(T²) memory, no host reads, so it also compiles); not a production path."""
+    tokens = torch.arange(q.size(0), device=q.device, dtype=cu_seqlens.dtype)
+    segment = torch.searchsorted(cu_seqlens, tokens, right=True)
+    mask = segment[:, None] == segment[None, :]
+    out = F.scaled_dot_product_attention(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), attn_mask=mask,
+                                         dropout_p=dropout_p, scale=scale)
+    return out[0].transpose(0, 1)
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences,
                      dropout_p: float) -> torch.Tensor:
     """Attention within each packed sequence: q, k, v [T, heads, d] → [T, heads, d]."""
     scale = 1.0 / math.sqrt(q.size(-1))
-    if flash_varlen_supported(q):
+    if packed.flash:
         return FlashVarlenAttention.apply(q, k, v, packed.cu_seqlens, packed.max_seqlen, dropout_p, scale)
-    return segment_attention(q, k, v, packed.cu_seqlens, dropout_p, scale)
+    return block_diagonal_attention(q, k, v, packed.cu_seqlens, dropout_p, scale)
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -374,11 +384,12 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def pack_batch(input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: torch.Tensor,
-               masked_positions: torch.Tensor, bucket: int = 256) -> dict[str, Any]:
-    """Host-side packing of one padded micro-batch ([B, S] tensors on the CPU).
+               masked_positions: torch.Tensor, bucket: int = 256, flash: bool = False) -> dict[str, Any]:
+    """Host-side packing of one padded micro-batch ([B, S] tensors on the CPU; no device involved).
 
     Real tokens of row b (the first lengths[b] positions: shards are left-aligned) go to
-    cu[b] : cu[b+1]; a filler segment of ≥ 1 token rounds T up to a multiple of `bucket`.
+    cu[b] : cu[b+1]; a filler segment of ≥ 1 token rounds T up to a multiple of `bucket`, so the
+    token count takes few distinct values (GEMM and compiled kernels are reused across steps).
     masked_positions [B, P] (positions in each row) become packed indices.
     """
     batch, seq = input_ids.shape
@@ -400,7 +411,7 @@ def pack_batch(input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: t
     # so every packed index stays inside its own sequence.
     in_row = torch.where(masked_positions < lengths[:, None], masked_positions, 0)
     return {"input_ids": packed(input_ids), "segment_ids": packed(segment_ids),
-            "packed": PackedSequences(cu, seq, packed(positions), starts),
+            "packed": PackedSequences(cu, seq, packed(positions), starts, flash),
             "masked_positions": in_row + starts[:, None]}
 
 

@@ -16,9 +16,9 @@ from modeling import (
     BertPretrainingCriterion,
     FlashVarlenAttention,
     PackedSequences,
+    block_diagonal_attention,
     masked_positions_from_labels,
     pack_batch,
-    segment_attention,
     varlen_attention,
 )
 
@@ -61,7 +61,7 @@ def test_pack_batch_layout():
     assert ((mlm >= starts) & (mlm < ends)).all(), "every prediction slot stays inside its own sequence"
 
 
-def test_segment_attention_equals_masked_padded_attention():
+def test_packed_attention_equals_masked_padded_attention():
     torch.manual_seed(0)
     heads, dim = 2, 8
     ids, types, mask, positions, _, _ = padded_batch()
@@ -130,10 +130,14 @@ def test_flash_varlen_call_shapes_and_autograd_on_meta_tensors():
         assert t.grad is not None and t.grad.shape == t.shape and t.grad.dtype == torch.bfloat16
 
 
-def test_segment_attention_keeps_dropout():
+def test_block_diagonal_attention_keeps_sequences_apart_and_keeps_dropout():
     torch.manual_seed(0)
     q, k, v = (torch.randn(40, 2, 8) for _ in range(3))
-    cu = torch.tensor([0, 30, 40], dtype=torch.int32)
-    plain = segment_attention(q, k, v, cu, 0.0, 8**-0.5)
-    dropped = segment_attention(q, k, v, cu, 0.5, 8**-0.5)
+    cu = torch.tensor([0, 30, 33, 40], dtype=torch.int32)
+    plain = block_diagonal_attention(q, k, v, cu, 0.0, 8**-0.5)
+    for start, end in ((0, 30), (30, 33), (33, 40)):
+        alone = torch.nn.functional.scaled_dot_product_attention(
+            *(t[start:end].transpose(0, 1) for t in (q, k, v)), scale=8**-0.5).transpose(0, 1)
+        torch.testing.assert_close(plain[start:end], alone)
+    dropped = block_diagonal_attention(q, k, v, cu, 0.5, 8**-0.5)
     assert not torch.allclose(plain, dropped)
