@@ -33,14 +33,19 @@ from modeling import (
     BertConfig,
     BertForPreTraining,
     BertPretrainingCriterion,
+    PackedSequences,
+    flash_varlen_available,
     load_checkpoint,
     masked_positions_from_labels,
+    pack_batch,
 )
-from optimization import build_lamb, pretraining_param_groups
+from optimization import FUSED_LAMB_CHOICES, build_lamb, fused_lamb_setting, pretraining_param_groups
 from schedulers import build_scheduler
 from utils import InputError
 
 CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
+COMPILE_CHOICES = ("auto", "on", "off")
+UNPAD_CHOICES = ("auto", "on", "off")
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,7 +96,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--use_nvlamb", action="store_true", help="apply the LAMB trust ratio to every tensor")
     p.add_argument("--no_dense_seq_output", dest="dense_seq_output", action="store_false",
                    help="compute MLM logits at every position instead of only the masked ones")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
+                   help="torch.compile the model and the loss as one region: auto = on CUDA only "
+                        "(plain --compile = on)")
+    p.add_argument("--no_compile", dest="compile", action="store_const", const="off", help="same as --compile off")
+    p.add_argument("--fused_lamb", choices=FUSED_LAMB_CHOICES, default="auto",
+                   help="LAMB's Adam direction with torch's fused kernel: auto = wherever it applies (CPU and CUDA)")
+    p.add_argument("--unpad", choices=UNPAD_CHOICES, default="auto",
+                   help="packed batches, real tokens only from the embeddings on: auto = on CUDA where "
+                        "FlashAttention's varlen kernel runs (sm80+, fp16/bf16); on = always (CPU: reference "
+                        "attention, for testing); off = padded batches (the CPU then still packs its layers)")
+    p.add_argument("--pack_bucket", type=int, default=512,
+                   help="packed token counts are rounded up to a multiple of this (few distinct shapes)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--tensorboard_dir", default=None, help="also write TensorBoard scalars here")
     p.add_argument("--loss_curve", default=None, help="PNG loss curve written at the end (default: next to --json-summary)")
@@ -115,6 +131,8 @@ def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
         )
     if not Path(args.input_dir).is_dir():
         raise InputError(f"--input_dir: not a folder: {args.input_dir}")
+    if args.pack_bucket < 1:
+        raise InputError(f"--pack_bucket must be >= 1, got {args.pack_bucket}")
     if args.eval_every_samples and not args.eval_dir:
         raise InputError("--eval_every_samples needs --eval_dir")
     args.max_steps = int(args.max_steps)
@@ -230,6 +248,70 @@ def check_shard_shapes(files: list[str], args: argparse.Namespace, config: BertC
     return seq_len, max_pred
 
 
+class DeviceBatches:
+    """The stream's micro-batches, prepared on the host and put on the device without waiting for it.
+
+    `step(k)` yields the k micro-batches of one optimizer step. Each is prepared on the host
+    (`prepare`: masked positions, packing), gathered into one pinned buffer and copied with
+    non_blocking, so the host never waits for the device. Micro-batch i + 1 is prepared while the
+    device runs micro-batch i (the step's kernels are already queued when the generator resumes);
+    nothing past the step's k-th micro-batch is read, so the stream's position at a checkpoint is
+    exact.
+    """
+
+    def __init__(self, stream: ShardStream, prepare: Any, device: torch.device):
+        self.source = iter(stream)
+        self.prepare, self.device = prepare, device
+
+    def step(self, count: int) -> Iterator[dict[str, Any]]:
+        for _ in range(count):
+            yield self._load()
+
+    def _load(self) -> dict[str, Any]:
+        host = self.prepare(next(self.source))
+        return host if self.device.type == "cpu" else self._to_device(host)
+
+    def _to_device(self, host: dict[str, Any]) -> dict[str, Any]:
+        names = [k for k, v in host.items() if isinstance(v, torch.Tensor)]
+        packed: PackedSequences | None = host.get("packed")
+        parts = [host[k] for k in names]
+        if packed is not None:
+            parts += [packed.cu_seqlens, packed.position_ids, packed.first_token]
+        sizes = [p.numel() for p in parts]
+        buffer = torch.empty(sum(sizes), dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        torch.cat([p.reshape(-1).to(torch.int64) for p in parts], out=buffer)
+        flat = buffer.to(self.device, non_blocking=True).split(sizes)
+        views = [v.view(p.shape).to(p.dtype) for v, p in zip(flat, parts, strict=True)]
+        out = dict(host)
+        out.update(zip(names, views[: len(names)], strict=True))
+        if packed is not None:
+            out["packed"] = PackedSequences(views[-3], packed.max_seqlen, views[-2], views[-1], packed.flash)
+        return out
+
+
+class PretrainingLoss(torch.nn.Module):
+    """Model and loss as one module, so that torch.compile sees them as one region."""
+
+    def __init__(self, model: torch.nn.Module, criterion: torch.nn.Module):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: torch.Tensor | None,
+                positions: torch.Tensor | None, labels: torch.Tensor, nsp_labels: torch.Tensor,
+                packed: PackedSequences | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if packed is None:
+            scores, nsp_scores = self.model(input_ids, segment_ids, input_mask, positions)
+        else:
+            scores, nsp_scores = self.model(input_ids, segment_ids, None, positions, packed=packed)
+        return self.criterion(scores, nsp_scores, labels, nsp_labels)
+
+
+def compile_module(module: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile with inductor, or the dynamo backend named by BERT_COMPILE_BACKEND (e.g. "eager"
+    or "aot_eager": graph capture without code generation, for tests on slow machines)."""
+    return torch.compile(module, backend=os.environ.get("BERT_COMPILE_BACKEND", "inductor"))
+
+
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
@@ -329,15 +411,21 @@ class Trainer:
         if args.checkpoint_activations:
             self.model.enable_activation_checkpointing(True)
         self.criterion = BertPretrainingCriterion(self.config.padded_vocab_size)
-        self.optimizer = build_lamb(
-            pretraining_param_groups(self.model), lr=args.learning_rate, use_nvlamb=args.use_nvlamb
-        )
+        self.optimizer = build_lamb(pretraining_param_groups(self.model), lr=args.learning_rate,
+                                    use_nvlamb=args.use_nvlamb, fused=fused_lamb_setting(args.fused_lamb))
         self.scheduler = build_scheduler(args.lr_scheduler, self.optimizer, args.warmup_proportion, args.max_steps)
         self.scaler = self._make_scaler()
         utils.seed_everything(args.seed + env.rank)  # dropout differs per rank, as in the original
         position = self._restore()
         self.stream = ShardStream(self.files, env, self.micro_batch, self.max_pred, args.seed, position)
+        self.packed = self._use_packed_batches()
         self.forward_model = self._wrap_model()
+        self.compiled = args.compile == "on" or (args.compile == "auto" and env.device.type == "cuda")
+        self.loss_fn = PretrainingLoss(self.forward_model, self.criterion)
+        if self.compiled:
+            self.loss_fn = compile_module(self.loss_fn)
+        self.batches = DeviceBatches(self.stream, self._prepare_batch, env.device)
+        self.flops = FlopsCounter(self.config, self.max_pred if args.dense_seq_output else None, self.seq_len)
 
     # ---- setup ------------------------------------------------------------------------------
 
@@ -349,6 +437,35 @@ class Trainer:
         return torch.amp.GradScaler(self.env.device.type, init_scale=float(self.args.init_loss_scale),
                                     growth_interval=2000, enabled=enabled)
 
+    def _use_packed_batches(self) -> bool:
+        """Packed batches (see modeling.pack_batch) when --unpad asks for them and they apply."""
+        args = self.args
+        if args.unpad == "off":
+            return False
+        if not args.dense_seq_output:
+            if args.unpad == "on":
+                raise InputError("--unpad on needs the masked-only MLM head (drop --no_dense_seq_output)")
+            return False
+        if args.unpad == "on":
+            return True
+        return flash_varlen_available(self.env.device, self.precision)
+
+    def _prepare_batch(self, batch: list[torch.Tensor]) -> dict[str, Any]:
+        """Host-side work on one micro-batch (CPU tensors): masked positions, packing, FLOP counting."""
+        input_ids, segment_ids, input_mask, labels, nsp_labels = batch
+        self.flops.add(input_mask)
+        positions = None
+        if self.args.dense_seq_output:
+            positions, labels = masked_positions_from_labels(labels, self.max_pred)
+        if not self.packed:
+            return {"input_ids": input_ids, "segment_ids": segment_ids, "input_mask": input_mask,
+                    "positions": positions, "labels": labels, "nsp_labels": nsp_labels, "packed": None}
+        flash = flash_varlen_available(self.env.device, self.precision)
+        packed = pack_batch(input_ids, segment_ids, input_mask, positions, self.args.pack_bucket, flash=flash)
+        return {"input_ids": packed["input_ids"], "segment_ids": packed["segment_ids"], "input_mask": None,
+                "positions": packed["masked_positions"], "labels": labels, "nsp_labels": nsp_labels,
+                "packed": packed["packed"]}
+
     def _wrap_model(self) -> torch.nn.Module:
         model: torch.nn.Module = self.model
         if self.env.distributed:
@@ -357,8 +474,6 @@ class Trainer:
                     dist.broadcast(p.data, 0)
             else:
                 model = DDP(self.model, device_ids=[self.env.device.index] if self.env.device.type == "cuda" else None)
-        if self.args.compile:
-            model = torch.compile(model)
         return model
 
     def _restore(self) -> DataPosition | None:
@@ -478,16 +593,13 @@ class Trainer:
 
     # ---- one optimizer step ----------------------------------------------------------------
 
-    def micro_step(self, batch: list[torch.Tensor], sync: bool) -> tuple[float, float, float]:
-        """Forward and backward of one micro-batch; returns (loss, mlm, nsp) of the micro-batch."""
-        input_ids, segment_ids, input_mask, labels, nsp_labels = (t.to(self.env.device, non_blocking=True) for t in batch)
-        positions = None
-        if self.args.dense_seq_output:
-            positions, labels = masked_positions_from_labels(labels, self.max_pred)
+    def micro_step(self, batch: dict[str, Any], sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward and backward of one micro-batch already on the device (see `DeviceBatches`);
+        returns (loss, mlm, nsp) as device tensors: nothing here waits for the device."""
         no_sync = self.forward_model.no_sync if isinstance(self.forward_model, DDP) and not sync else contextlib.nullcontext
         with no_sync(), utils.autocast_context(self.precision, self.env.device):
-            scores, nsp_scores = self.forward_model(input_ids, segment_ids, input_mask, positions)
-            loss, mlm, nsp = self.criterion(scores, nsp_scores, labels, nsp_labels)
+            loss, mlm, nsp = self.loss_fn(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+                                          batch["positions"], batch["labels"], batch["nsp_labels"], batch["packed"])
             # The manual all-reduce path divides once at reduction time; DDP averages over ranks itself.
             scaled = loss if self.args.allreduce_post_accumulation else loss / self.accum
             self.scaler.scale(scaled).backward()
@@ -529,13 +641,12 @@ class Trainer:
         train_start = self.train_start_time = time.time()  # also the origin of seconds_to_target
         log_start, log_samples = train_start, 0
         micro = 0
-        batches = iter(self.stream)
         self.logger.log("PARAMETER", {"train_start": True, "batch_size_per_gpu": self.micro_batch,
                                       "learning_rate": args.learning_rate, "precision": self.precision})
         while self.state.global_step < steps_target and not self.stop_requested:
             losses = []
-            for i in range(self.accum):
-                losses.append(self.micro_step(next(batches), sync=(i == self.accum - 1)))
+            for i, batch in enumerate(self.batches.step(self.accum)):
+                losses.append(self.micro_step(batch, sync=(i == self.accum - 1)))
                 micro += 1
             applied = self.optimizer_step()
             self.state.samples_seen += global_batch
@@ -547,7 +658,7 @@ class Trainer:
                 progress.update(1 if applied else 0)
             if applied and self.state.global_step % args.log_freq == 0:
                 elapsed = time.time() - log_start
-                history = self._log_step(window, mlm_window, step_loss, log_samples / max(elapsed, 1e-9))
+                history = self._log_step(window, mlm_window, step_loss, log_samples / max(elapsed, 1e-9), elapsed)
                 window, mlm_window, log_start, log_samples = [], [], time.time(), 0
             if evaluator is not None and evaluator.due(self.state.samples_seen, self.state.global_step) and evaluator.run(self):
                 break
@@ -572,7 +683,9 @@ class Trainer:
             "stopped_by_signal": self.stop_requested,
         }
 
-    def _log_step(self, window, mlm_window, step_loss, seq_per_s: float) -> dict[str, float]:
+    def _log_step(self, window, mlm_window, step_loss, seq_per_s: float, seconds: float = 0.0) -> dict[str, float]:
+        """Log the window's losses; MFU ("mfu": on real tokens, "mfu_padded": as the padded layout
+        computes) over the `seconds` the window took, on CUDA with a known peak."""
         average = torch.stack(window).mean().item()
         record = {
             "average_loss": average,
@@ -582,10 +695,11 @@ class Trainer:
             "loss_scale": self.scaler.get_scale() if self.scaler.is_enabled() else 1.0,
             "seq_per_s": seq_per_s,
         }
-        mfu = model_flops_utilization(self.config, self.args, self.env.device, seq_per_s / self.env.world_size,
-                                      self.seq_len, self.max_pred, self.precision)
-        if mfu is not None:
-            record["mfu"] = mfu
+        work = self.flops.take()
+        for key, flops in (("mfu", work.real_flops), ("mfu_padded", work.padded_flops)):
+            mfu = model_flops_utilization(flops, seconds, self.env.device, self.precision)
+            if mfu is not None:
+                record[key] = mfu
         epoch = self.stream.position.epoch
         self.logger.log((epoch, self.checkpoint_name_step()), record)
         self.tb_log(record)
@@ -688,17 +802,55 @@ def training_flops_per_sequence(config: BertConfig, seq_len: int, masked: int | 
     return 3.0 * forward
 
 
-def model_flops_utilization(config, args, device: torch.device, seq_per_s_per_rank: float, seq_len: int,
-                            max_pred: int, precision: str) -> float | None:
-    if device.type != "cuda" or seq_per_s_per_rank <= 0:
+def training_flops(config: BertConfig, lengths: torch.Tensor, masked: int | None) -> float:
+    """Σ of `training_flops_per_sequence` over sequences of these real lengths (the work on real tokens)."""
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    lengths = lengths.to(torch.float64)
+    tokens, squares, count = float(lengths.sum()), float((lengths * lengths).sum()), lengths.numel()
+    head_positions = tokens if masked is None else masked * count
+    head = head_positions * 2 * (h * h + h * config.padded_vocab_size)
+    forward = layers * (2 * (4 * h * h + 2 * h * i) * tokens + 4 * h * squares) + head + 2 * h * h * count
+    return 3.0 * forward
+
+
+@dataclass
+class WorkDone:
+    real_flops: float = 0.0  # training FLOPs on the real tokens (what a padding-free run must compute)
+    padded_flops: float = 0.0  # the same for the padded batches (what the padded layout computes)
+    real_tokens: int = 0
+    padded_tokens: int = 0
+
+
+class FlopsCounter:
+    """Work of the micro-batches prepared since the last `take()`, counted on the host."""
+
+    def __init__(self, config: BertConfig, masked: int | None, seq_len: int):
+        self.config, self.masked, self.seq_len = config, masked, seq_len
+        self.work = WorkDone()
+
+    def add(self, input_mask: torch.Tensor) -> None:
+        """Count one micro-batch from its [B, S] attention mask (a host tensor: no device read)."""
+        lengths = input_mask.sum(dim=1)
+        self.work.real_flops += training_flops(self.config, lengths, self.masked)
+        self.work.padded_flops += training_flops_per_sequence(self.config, self.seq_len, self.masked) * input_mask.size(0)
+        self.work.real_tokens += int(lengths.sum())
+        self.work.padded_tokens += input_mask.numel()
+
+    def take(self) -> WorkDone:
+        done, self.work = self.work, WorkDone()
+        return done
+
+
+def model_flops_utilization(flops: float, seconds: float, device: torch.device, precision: str) -> float | None:
+    """FLOPs done per second on this rank's GPU over its peak for `precision`; None off CUDA or when unknown."""
+    if device.type != "cuda" or seconds <= 0 or flops <= 0:
         return None
     name = torch.cuda.get_device_name(device)
     peak = peak_flops(name, precision)
     if peak is None:
         _note_once(f"MFU not logged: no {precision} peak known for GPU {name!r} (run_pretraining.GPU_PEAK_TFLOPS)")
         return None
-    masked = max_pred if args.dense_seq_output else None
-    return training_flops_per_sequence(config, seq_len, masked) * seq_per_s_per_rank / peak
+    return flops / seconds / peak
 
 
 _NOTES_GIVEN: set[str] = set()

@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 import run_pretraining  # noqa: E402
 import utils  # noqa: E402
 from data.synthetic_shards import write_synthetic_shard  # noqa: E402
-from optimization import fused_lamb_setting  # noqa: E402
+from modeling import flash_varlen_available  # noqa: E402
 
 TINY_CONFIG = {"vocab_size": 30522, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                "intermediate_size": 128, "max_position_embeddings": 128, "type_vocab_size": 2, "hidden_act": "gelu",
@@ -128,7 +127,8 @@ def environment(device: torch.device) -> dict[str, Any]:
 def write_shards(base: Path, phase: Phase, rows: int) -> Path:
     folder = base / phase.name
     folder.mkdir(parents=True, exist_ok=True)
-    write_synthetic_shard(folder / "synthetic_training_0.hdf5", rows, phase.seq, phase.max_pred, "wikitext", seed=1)
+    profile = "wikitext_512" if phase.name == "phase2" else "wikitext_128"  # the lengths of real shards
+    write_synthetic_shard(folder / "synthetic_training_0.hdf5", rows, phase.seq, phase.max_pred, profile, seed=1)
     return folder
 
 
@@ -140,23 +140,14 @@ def build_trainer(row: Row, phase: Phase, data: Path, config: Path, out: Path, d
             f"--gradient_accumulation_steps={window}", f"--max_seq_length={phase.seq}",
             f"--max_predictions_per_seq={phase.max_pred}", f"--precision={row.precision}", "--skip_checkpoint",
             "--disable_progress_bar", f"--device={device.type}", "--max_steps=1000", "--learning_rate=1e-4"]
-    if row.compiled:
-        argv.append("--compile")
+    argv += [f"--compile={'on' if row.compiled else 'off'}", f"--unpad={'on' if row.unpadded else 'off'}",
+             f"--fused_lamb={'on' if row.lamb == 'fused' else 'off'}"]
     args = run_pretraining.parse_args(argv)
     env = utils.DistEnv(device=device)
     run_pretraining.validate_args(args, env)
-    trainer = run_pretraining.Trainer(args, env, utils.Logger(None, enabled=False))
-    trainer.optimizer.fused = fused_lamb_setting("on" if row.lamb == "fused" else "off")
-    set_unpadded(trainer, row.unpadded)
-    return trainer
-
-
-def set_unpadded(trainer: run_pretraining.Trainer, unpadded: bool) -> None:
-    """Switch the model between the padded layout and the unpadded (real tokens only) one."""
-    encoder = trainer.model.bert.encoder
-    if unpadded and not getattr(encoder, "supports_cuda_unpadding", False) and trainer.env.device.type == "cuda":
-        raise NotImplementedError("this build has no unpadded CUDA encoder")
-    encoder.unpad = unpadded
+    if row.unpadded and device.type == "cuda" and not flash_varlen_available(device, row.precision):
+        raise NotImplementedError(f"FlashAttention's varlen kernel does not run here for {row.precision}")
+    return run_pretraining.Trainer(args, env, utils.Logger(None, enabled=False))
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,24 +178,7 @@ class Clock:
         return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
 
 
-class CountingBatches:
-    """The trainer's micro-batches, counting real tokens (attention mask) of the ones consumed."""
-
-    def __init__(self, trainer: run_pretraining.Trainer):
-        self.source: Iterator = iter(trainer.stream)
-        self.real_tokens: list[int] = []
-        self.real_attention: list[int] = []  # Σ L² per micro-batch, for attention FLOPs on real tokens
-
-    def __next__(self) -> list[torch.Tensor]:
-        batch = next(self.source)
-        lengths = batch[2].sum(dim=1)
-        self.real_tokens.append(int(lengths.sum()))
-        self.real_attention.append(int((lengths * lengths).sum()))
-        return batch
-
-
-def run_window(trainer: run_pretraining.Trainer, batches: CountingBatches, clock: Clock | None,
-               sync_check: bool = False) -> None:
+def run_window(trainer: run_pretraining.Trainer, clock: Clock | None, sync_check: bool = False) -> None:
     """One optimizer step as the training loop runs it: `accum` micro-steps, then the LAMB step."""
     if clock:
         clock.mark()
@@ -212,8 +186,8 @@ def run_window(trainer: run_pretraining.Trainer, batches: CountingBatches, clock
     if debug:
         torch.cuda.set_sync_debug_mode("error")
     try:
-        for i in range(trainer.accum):
-            trainer.micro_step(next(batches), sync=(i == trainer.accum - 1))
+        for i, batch in enumerate(trainer.batches.step(trainer.accum)):
+            trainer.micro_step(batch, sync=(i == trainer.accum - 1))
     finally:
         if debug:
             torch.cuda.set_sync_debug_mode(0)
@@ -224,67 +198,56 @@ def run_window(trainer: run_pretraining.Trainer, batches: CountingBatches, clock
         clock.mark()
 
 
-def flops_per_step(trainer: run_pretraining.Trainer, tokens: int, attention: int, sequences: int) -> tuple[float, float]:
-    """(real, padded) training FLOPs of `sequences` sequences holding `tokens` real tokens and Σ L² = `attention`.
-
-    Forward + backward = 3 × forward; linears per token, attention scores and context 2·2·L²·h per
-    layer; the MLM head on the shard's masked positions, NSP pooler per sequence.
-    """
-    c = trainer.config
-    h, layers = c.hidden_size, c.num_hidden_layers
-    per_token = layers * 2 * (4 * h * h + 2 * h * c.intermediate_size)
-    head = sequences * (trainer.max_pred * 2 * (h * h + h * c.padded_vocab_size) + 2 * h * h)
-    real = 3.0 * (per_token * tokens + layers * 4 * h * attention + head)
-    padded = 3.0 * (per_token * sequences * trainer.seq_len + layers * 4 * h * sequences * trainer.seq_len**2 + head)
-    return real, padded
-
-
 def peak_flops(device: torch.device, precision: str) -> float | None:
     """The card's dense peak for this precision, from the training code's table; None when unknown."""
-    lookup = getattr(run_pretraining, "peak_flops", None)
-    if device.type != "cuda" or lookup is None:
+    if device.type != "cuda":
         return None
-    return lookup(torch.cuda.get_device_name(device), precision)
+    return run_pretraining.peak_flops(torch.cuda.get_device_name(device), precision)
+
+
+def significant(value: float, digits: int = 4) -> float:
+    return float(f"{value:.{digits}g}")
 
 
 def measure_row(row: Row, phase: Phase, trainer: run_pretraining.Trainer, windows: int) -> dict[str, Any]:
     device = trainer.env.device
-    batches = CountingBatches(trainer)
     compile_start = time.perf_counter()
-    run_window(trainer, batches, None)  # warm-up: allocator, cuBLAS handles, compilation
+    run_window(trainer, None)  # warm-up: allocator, cuBLAS handles, compilation
     warmup_s = time.perf_counter() - compile_start
     sync_error = None
     try:
-        run_window(trainer, batches, None, sync_check=True)
+        run_window(trainer, None, sync_check=True)
     except RuntimeError as exc:  # the sync debug mode names the operation that synchronised
         sync_error = str(exc).splitlines()[0]
         trainer.optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-    batches.real_tokens.clear()
-    batches.real_attention.clear()
+    trainer.flops.take()
     clock = Clock(device)
     for _ in range(windows):
-        run_window(trainer, batches, clock)
+        run_window(trainer, clock)
     spans = clock.seconds()
+    work = trainer.flops.take()
+    real_flops, padded_flops = work.real_flops, work.padded_flops
     micro_s = sum(spans[0::3]) / (windows * trainer.accum)  # (micro-steps, optimizer step, gap) per window
     optimizer_s = sum(spans[1::3]) / windows
     sequences = windows * trainer.accum * phase.micro
     measured_s = sum(spans[0::3]) + sum(spans[1::3])
-    real_flops, padded_flops = flops_per_step(trainer, sum(batches.real_tokens), sum(batches.real_attention), sequences)
     # The preset's accumulation (e.g. 64 micro-steps per LAMB step) from the measured parts.
     preset_step_s = phase.accum * micro_s + optimizer_s
-    preset_seq_per_s = phase.accum * phase.micro / preset_step_s
     peak = peak_flops(device, row.precision)
     result: dict[str, Any] = {
         **asdict(row), "micro_batch": phase.micro, "seq": phase.seq, "preset_accum": phase.accum,
         "window_accum": trainer.accum, "windows": windows, "warmup_s": round(warmup_s, 2),
+        "packed_batches": trainer.packed, "compiled_step": trainer.compiled,
         "micro_step_ms": round(micro_s * 1e3, 3), "optimizer_step_ms": round(optimizer_s * 1e3, 3),
-        "seq_per_s_measured": round(sequences / measured_s, 2), "seq_per_s_at_preset_accum": round(preset_seq_per_s, 2),
-        "real_token_share": round(sum(batches.real_tokens) / (sequences * phase.seq), 4),
-        "real_tflops_per_s": round(real_flops / measured_s / 1e12, 3),
-        "padded_tflops_per_s": round(padded_flops / measured_s / 1e12, 3),
+        "seq_per_s_measured": round(sequences / measured_s, 2),
+        "seq_per_s_at_preset_accum": round(phase.accum * phase.micro / preset_step_s, 2),
+        "real_token_share": round(work.real_tokens / work.padded_tokens, 4),
+        "real_flops_share": round(real_flops / padded_flops, 4),
+        "real_tflops_per_s": significant(real_flops / measured_s / 1e12),
+        "padded_tflops_per_s": significant(padded_flops / measured_s / 1e12),
         "host_sync_in_accumulation": sync_error if device.type == "cuda" else "not checked (CPU)",
     }
     if peak:
@@ -303,9 +266,8 @@ def kernel_table(trainer: run_pretraining.Trainer, rows: int = 15) -> list[dict[
 
     cuda = trainer.env.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    batches = CountingBatches(trainer)
     with profile(activities=activities) as prof:
-        run_window(trainer, batches, None)
+        run_window(trainer, None)
         if cuda:
             torch.cuda.synchronize()
     events = prof.key_averages()
@@ -371,11 +333,6 @@ def estimated_cost_s(row: Row, compiled_phases: set[tuple[str, bool]], dry_run: 
     return cost
 
 
-def compile_in_dry_run() -> bool:
-    """Compiled rows in a dry run only with a cheap dynamo backend set (BERT_COMPILE_BACKEND=eager)."""
-    return os.environ.get("BERT_COMPILE_BACKEND", "inductor") != "inductor"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="JSON-lines file (appended)")
@@ -394,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     out = JsonLines(Path(args.out))
     device = torch.device("cpu" if args.dry_run else "cuda")
+    if args.dry_run:  # compiled rows capture their graphs without inductor's code generation (minutes on a CPU)
+        os.environ.setdefault("BERT_COMPILE_BACKEND", "eager")
     if device.type == "cuda" and not torch.cuda.is_available():
         out.write("error", message="no CUDA device visible; use --dry-run on a CPU machine")
         return 2
@@ -426,9 +385,6 @@ def main(argv: list[str] | None = None) -> int:
             phase = by_name[row.phase]
             elapsed = time.perf_counter() - start
             cost = estimated_cost_s(row, compiled, args.dry_run)
-            if args.dry_run and row.compiled and not compile_in_dry_run():
-                out.write("skipped", **asdict(row), reason="dry run: compiling on the CPU takes minutes")
-                continue
             if elapsed + cost > args.budget_s:
                 out.write("skipped", **asdict(row), reason=f"time budget: {elapsed:.0f} s used, ~{cost:.0f} s needed")
                 continue

@@ -25,18 +25,18 @@ from modeling import (
 LENGTHS = (32, 25, 12, 32, 9, 20)
 
 
-def padded_batch(seq: int = 32, max_pred: int = 6, seed: int = 3):
+def padded_batch(seq: int = 32, max_pred: int = 6, seed: int = 3, row_lengths: tuple[int, ...] = LENGTHS):
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor(LENGTHS)
+    lengths = torch.tensor(row_lengths)
     mask = (torch.arange(seq)[None] < lengths[:, None]).long()
-    ids = torch.randint(1000, 30000, (len(LENGTHS), seq), generator=g) * mask
+    ids = torch.randint(1000, 30000, (len(row_lengths), seq), generator=g) * mask
     types = (torch.arange(seq)[None] >= (lengths[:, None] // 2)).long() * mask
-    labels = torch.full((len(LENGTHS), seq), -1)
-    for row, length in enumerate(LENGTHS):
+    labels = torch.full((len(row_lengths), seq), -1)
+    for row, length in enumerate(row_lengths):
         picked = torch.randperm(length - 2, generator=g)[: min(4, length - 2)] + 1
         labels[row, picked] = ids[row, picked]
     positions, labels = masked_positions_from_labels(labels, max_pred)
-    return ids, types, mask, positions, labels, torch.randint(0, 2, (len(LENGTHS),), generator=g)
+    return ids, types, mask, positions, labels, torch.randint(0, 2, (len(row_lengths),), generator=g)
 
 
 def test_pack_batch_layout():
