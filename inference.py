@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise InputError("--backend onnx needs --onnx_model")
     if args.backend == "pytorch" and not args.init_checkpoint:
         raise InputError("--init_checkpoint is required (or use --backend onnx --onnx_model)")
+    squad.check_window_settings(args.max_seq_length, args.doc_stride, args.max_query_length)
     return args
 
 

@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise InputError("--do_train needs --train_file")
     if args.do_predict and not args.predict_file:
         raise InputError("--do_predict/--do_eval need --predict_file")
+    squad.check_window_settings(args.max_seq_length, args.doc_stride, args.max_query_length)
     return args
 
 

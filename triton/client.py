@@ -37,7 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tensor = parser.add_argument_group("client-side processing (only for a tensor model)")
     bert_io.add_squad_feature_args(tensor)
     bert_io.add_squad_answer_args(tensor)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    bert_io.check_feature_args(args)
+    return args
 
 
 def read_context(args: argparse.Namespace) -> str:

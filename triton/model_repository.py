@@ -34,6 +34,7 @@ sys.path.append(str(Path(__file__).resolve().parent))
 
 import bert_io  # noqa: E402
 
+from processors.squad import check_window_settings  # noqa: E402
 from utils import InputError, run_main  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -222,6 +223,7 @@ def text_model_config(spec: TextModelSpec) -> str:
         raise InputError("the text model answers questions: it needs a QA tensor model (--task qa)")
     if spec.max_seq_length > spec.tensor.max_sequence:
         raise InputError(f"--max_seq_length {spec.max_seq_length} exceeds the model's {spec.tensor.max_sequence} positions")
+    check_window_settings(spec.max_seq_length, spec.doc_stride, spec.max_query_length)
     input_names, output_names = spec.tensor.io_names()
     config: dict[str, Any] = {
         "name": spec.name,
@@ -341,7 +343,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true")
     bert_io.add_squad_feature_args(parser)
     bert_io.add_squad_answer_args(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    bert_io.check_feature_args(args)
+    return args
 
 
 def spec_from_args(args: argparse.Namespace, info: dict[str, Any]) -> TensorModelSpec:

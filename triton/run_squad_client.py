@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.concurrency = 1
     if args.max_questions is not None and args.max_questions < 1:
         parser.error("--max_questions must be at least 1")
+    bert_io.check_feature_args(args)
     return args
 
 

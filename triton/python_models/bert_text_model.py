@@ -55,6 +55,10 @@ class TritonPythonModel:
         lower = _parameter(config, "do_lower_case") == "true"
         self.tokenizer = FullTokenizer(version_dir / _parameter(config, "vocab_file"), do_lower_case=lower)
         self.windows = {key: int(_parameter(config, key)) for key in ("max_seq_length", "doc_stride", "max_query_length")}
+        try:  # a hand-edited config with doc_stride 0 would make every request window forever
+            squad.check_window_settings(**self.windows)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"model config: {exc}") from None
         self.answers = dict(
             n_best_size=int(_parameter(config, "n_best_size")),
             max_answer_length=int(_parameter(config, "max_answer_length")),
