@@ -355,6 +355,48 @@ class InputError(ValueError):
     """Bad user input (a file, line or key that is wrong). Scripts print it as one line and exit 2."""
 
 
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def _check_can_create_in(folder: Path, flag: str, path: Path) -> None:
+    """InputError unless a file can be created in `folder` (tried for real: root ignores permission bits)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot write in {folder} ({exc.strerror})") from None
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--output_dir") -> Path:
+    """An output folder that exists or can be created; InputError before any work otherwise."""
+    path = Path(path)
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is a file)"
+        raise InputError(f"{flag} {path}: not a folder{where}")
+    _check_can_create_in(existing, flag, path)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--output_file") -> Path:
+    """An output file path whose folder is usable and that is not itself a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a folder, expected a file name")
+    check_output_dir(path.parent, flag)
+    return path
+
+
+def check_at_least_one(value: float, flag: str) -> None:
+    """InputError unless `value` is a number above 0 (batch sizes, counts)."""
+    if not value > 0:
+        raise InputError(f"{flag} must be at least 1, got {value}")
+
+
 def run_main(main: Any, argv: list[str] | None = None) -> None:
     """Call `main(argv)`; turn an InputError into a one-line message instead of a traceback."""
     try:
