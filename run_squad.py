@@ -201,6 +201,9 @@ def run_eval_script(script: str, data_file: str, predictions_file: Path) -> dict
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.do_train and args.do_predict:  # a bad predict file must not end a finished training run
+        squad.read_squad_examples(args.predict_file, is_training=False,
+                                  version_2_with_negative=args.version_2_with_negative)
     ctx = ft.start_run(args)
     vocab_file = ft.resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)

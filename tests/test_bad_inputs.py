@@ -273,3 +273,16 @@ def test_bad_settings_are_one_line_before_any_output(tmp_path, capsys, work, ind
     # Nothing but the run's log: no model, predictions, features or cache.
     assert not [p for p in files_under(tmp_path / "out") if p.name != "dllogger.json"]
     assert not list(tmp_path.rglob(".tmp-*")) and not list(tmp_path.rglob("*.npz"))
+
+
+def test_duplicate_squad_id_in_the_predict_file_is_found_before_training(tmp_path, capsys, work):
+    """One question would silently lose its answer; with --do_train it must fail before the training run."""
+    data = json.loads((work / "dev.json").read_text(encoding="utf-8"))
+    qas = data["data"][0]["paragraphs"][0]["qas"]
+    qas[2]["id"] = qas[0]["id"]
+    dev = write(tmp_path / "dev.json", json.dumps(data))
+    assert_one_line_error(capsys, "run_squad", [
+        "--init_checkpoint", work / "ckpt.pt", "--vocab_file", work / "vocab.txt", "--output_dir", tmp_path / "out",
+        "--do_train", "--train_file", work / "dev.json", "--do_predict", "--predict_file", dev],
+        f"{dev}: data[0].paragraphs[0].qas[2]: question id {qas[0]['id']!r} appears twice")
+    assert not (tmp_path / "out").exists()
