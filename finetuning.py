@@ -61,6 +61,9 @@ from utils import (
     atomic_torch_save,
     autocast_context,
     barrier,
+    check_at_least_one,
+    check_output_dir,
+    check_output_file,
     init_distributed,
     resolve_precision,
     seed_everything,
@@ -177,6 +180,10 @@ class RunContext:
 
 def validate_batch_arguments(args: argparse.Namespace) -> int:
     """The per-process micro-batch (train_batch_size / gradient_accumulation_steps), checked."""
+    # A batch size of 0 would otherwise end deep in the DataLoader with a traceback.
+    for flag in ("train_batch_size", "predict_batch_size", "eval_batch_size"):
+        if hasattr(args, flag):
+            check_at_least_one(getattr(args, flag), f"--{flag}")
     accum = args.gradient_accumulation_steps
     if accum < 1:
         raise InputError(f"--gradient_accumulation_steps must be >= 1, got {accum}")
@@ -191,6 +198,10 @@ def validate_batch_arguments(args: argparse.Namespace) -> int:
 def start_run(args: argparse.Namespace) -> RunContext:
     """Precision, process group, seeds and logger for a fine-tuning run."""
     micro_batch = validate_batch_arguments(args)
+    # Output paths are checked before any work, so a bad one costs seconds, not a training run.
+    check_output_dir(args.output_dir)
+    if args.json_summary:
+        check_output_file(args.json_summary, "--json-summary")
     precision = resolve_precision(args.precision, args.fp16 or args.amp)
     env = init_distributed("cpu" if args.no_cuda else None)
     apply_tf32(precision)
@@ -244,14 +255,19 @@ def load_tokenizer(vocab_file: Path, do_lower_case: bool) -> Any:
     return FullTokenizer(str(vocab_file), do_lower_case=do_lower_case)
 
 
+def check_fits_positions(max_seq_length: int, config: BertConfig) -> None:
+    """InputError when sequences would be longer than the model has position embeddings for."""
+    if max_seq_length > config.max_position_embeddings:
+        raise InputError(f"--max_seq_length {max_seq_length} exceeds the model's max_position_embeddings "
+                         f"{config.max_position_embeddings}")
+
+
 def load_model(ctx: RunContext, build: Callable[[BertConfig], nn.Module], *, strict: bool = False
                ) -> tuple[nn.Module, BertConfig]:
     """The task model from --init_checkpoint (+ --config_file); heads the checkpoint lacks start fresh."""
     args = ctx.args
     config = load_config_for_checkpoint(args.init_checkpoint, args.config_file)
-    if args.max_seq_length > config.max_position_embeddings:
-        raise InputError(f"--max_seq_length {args.max_seq_length} exceeds the model's max_position_embeddings "
-                         f"{config.max_position_embeddings}")
+    check_fits_positions(args.max_seq_length, config)
     model = build(config)
     ctx.logger.log("PARAMETER", {"loading_checkpoint": str(args.init_checkpoint)})
     report = load_checkpoint(model, args.init_checkpoint, strict=strict)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetuning import resolve_vocab_file
+from finetuning import check_fits_positions, resolve_vocab_file
 from modeling import BertForQuestionAnswering, load_checkpoint, load_config_for_checkpoint
 from processors import squad
 from utils import PRECISIONS, InputError, autocast_context, resolve_precision, run_main, seed_everything
@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise InputError("--backend onnx needs --onnx_model")
     if args.backend == "pytorch" and not args.init_checkpoint:
         raise InputError("--init_checkpoint is required (or use --backend onnx --onnx_model)")
+    squad.check_window_settings(args.max_seq_length, args.doc_stride, args.max_query_length)
     return args
 
 
@@ -96,6 +97,7 @@ def feature_arrays(features: list[squad.SquadFeature]) -> tuple[np.ndarray, np.n
 
 def load_qa_model(args: argparse.Namespace, device: torch.device) -> BertForQuestionAnswering:
     config = load_config_for_checkpoint(args.init_checkpoint, args.config_file)
+    check_fits_positions(args.max_seq_length, config)
     model = BertForQuestionAnswering(config)
     report = load_checkpoint(model, args.init_checkpoint, strict=False)
     if any(key.startswith("qa_outputs.") for key in report.initialized):

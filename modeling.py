@@ -31,6 +31,23 @@ REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_a
 # --------------------------------------------------------------------------------------------
 
 
+_WHOLE_NUMBER_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                        "intermediate_size", "max_position_embeddings", "type_vocab_size")
+_PROBABILITY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def check_config_fields(obj: dict[str, Any], source: str = "config") -> None:
+    """InputError for a value BertConfig would otherwise truncate (hidden_size 768.5 → 768) or accept out of range."""
+    for key in _WHOLE_NUMBER_FIELDS:
+        value = obj.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value < 1:
+            raise InputError(f"{source}: {key} must be a whole number >= 1, got {value!r}")
+    for key in _PROBABILITY_FIELDS:
+        value = obj.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise InputError(f"{source}: {key} must be a probability in [0, 1), got {value!r}")
+
+
 class BertConfig:
     """The original's `bert_config.json` fields; unknown keys are kept as attributes and written back."""
 
@@ -81,6 +98,7 @@ class BertConfig:
         missing = [k for k in REQUIRED_CONFIG_KEYS if k not in obj]
         if missing:
             raise InputError(f"{source}: missing required field(s) {', '.join(missing)}")
+        check_config_fields(obj, source)
         try:
             return cls(**obj)
         except (TypeError, ValueError) as exc:
@@ -97,6 +115,8 @@ class BertConfig:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         if not isinstance(obj, dict):
             raise InputError(f"{path}: expected a JSON object of config fields")
         return cls.from_dict(obj, source=str(path))

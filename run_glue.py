@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not (args.do_train or args.do_eval or args.do_predict):
         raise InputError("at least one of --do_train, --do_eval or --do_predict is required")
-    glue.get_task(args.task_name)  # an unknown task is a one-line error before any work
+    task = glue.get_task(args.task_name)  # an unknown task is a one-line error before any work
+    glue.check_max_seq_length(args.max_seq_length, pairs=task.train.text_b is not None)
     return args
 
 
@@ -156,8 +157,16 @@ def dllogger_summary(results: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def check_data_files(args: argparse.Namespace) -> None:
+    """Read the dev and test files before any work: a bad one must not end a finished training run."""
+    for wanted, read in ((args.do_eval, glue.get_dev_examples), (args.do_predict, glue.get_test_examples)):
+        for task_name in eval_tasks(args.task_name) if wanted else ():
+            read(task_name, args.data_dir, args.skip_malformed_rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_data_files(args)
     ctx = ft.start_run(args)
     vocab_file = ft.resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)

@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise InputError("--do_train needs --train_file")
     if args.do_predict and not args.predict_file:
         raise InputError("--do_predict/--do_eval need --predict_file")
+    squad.check_window_settings(args.max_seq_length, args.doc_stride, args.max_query_length)
     return args
 
 
@@ -200,6 +201,9 @@ def run_eval_script(script: str, data_file: str, predictions_file: Path) -> dict
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.do_train and args.do_predict:  # a bad predict file must not end a finished training run
+        squad.read_squad_examples(args.predict_file, is_training=False,
+                                  version_2_with_negative=args.version_2_with_negative)
     ctx = ft.start_run(args)
     vocab_file = ft.resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)

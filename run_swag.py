@@ -32,13 +32,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not (args.do_train or args.do_eval):
         raise InputError("at least one of --do_train or --do_eval is required")
+    swag.check_max_seq_length(args.max_seq_length, pairs=True)
     return args
 
 
-def swag_dataset(path: Path, tokenizer: Any, max_seq_length: int, is_training: bool) -> torch.utils.data.TensorDataset:
+def read_examples(path: Path, is_training: bool) -> list[swag.SwagExample]:
     examples = swag.read_swag_examples(path, is_training=is_training)
     if not examples:
         raise InputError(f"{path}: no examples")
+    return examples
+
+
+def swag_dataset(path: Path, tokenizer: Any, max_seq_length: int, is_training: bool) -> torch.utils.data.TensorDataset:
+    examples = read_examples(path, is_training)
     arrays = swag.features_to_arrays(swag.convert_examples_to_features(examples, tokenizer, max_seq_length))
     return ft.arrays_to_dataset(arrays, ("input_ids", "input_mask", "segment_ids", "labels"))
 
@@ -66,6 +72,8 @@ def run_evaluation(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, g
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.do_eval:  # before any work: a bad val.csv must not end a finished training run
+        read_examples(Path(args.data_dir) / "val.csv", is_training=True)
     ctx = ft.start_run(args)
     vocab_file = ft.resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)

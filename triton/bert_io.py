@@ -67,7 +67,15 @@ def answer_settings(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def check_feature_args(args: argparse.Namespace) -> None:
+    """InputError for windowing flags that cannot work (a stride below 1 would never finish a context)."""
+    from processors.squad import check_window_settings
+
+    check_window_settings(args.max_seq_length, args.doc_stride, args.max_query_length)
+
+
 def feature_settings(args: argparse.Namespace) -> dict[str, int]:
+    check_feature_args(args)
     return dict(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride, max_query_length=args.max_query_length)
 
 
