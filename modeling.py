@@ -1,4 +1,4 @@
-"""BERT model, task heads and the one checkpoint loader.
+"""BERT model and task heads; checkpoint loading (moving to checkpoint_io.py).
 
 State-dict names follow NVIDIA's BERT for PyTorch (`dense_act`, tied `cls.predictions.decoder.weight`,
 vocabulary rows padded to a multiple of 8), so its checkpoints load unchanged; Hugging Face and
@@ -10,7 +10,6 @@ import copy
 import json
 import math
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from bert_kernels import PackedTokens, attention, dropout, linear, padding_mask, should_pack
 from utils import InputError
 
 CONFIG_NAME = "bert_config.json"
@@ -132,118 +132,6 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 ACT2FN = {"gelu": gelu, "relu": F.relu, "tanh": torch.tanh, "swish": F.silu, "silu": F.silu}
 
-# fp32 matrix products on the CPU: "onednn" sends them to oneDNN, "aten" leaves them to torch's BLAS
-# (MKL on x86). On AMD Zen CPUs MKL's sgemm takes its generic path and oneDNN's runs about twice as
-# fast (benchmarks/bench_pretraining.py shows both); on Intel CPUs the two are close. "auto" picks
-# oneDNN where torch was built with it on x86-64. BERT_CPU_GEMM=aten in the environment switches it off.
-_CPU_GEMM_CHOICES = ("auto", "onednn", "aten")
-
-
-def _resolve_cpu_gemm(choice: str) -> str:
-    if choice not in _CPU_GEMM_CHOICES:
-        raise InputError(f"BERT_CPU_GEMM={choice!r}: choose one of {', '.join(_CPU_GEMM_CHOICES)}")
-    onednn_usable = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    if choice == "auto":
-        return "onednn" if onednn_usable and platform.machine().lower() in ("x86_64", "amd64") else "aten"
-    if choice == "onednn" and not onednn_usable:
-        raise InputError("BERT_CPU_GEMM=onednn: this torch build has no oneDNN (mkldnn) linear")
-    return choice
-
-
-_cpu_gemm = "unset"
-
-
-def cpu_gemm_backend() -> str:
-    """"onednn" or "aten": which library does fp32 CPU matrix products (resolved on first use)."""
-    global _cpu_gemm
-    if _cpu_gemm == "unset":
-        _cpu_gemm = _resolve_cpu_gemm(os.environ.get("BERT_CPU_GEMM", "auto"))
-    return _cpu_gemm
-
-
-def set_cpu_gemm_backend(choice: str) -> str:
-    """Pick the fp32 CPU GEMM library ("auto", "onednn" or "aten"); returns the one in use."""
-    global _cpu_gemm
-    _cpu_gemm = _resolve_cpu_gemm(choice)
-    return _cpu_gemm
-
-
-def _onednn_matmul_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """a @ b.T (+ bias) for 2-D fp32 CPU tensors, in oneDNN; a and b may be transposed views."""
-    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """F.linear over [N, in] with all three products (forward, input and weight gradients) in oneDNN."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _onednn_matmul_t(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = _onednn_matmul_t(grad, weight.t()) if ctx.needs_input_grad[0] else None
-        grad_w = _onednn_matmul_t(grad.t(), x.t()) if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
-
-
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-
-
-def _onednn_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel() > 0
-            and (bias is None or bias.dtype == torch.float32) and not torch.is_autocast_enabled("cpu")
-            and cpu_gemm_backend() == "onednn")
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, through oneDNN for fp32 on the CPU when that backend is on (see `cpu_gemm_backend`).
-
-    Autocast (bf16 already goes to oneDNN there), other devices and dtypes, torch.compile (which
-    lowers linears itself) and tracing or export (ONNX, TorchScript: the graph must hold F.linear)
-    take F.linear.
-    """
-    if _tracing() or not _onednn_linear_applies(x, weight, bias):
-        return F.linear(x, weight, bias)
-    if x.dim() == 2:
-        return _OneDNNLinear.apply(x, weight, bias)
-    rows = x.reshape(-1, x.size(-1))
-    return _OneDNNLinear.apply(rows, weight, bias).view(*x.shape[:-1], weight.size(0))
-
-
-# CPU dropout masks come from 15-bit lanes of 64-bit random words: four lanes per draw of the
-# generator, where bernoulli_ makes one draw per element and takes most of dropout's time. A lane is
-# dropped when below round(p·2¹⁵), so the rate is p to within 2⁻¹⁶, and survivors are scaled by
-# 1/(1 − that rate) so the expectation is exact.
-_MASK_LEVELS = 1 << 15
-
-
-def _cpu_dropout_scale_mask(x: torch.Tensor, dropped_levels: int) -> torch.Tensor:
-    """0 where dropped, 1/(1 − rate) where kept, in x's dtype and shape, from the default CPU generator;
-    rate = dropped_levels / 2¹⁵."""
-    count = x.numel()
-    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_()  # 63 random bits each
-    lanes = words.view(torch.int16)[:count].view(x.shape)
-    keep = torch.bitwise_and(lanes, _MASK_LEVELS - 1) >= dropped_levels
-    return keep.to(x.dtype).mul_(_MASK_LEVELS / (_MASK_LEVELS - dropped_levels))
-
-
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout; on the CPU with a mask from `_cpu_dropout_scale_mask` (about 2x faster than
-    F.dropout there, forward and backward), elsewhere and under tracing F.dropout."""
-    if not training or p == 0.0:
-        return x
-    dropped_levels = round(p * _MASK_LEVELS)
-    if x.device.type != "cpu" or not 0.0 < p < 1.0 or dropped_levels >= _MASK_LEVELS or _tracing():
-        return F.dropout(x, p, training)
-    return x * _cpu_dropout_scale_mask(x, dropped_levels)
-
 
 class Dropout(nn.Dropout):
     """nn.Dropout through `dropout`."""
@@ -268,32 +156,6 @@ class LinearActivation(Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act_fn(super().forward(x))
-
-
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
-) -> torch.Tensor:
-    """Multi-head attention over [B, heads, S, d] tensors.
-
-    All attention goes through here so that a packed-sequence variant (offsets instead of a padding
-    mask) can be added in one place. `mask` is boolean [B, 1, 1, S], True where a key may be attended.
-
-    With dropout on the CPU, SDPA has no fused kernel and runs its math path anyway; the same math is
-    written out here so the probabilities go through the faster CPU `dropout`.
-    """
-    if dropout_p > 0.0 and q.device.type == "cpu" and not _tracing():
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.size(-1)))
-        if mask is not None:
-            scores = scores.masked_fill_(~mask, float("-inf"))
-        return torch.matmul(dropout(scores.softmax(-1), dropout_p, True), v)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-
-
-def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """[B, S] 1/0 mask → boolean [B, 1, 1, S] for SDPA, or None when nothing is padded."""
-    if attention_mask is None:
-        return None
-    return attention_mask.bool()[:, None, None, :]
 
 
 class BertEmbeddings(nn.Module):
@@ -326,14 +188,16 @@ class BertSelfAttention(nn.Module):
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         qkv = linear(x, weight, bias)
-        packed = mask if isinstance(mask, PackedTokens) else None
-        if packed is not None:  # attention itself runs on the padded layout
-            qkv, mask = packed.pad(qkv), packed.mask
+        dropout_p = self.dropout_p if self.training else 0.0
+        # Q, K and V are views of the one product, split by `unbind`: its backward writes the three
+        # gradients into one buffer (indexing qkv[0], qkv[1], qkv[2] would run three select backwards,
+        # each zero-filling a full-size buffer).
+        if isinstance(mask, PackedTokens):  # x is [T, hidden]: real tokens only
+            q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)
+            return attention(q, k, v, mask, dropout_p).flatten(1)
         b, s = qkv.shape[:2]
-        qkv = qkv.view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        context = attention(qkv[0], qkv[1], qkv[2], mask, self.dropout_p if self.training else 0.0)
-        context = context.transpose(1, 2).reshape(b, s, -1)
-        return packed.pack(context) if packed is not None else context
+        q, k, v = qkv.view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return attention(q, k, v, mask, dropout_p).transpose(1, 2).reshape(b, s, -1)
 
 
 class BertResidualOutput(nn.Module):
@@ -390,49 +254,6 @@ class BertLayer(nn.Module):
         return self.output(self.intermediate(attended), attended)
 
 
-@dataclass
-class PackedTokens:
-    """Where the real tokens of a padded [B, S] batch are, for layers that run on real tokens only.
-
-    Every per-token operation (linears, LayerNorm, dropout, GELU) then costs nothing for padding;
-    attention scatters Q/K/V back to [B, S] for its batched products.
-    """
-
-    index: torch.Tensor  # [T] flat positions b·S + s of the real tokens
-    mask: torch.Tensor  # boolean [B, 1, 1, S], as `padding_mask` gives
-    batch: int
-    seq: int
-
-    @classmethod
-    def from_mask(cls, mask: torch.Tensor, multiple: int = 64) -> PackedTokens:
-        """Real tokens plus the first few padding positions, up to a multiple of `multiple` tokens:
-        GEMM libraries build a kernel per shape, and a new token count every step would rebuild
-        them every step (15-30% slower GEMMs); padding that rides along is computed and ignored,
-        as in the padded layout."""
-        batch, seq = mask.size(0), mask.size(-1)
-        flat = mask.reshape(-1)
-        index = flat.nonzero().squeeze(1)
-        fill = min((-index.numel()) % multiple, flat.numel() - index.numel())
-        if fill:
-            index = torch.cat([index, (~flat).nonzero().squeeze(1)[:fill]]).sort().values
-        return cls(index, mask, batch, seq)
-
-    def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, S, ...] → [T, ...]"""
-        return x.reshape(self.batch * self.seq, *x.shape[2:]).index_select(0, self.index)
-
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """[T, ...] → [B, S, ...], zeros at the padding"""
-        padded = x.new_zeros(self.batch * self.seq, *x.shape[1:]).index_copy(0, self.index, x)
-        return padded.view(self.batch, self.seq, *x.shape[1:])
-
-
-def _worth_packing(x: torch.Tensor, mask: torch.Tensor | None) -> bool:
-    """On the CPU, when the batch has padding. (On GPUs finding the tokens costs a host sync per
-    step and padding is cheaper there; traced graphs keep the plain layout.)"""
-    return mask is not None and x.device.type == "cpu" and not _tracing() and not bool(mask.all())
-
-
 class BertEncoder(nn.Module):
     """The layer stack. In training, with `unpad` (default) and padding in a CPU batch, the layers run
     on the real tokens (rounded up to a multiple of `pack_multiple` with padding) and the outputs come
@@ -450,7 +271,7 @@ class BertEncoder(nn.Module):
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, output_all_encoded_layers: bool = False
     ) -> list[torch.Tensor]:
-        if self.unpad and self.training and _worth_packing(x, mask):
+        if self.unpad and self.training and should_pack(x, mask):
             packed = PackedTokens.from_mask(mask, self.pack_multiple)
             return [packed.pad(out) for out in self._run(packed.pack(x), packed, output_all_encoded_layers)]
         return self._run(x, mask, output_all_encoded_layers)
