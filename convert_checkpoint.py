@@ -18,29 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modeling import (
-    _HF_RENAMES,
-    _VOCAB_KEYS,
-    BertConfig,
-    load_config_for_checkpoint,
-    normalize_state_dict_keys,
-    read_state_dict,
-)
+from checkpoint_io import load_config_for_checkpoint, normalize_state_dict_keys, read_state_dict, to_hf_state_dict
+from modeling import BertConfig
 from utils import InputError, atomic_path, atomic_torch_save, atomic_write_json, run_main
-
-
-def to_hf_state_dict(sd: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
-    """Our names → HF names; vocab rows trimmed to the real vocabulary; the tied decoder bias added."""
-    out = {}
-    for key, value in normalize_state_dict_keys(sd).items():
-        for hf, ours in _HF_RENAMES:
-            key = key.replace(ours, hf)
-        if key in _VOCAB_KEYS:
-            value = value[:vocab_size]
-        out[key] = value.detach().float().contiguous().clone()
-    if "cls.predictions.bias" in out:
-        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
-    return out
 
 
 def hf_architecture(keys: set[str]) -> tuple[str, dict]:

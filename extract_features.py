@@ -19,8 +19,8 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from finetuning import resolve_vocab_file
-from modeling import BertModel, load_checkpoint, load_config_for_checkpoint
+from checkpoint_io import load_checkpoint, load_config_for_checkpoint, resolve_vocab_file
+from modeling import BertModel
 from processors.glue import encode_pair
 from utils import PRECISIONS, InputError, atomic_path, autocast_context, resolve_precision, run_main
 

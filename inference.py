@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetuning import resolve_vocab_file
-from modeling import BertForQuestionAnswering, load_checkpoint, load_config_for_checkpoint
+from checkpoint_io import load_checkpoint, load_config_for_checkpoint, resolve_vocab_file
+from modeling import BertForQuestionAnswering
 from processors import squad
 from utils import PRECISIONS, InputError, autocast_context, resolve_precision, run_main, seed_everything
 

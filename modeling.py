@@ -1,8 +1,8 @@
-"""BERT model and task heads; checkpoint loading (moving to checkpoint_io.py).
+"""BERT: configuration, layers, the original's task heads and the pretraining criterion, weight init.
 
 State-dict names follow NVIDIA's BERT for PyTorch (`dense_act`, tied `cls.predictions.decoder.weight`,
 vocabulary rows padded to a multiple of 8), so its checkpoints load unchanged; Hugging Face and
-Google-era layouts are translated by `load_checkpoint`.
+Google-era layouts are translated by `checkpoint_io.load_checkpoint`.
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import copy
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,6 @@ from torch.utils.checkpoint import checkpoint
 from bert_kernels import PackedTokens, attention, dropout, linear, padding_mask, should_pack
 from utils import InputError
 
-CONFIG_NAME = "bert_config.json"
-WEIGHTS_NAME = "pytorch_model.bin"
 REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 # --------------------------------------------------------------------------------------------
@@ -574,188 +571,19 @@ class BertForQuestionAnswering(BertPreTrainedModel):
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoint loading: one function for every known layout
+# Checkpoint loading lives in checkpoint_io.py; these names stay importable from here (public API).
+# Resolved on first use, so checkpoint_io can import this module without a cycle at import time.
 # --------------------------------------------------------------------------------------------
 
-BACKBONE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
-# Hugging Face → ours. The original only renamed the first two; the MLM transform needs it too.
-_HF_RENAMES = (
-    (".intermediate.dense.", ".intermediate.dense_act."),
-    ("pooler.dense.", "pooler.dense_act."),
-    ("cls.predictions.transform.dense.", "cls.predictions.transform.dense_act."),
-)
-_VOCAB_KEYS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight", "cls.predictions.bias")
-_DROPPED_KEYS = ("embeddings.position_ids", "cls.predictions.decoder.bias")
-_TIED_KEYS = ("cls.predictions.decoder.weight",)
+_CHECKPOINT_IO_NAMES = frozenset({
+    "CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError", "LoadReport", "load_checkpoint", "load_config_for_checkpoint",
+    "normalize_state_dict_keys", "read_state_dict", "resolve_checkpoint_file",
+})
 
 
-class CheckpointError(InputError):
-    """A checkpoint that does not fit the model: names the file and the offending keys."""
+def __getattr__(name: str) -> Any:
+    if name in _CHECKPOINT_IO_NAMES:
+        import checkpoint_io
 
-
-@dataclass
-class LoadReport:
-    source: str
-    matched: list[str] = field(default_factory=list)
-    padded: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
-    initialized: list[str] = field(default_factory=list)  # in the model, not in the checkpoint (left fresh)
-
-    def summary(self) -> str:
-        parts = [f"loaded {len(self.matched)} tensors from {self.source}"]
-        if self.padded:
-            parts.append(f"padded vocab rows of {', '.join(self.padded)}")
-        if self.initialized:
-            parts.append(f"initialised fresh: {_short_list(self.initialized)}")
-        if self.skipped:
-            parts.append(f"ignored from checkpoint: {_short_list(self.skipped)}")
-        return "; ".join(parts)
-
-
-def _short_list(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def resolve_checkpoint_file(path: str | os.PathLike) -> Path:
-    """A file, or a folder holding model.safetensors / pytorch_model.bin (HF or fine-tuning output)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("model.safetensors", WEIGHTS_NAME):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path}: folder has neither model.safetensors nor {WEIGHTS_NAME}")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    return path
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of any known checkpoint file, never unpickling anything but tensors and plain data."""
-    file = resolve_checkpoint_file(path)
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(file))
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file for the user
-            raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{file}: not a loadable checkpoint ({str(exc).splitlines()[0]})") from None
-    for key in ("model", "state_dict", "module"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{file}: holds no state dict of tensors")
-    return obj
-
-
-def normalize_state_dict_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename every known layout to ours: `module.` wrappers, gamma/beta, HF `dense` names, no `bert.`."""
-    out = {}
-    for key, value in sd.items():
-        new = key.removeprefix("module.").removeprefix("_orig_mod.")
-        if new.endswith(".gamma"):
-            new = new[: -len(".gamma")] + ".weight"
-        elif new.endswith(".beta"):
-            new = new[: -len(".beta")] + ".bias"
-        for old, ours in _HF_RENAMES:
-            new = new.replace(old, ours)
-        if new.startswith(BACKBONE_PREFIXES):
-            new = "bert." + new
-        if new.endswith(_DROPPED_KEYS):
-            continue
-        out[new] = value
-    return out
-
-
-def _model_keyspace(model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
-    """The model's state dict keyed as in a task model (`bert.` prefix), and the prefix to map back."""
-    own = model.state_dict()
-    if isinstance(model, BertModel):
-        return {"bert." + k: v for k, v in own.items()}, "bert."
-    return own, ""
-
-
-def _fit_vocab_rows(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-    """Pad (or trim unused padding rows of) a vocab-shaped tensor; None when it cannot fit."""
-    if key not in _VOCAB_KEYS or value.shape[1:] != target.shape[1:]:
-        return None
-    rows, want = value.size(0), target.size(0)
-    if rows < want:
-        pad = torch.zeros((want - rows, *value.shape[1:]), dtype=value.dtype)
-        return torch.cat([value, pad])
-    if rows > want and rows == pad_to_multiple(want, 8):
-        return value[:want]
-    return None
-
-
-def load_checkpoint(
-    model: nn.Module, path: str | os.PathLike, strict: bool = True, state_dict: dict | None = None
-) -> LoadReport:
-    """Load any known checkpoint layout into `model` (ours/NVIDIA, Hugging Face, old gamma/beta).
-
-    strict=True: every model tensor must come from the checkpoint and every checkpoint tensor must be
-    used. strict=False (loading a backbone into a task model): heads may be missing or extra, and are
-    reported, but a missing backbone tensor or a shape mismatch is still an error — layers are never
-    silently left random.
-    """
-    source = str(path)
-    raw = state_dict if state_dict is not None else read_state_dict(path)
-    sd = normalize_state_dict_keys(raw)
-    own, prefix = _model_keyspace(model)
-    report = LoadReport(source=source)
-    to_load: dict[str, torch.Tensor] = {}
-    mismatched = []
-    for key, value in sd.items():
-        if key not in own:
-            report.skipped.append(key)
-            continue
-        target = own[key]
-        if value.shape != target.shape:
-            fitted = _fit_vocab_rows(key, value, target)
-            if fitted is None:
-                mismatched.append(f"{key} {tuple(value.shape)} vs model {tuple(target.shape)}")
-                continue
-            report.padded.append(key)
-            value = fitted
-        to_load[key] = value.to(target.dtype)
-        report.matched.append(key)
-    if mismatched:
-        raise CheckpointError(f"{source}: shapes do not fit the model config: {_short_list(mismatched, 4)}")
-    tied_ok = "bert.embeddings.word_embeddings.weight" in to_load
-    report.initialized = [k for k in own if k not in to_load and not (tied_ok and k in _TIED_KEYS)]
-    _check_completeness(report, strict, source)
-    model.load_state_dict({k.removeprefix(prefix) if prefix else k: v for k, v in to_load.items()}, strict=False)
-    return report
-
-
-def _check_completeness(report: LoadReport, strict: bool, source: str) -> None:
-    if not report.matched:
-        raise CheckpointError(f"{source}: no tensor name matches this model (is it a BERT checkpoint?)")
-    if strict and (report.initialized or report.skipped):
-        problems = []
-        if report.initialized:
-            problems.append(f"missing keys: {_short_list(report.initialized)}")
-        if report.skipped:
-            problems.append(f"unexpected keys: {_short_list(report.skipped)}")
-        raise CheckpointError(f"{source}: {'; '.join(problems)} (pass strict=False to load a backbone into a task model)")
-    # The pooler is optional: QA and token-classification models never use it, and Hugging Face
-    # saves those models without one.
-    missing_backbone = [k for k in report.initialized if k.startswith("bert.") and not k.startswith("bert.pooler.")]
-    if missing_backbone:
-        raise CheckpointError(f"{source}: missing backbone keys: {_short_list(missing_backbone)}")
-
-
-def load_config_for_checkpoint(path: str | os.PathLike, config_file: str | os.PathLike | None = None) -> BertConfig:
-    """The config given explicitly, else the bert_config.json / config.json beside a checkpoint."""
-    if config_file:
-        return BertConfig.from_json_file(config_file)
-    folder = Path(path) if Path(path).is_dir() else Path(path).parent
-    for name in (CONFIG_NAME, "config.json"):
-        if (folder / name).is_file():
-            return BertConfig.from_json_file(folder / name)
-    raise InputError(f"{path}: no --config_file given and no {CONFIG_NAME} or config.json beside the checkpoint")
+        return getattr(checkpoint_io, name)
+    raise AttributeError(f"module 'modeling' has no attribute {name!r}")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import finetuning as ft
+from checkpoint_io import resolve_vocab_file
 from modeling import BertForQuestionAnswering
 from processors import squad, squad_metrics
 from utils import InputError, barrier, run_main
@@ -201,7 +202,7 @@ def run_eval_script(script: str, data_file: str, predictions_file: Path) -> dict
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     ctx = ft.start_run(args)
-    vocab_file = ft.resolve_vocab_file(args.vocab_file, args.init_checkpoint)
+    vocab_file = resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)
     model, config = ft.load_model(ctx, BertForQuestionAnswering)
     if args.do_train:

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import bert_kernels as kernels
+import checkpoint_io
 import modeling
+from checkpoint_io import CheckpointError, load_checkpoint
 from modeling import (
     BertConfig,
     BertForPreTraining,
@@ -18,8 +20,6 @@ from modeling import (
     BertForSequenceClassification,
     BertModel,
     BertPretrainingCriterion,
-    CheckpointError,
-    load_checkpoint,
     masked_positions_from_labels,
 )
 from utils import InputError
@@ -161,10 +161,10 @@ def test_nvidia_layout_with_30528_rows_and_gamma_beta_loads(tmp_path):
     for k, v in dst.state_dict().items():
         torch.testing.assert_close(v, sd[k], msg=k)
     # Bare state dict with the 30522-row HF vocab shape pads to 30528.
-    trimmed = {k: (v[:30522] if k in modeling._VOCAB_KEYS else v) for k, v in sd.items()}
+    trimmed = {k: (v[:30522] if k in checkpoint_io.VOCAB_KEYS else v) for k, v in sd.items()}
     torch.save(trimmed, tmp_path / "bare.pt")
     report = load_checkpoint(BertForPreTraining(config), tmp_path / "bare.pt")
-    assert set(report.padded) == set(modeling._VOCAB_KEYS)
+    assert set(report.padded) == set(checkpoint_io.VOCAB_KEYS)
 
 
 def test_missing_layer_fails_with_key_names(tmp_path):
@@ -309,7 +309,7 @@ def test_convert_checkpoint_cli_round_trip_and_tf_message(tmp_path, root):
     back = BertForPreTraining(BertConfig.from_json_file(tmp_path / "back" / "bert_config.json"))
     load_checkpoint(back, tmp_path / "back" / "model.pt")
     for key, value in model.state_dict().items():
-        rows = config.vocab_size if key in modeling._VOCAB_KEYS else None
+        rows = config.vocab_size if key in checkpoint_io.VOCAB_KEYS else None
         torch.testing.assert_close(back.state_dict()[key][:rows], value[:rows], msg=key)
     try:
         import tensorflow  # noqa: F401
@@ -509,3 +509,15 @@ def test_packed_tokens_round_trip_and_shape_rounding():
     rounded = kernels.PackedTokens.from_mask(kernels.padding_mask(mask), multiple=3)
     assert rounded.index.tolist() == [0, 1, 2, 4, 5, 6]  # the first padding position rides along
     assert kernels.PackedTokens.from_mask(kernels.padding_mask(mask), multiple=64).index.numel() == 8
+
+
+def test_checkpoint_names_stay_importable_from_modeling():
+    """Public API: `modeling.load_checkpoint` and friends are checkpoint_io's, not copies."""
+    from modeling import CheckpointError as from_modeling
+    from modeling import load_checkpoint as load_from_modeling
+
+    assert load_from_modeling is checkpoint_io.load_checkpoint
+    assert from_modeling is checkpoint_io.CheckpointError
+    assert modeling.LoadReport is checkpoint_io.LoadReport
+    with pytest.raises(AttributeError):
+        modeling.no_such_name  # noqa: B018
