@@ -49,6 +49,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from bert_kernels import add_kernel_arguments, configure_kernels
 from checkpoint_io import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, load_checkpoint, load_config_for_checkpoint
 from modeling import BertConfig
 from utils import (
@@ -138,6 +139,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, max_seq_length: int
     lg.add_argument("--disable_progress_bar", "--disable-progress-bar", dest="disable_progress_bar",
                     action="store_true", help="no tqdm progress bars")
     lg.add_argument("--verbose_logging", action="store_true", help="more detail in the logs")
+    add_kernel_arguments(parser)
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser, default_help: str) -> None:
@@ -191,6 +193,7 @@ def validate_batch_arguments(args: argparse.Namespace) -> int:
 def start_run(args: argparse.Namespace) -> RunContext:
     """Precision, process group, seeds and logger for a fine-tuning run."""
     micro_batch = validate_batch_arguments(args)
+    configure_kernels(args)
     precision = resolve_precision(args.precision, args.fp16 or args.amp)
     env = init_distributed("cpu" if args.no_cuda else None)
     apply_tf32(precision)

@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import utils
+from bert_kernels import add_kernel_arguments, configure_kernels
 from checkpoint_io import load_checkpoint, load_config_for_checkpoint
 from data.pretraining_dataset import PretrainingShardDataset, list_shards
 from modeling import BertConfig, BertForPreTraining, masked_positions_from_labels
@@ -359,6 +360,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--disable_progress_bar", action="store_true", help="no tqdm progress bar")
     p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)), help="set by the launcher")
+    add_kernel_arguments(p)
     args = p.parse_args(argv)
     for name in ("max_steps", "max_samples"):
         value = getattr(args, name)
@@ -378,6 +380,7 @@ def load_model(checkpoint: str, config: BertConfig, device: torch.device) -> Ber
 def main(argv: list[str] | None = None) -> EvalResult:
     e2e_start = time.time()
     args = parse_args(argv)
+    configure_kernels(args)
     if not Path(args.init_checkpoint).exists():
         raise InputError(f"--init_checkpoint: not found: {args.init_checkpoint}")
     env = utils.init_distributed(args.device)
