@@ -415,6 +415,22 @@ def test_pretraining_gradients_agree_between_gemm_backends(cpu_gemm):
         torch.testing.assert_close(onednn[name], aten[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_cpu_gemm_flag_overrides_the_environment_default(cpu_gemm, monkeypatch):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    kernels.add_kernel_arguments(parser)
+    monkeypatch.setenv("BERT_CPU_GEMM", "aten")
+    kernels.configure_kernels(parser.parse_args([]))  # no flag: the environment decides, as before the flag
+    assert kernels.cpu_gemm_backend() == "aten"
+    kernels.configure_kernels(parser.parse_args(["--cpu_gemm", "auto"]))
+    assert kernels.cpu_gemm_backend() == kernels._resolve_cpu_gemm("auto")
+    monkeypatch.setenv("BERT_CPU_GEMM", "blas")
+    with pytest.raises(InputError, match="BERT_CPU_GEMM='blas'"):
+        kernels.configure_kernels(parser.parse_args([]))
+    assert "BERT_CPU_GEMM" in parser.format_help()
+
+
 def test_unknown_cpu_gemm_backend_is_a_clear_error():
     with pytest.raises(InputError, match="BERT_CPU_GEMM='blas'"):
         kernels.set_cpu_gemm_backend("blas")
