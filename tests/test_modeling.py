@@ -537,3 +537,32 @@ def test_checkpoint_names_stay_importable_from_modeling():
     assert modeling.LoadReport is checkpoint_io.LoadReport
     with pytest.raises(AttributeError):
         modeling.no_such_name  # noqa: B018
+
+
+def autograd_node_names(output: torch.Tensor) -> list[str]:
+    seen, stack, names = set(), [output.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("padded_batch", [False, True])
+def test_qkv_split_is_one_unbind_backward_per_layer(padded_batch):
+    """Q, K and V come from one fused product by `unbind` (one backward), not three `select`s; the only
+    select left is the pooler's first token. Checked on the padded layout and on packed tokens."""
+    config = tiny_config()
+    model = BertModel(config).train()
+    ids = torch.randint(1, config.vocab_size, (2, 8))
+    mask = torch.ones_like(ids)
+    if padded_batch:
+        mask[0, 5:] = 0  # training on the CPU with padding: the encoder runs on packed tokens
+    encoded, pooled = model(ids, attention_mask=mask)
+    names = autograd_node_names(encoded[-1].sum() + pooled.sum())
+    assert names.count("UnbindBackward0") == config.num_hidden_layers
+    assert names.count("SelectBackward0") <= 1
+    assert ("IndexSelectBackward0" in names) == padded_batch
