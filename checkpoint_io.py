@@ -1,7 +1,8 @@
 """Checkpoint I/O: every checkpoint layout in and out of the model, and the files around a checkpoint.
 
 * reading: `resolve_checkpoint_file` (a file or a folder), `read_state_dict` (tensors only, never an
-  unpickled object; a damaged file is a one-line `CheckpointError`), `normalize_state_dict_keys` (our/NVIDIA,
+  unpickled object; a damaged file is a one-line `CheckpointError`), `load_checkpoint_file` (the whole
+  checkpoint object, through the same checks), `normalize_state_dict_keys` (our/NVIDIA,
   Hugging Face and old gamma/beta names to ours);
 * loading into a model: `load_checkpoint` → `LoadReport` (vocab rows padded or trimmed to fit;
   strict or backbone-only, never a layer silently left random);
@@ -98,8 +99,11 @@ def _require_nonempty(file: Path) -> None:
         raise CheckpointError(f"{file}: empty file")
 
 
-def _torch_load(file: Path) -> Any:
-    """torch.load with weights_only=True (tensors and plain data only); any failure is one line."""
+def load_checkpoint_file(path: str | os.PathLike) -> Any:
+    """The whole object of a torch checkpoint file (e.g. a ckpt_<step>.pt with optimizer state), loaded
+    with weights_only=True (tensors and plain data only); an empty, cut-short or foreign file is one
+    `CheckpointError` line."""
+    file = Path(path)
     _require_nonempty(file)
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
@@ -121,7 +125,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(file))
         except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file for the user
             raise CheckpointError(f"{file}: truncated or not a safetensors file: {_first_line(exc)}") from None
-    obj = _torch_load(file)
+    obj = load_checkpoint_file(file)
     for key in ("model", "state_dict", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -250,7 +254,7 @@ def stored_config(path: str | os.PathLike) -> dict[str, Any] | None:
     file = Path(path)
     if file.suffix == ".safetensors":
         return None
-    obj = _torch_load(file)
+    obj = load_checkpoint_file(file)
     return obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else None
 
 
