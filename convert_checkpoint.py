@@ -25,15 +25,16 @@ import numpy as np
 import torch
 
 import modeling
-from modeling import (
-    _HF_RENAMES,
-    _VOCAB_KEYS,
-    BertConfig,
+from checkpoint_io import (
+    VOCAB_KEYS,
     load_checkpoint,
     load_config_for_checkpoint,
     normalize_state_dict_keys,
     read_state_dict,
+    short_key_list,
+    to_hf_state_dict,
 )
+from modeling import BertConfig
 from utils import (
     InputError,
     atomic_path,
@@ -46,20 +47,6 @@ from utils import (
 
 # transformers builds these without a pooler, so a checkpoint without one is complete for them.
 _ARCHITECTURES_WITHOUT_POOLER = ("BertForQuestionAnswering", "BertForMaskedLM")
-
-
-def to_hf_state_dict(sd: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
-    """Our names → HF names; vocab rows trimmed to the real vocabulary; the tied decoder bias added."""
-    out = {}
-    for key, value in normalize_state_dict_keys(sd).items():
-        for hf, ours in _HF_RENAMES:
-            key = key.replace(ours, hf)
-        if key in _VOCAB_KEYS:
-            value = value[:vocab_size]
-        out[key] = value.detach().float().contiguous().clone()
-    if "cls.predictions.bias" in out:
-        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
-    return out
 
 
 def hf_architecture(keys: set[str]) -> tuple[str, dict]:
@@ -101,7 +88,7 @@ def check_fits_config(sd: dict[str, torch.Tensor], config: BertConfig, source: s
     to a multiple of 8): fewer rows would be written against a larger vocab_size.
     """
     sd = normalize_state_dict_keys(sd)
-    for key in _VOCAB_KEYS:
+    for key in VOCAB_KEYS:
         if key in sd and sd[key].shape[0] not in (config.vocab_size, config.padded_vocab_size):
             raise InputError(f"{source}: {key} has {sd[key].shape[0]} rows but the config says "
                              f"vocab_size {config.vocab_size}")
@@ -112,12 +99,12 @@ def check_fits_config(sd: dict[str, torch.Tensor], config: BertConfig, source: s
         report = load_checkpoint(model, source, strict=False, state_dict=sd)
     if report.skipped:
         raise InputError(f"{source}: tensors the config has no place for (another num_hidden_layers?): "
-                         f"{modeling._short_list(report.skipped, 4)}")
+                         f"{short_key_list(report.skipped, 4)}")
     missing = [k for k in report.initialized
                if not (k.startswith("bert.pooler.") and architecture in _ARCHITECTURES_WITHOUT_POOLER)]
     if missing:
         raise InputError(f"{source}: {architecture} needs tensors the checkpoint lacks: "
-                         f"{modeling._short_list(missing, 4)}")
+                         f"{short_key_list(missing, 4)}")
     return architecture
 
 

@@ -20,8 +20,10 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from finetuning import check_fits_positions, resolve_vocab_file
-from modeling import BertModel, load_checkpoint, load_config_for_checkpoint
+from bert_kernels import add_kernel_arguments, configure_kernels
+from checkpoint_io import load_checkpoint, load_config_for_checkpoint, resolve_vocab_file
+from finetuning import check_fits_positions
+from modeling import BertModel
 from processors.glue import encode_pair
 from utils import (
     PRECISIONS,
@@ -53,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=PRECISIONS, help="default fp32")
     p.add_argument("--no_cuda", action="store_true")
     p.add_argument("--local_rank", type=int, default=-1, help="accepted for compatibility")
+    add_kernel_arguments(p)
     args = p.parse_args(argv)
     args.init_checkpoint = args.init_checkpoint or args.bert_model
     if not args.init_checkpoint:
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     from tokenization import FullTokenizer
 
     args = parse_args(argv)
+    configure_kernels(args)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
     precision = resolve_precision(args.precision)
     config = load_config_for_checkpoint(args.init_checkpoint, args.config_file)

@@ -6,7 +6,7 @@ batch becomes a loss or predictions; everything else lives here once:
 * the flags all three share (`add_common_arguments`), with the original's names and defaults;
 * run setup (`start_run`): precision (`--precision`, or the original's `--fp16`/`--amp`), torchrun /
   SLURM process group, seeds, the dllogger-compatible logger;
-* loading the model through `modeling.load_checkpoint` (a pretraining checkpoint, our fine-tuned
+* loading the model through `checkpoint_io.load_checkpoint` (a pretraining checkpoint, our fine-tuned
   output or a Hugging Face folder; heads the checkpoint lacks are initialised fresh and reported);
 * the training loop (`train`): the original's two parameter groups, AdamW + LinearWarmUp (or the
   original's BertAdam), gradient accumulation, autocast with a GradScaler for fp16, DDP with
@@ -49,7 +49,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from modeling import CONFIG_NAME, WEIGHTS_NAME, BertConfig, load_checkpoint, load_config_for_checkpoint
+from bert_kernels import add_kernel_arguments, configure_kernels
+from checkpoint_io import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, load_checkpoint, load_config_for_checkpoint
+from modeling import BertConfig
 from utils import (
     PRECISIONS,
     DistEnv,
@@ -69,7 +71,6 @@ from utils import (
     seed_everything,
 )
 
-VOCAB_NAME = "vocab.txt"
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
 ForwardFn = Callable[[nn.Module, Sequence[torch.Tensor]], "torch.Tensor | tuple[torch.Tensor, ...]"]
 
@@ -141,6 +142,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, max_seq_length: int
     lg.add_argument("--disable_progress_bar", "--disable-progress-bar", dest="disable_progress_bar",
                     action="store_true", help="no tqdm progress bars")
     lg.add_argument("--verbose_logging", action="store_true", help="more detail in the logs")
+    add_kernel_arguments(parser)
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser, default_help: str) -> None:
@@ -202,6 +204,7 @@ def start_run(args: argparse.Namespace) -> RunContext:
     check_output_dir(args.output_dir)
     if args.json_summary:
         check_output_file(args.json_summary, "--json-summary")
+    configure_kernels(args)
     precision = resolve_precision(args.precision, args.fp16 or args.amp)
     env = init_distributed("cpu" if args.no_cuda else None)
     apply_tf32(precision)
@@ -229,24 +232,6 @@ def _log_units(logger: Logger) -> None:
 # --------------------------------------------------------------------------------------------
 # Tokenizer and model
 # --------------------------------------------------------------------------------------------
-
-
-def checkpoint_folder(init_checkpoint: str | os.PathLike) -> Path:
-    path = Path(init_checkpoint)
-    return path if path.is_dir() else path.parent
-
-
-def resolve_vocab_file(vocab_file: str | None, init_checkpoint: str | os.PathLike) -> Path:
-    """--vocab_file, else the vocab.txt beside the checkpoint (our outputs and HF folders have one)."""
-    if vocab_file:
-        path = Path(vocab_file)
-        if not path.is_file():
-            raise InputError(f"vocab file not found: {path}")
-        return path
-    beside = checkpoint_folder(init_checkpoint) / VOCAB_NAME
-    if beside.is_file():
-        return beside
-    raise InputError(f"{init_checkpoint}: no --vocab_file given and no {VOCAB_NAME} beside the checkpoint")
 
 
 def load_tokenizer(vocab_file: Path, do_lower_case: bool) -> Any:

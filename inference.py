@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetuning import check_fits_positions, resolve_vocab_file
-from modeling import BertForQuestionAnswering, load_checkpoint, load_config_for_checkpoint
+from bert_kernels import add_kernel_arguments, configure_kernels
+from checkpoint_io import load_checkpoint, load_config_for_checkpoint, resolve_vocab_file
+from finetuning import check_fits_positions
+from modeling import BertForQuestionAnswering
 from processors import squad
 from utils import PRECISIONS, InputError, autocast_context, resolve_precision, run_main, seed_everything
 
@@ -67,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", choices=("pytorch", "onnx"), default="pytorch")
     p.add_argument("--onnx_model", help="exported model for --backend onnx (inputs input_ids, token_type_ids, "
                                         "attention_mask; outputs start_logits, end_logits)")
+    add_kernel_arguments(p)
     args = p.parse_args(argv)
     if args.backend == "onnx" and not args.onnx_model:
         raise InputError("--backend onnx needs --onnx_model")
@@ -168,6 +171,7 @@ def answer(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    configure_kernels(args)
     seed_everything(args.seed)
     text, nbest = answer(args)
     print("question: ", args.question)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import finetuning as ft
+from checkpoint_io import resolve_vocab_file
 from modeling import BertForSequenceClassification
 from processors import glue
 from utils import InputError, atomic_write_json, barrier, run_main
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_data_files(args)
     ctx = ft.start_run(args)
-    vocab_file = ft.resolve_vocab_file(args.vocab_file, args.init_checkpoint)
+    vocab_file = resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)
     task = glue.get_task(args.task_name)
     model, config = ft.load_model(ctx, lambda cfg: BertForSequenceClassification(cfg, task.num_labels))

@@ -28,12 +28,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import utils
+from checkpoint_io import load_checkpoint
 from data.pretraining_dataset import PretrainingShardDataset, list_shards
 from modeling import (
     BertConfig,
     BertForPreTraining,
     BertPretrainingCriterion,
-    load_checkpoint,
     masked_positions_from_labels,
 )
 from optimization import build_lamb, pretraining_param_groups

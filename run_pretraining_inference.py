@@ -33,14 +33,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import utils
+from bert_kernels import add_kernel_arguments, configure_kernels
+from checkpoint_io import load_checkpoint, load_config_for_checkpoint
 from data.pretraining_dataset import PretrainingShardDataset, list_shards
-from modeling import (
-    BertConfig,
-    BertForPreTraining,
-    load_checkpoint,
-    load_config_for_checkpoint,
-    masked_positions_from_labels,
-)
+from modeling import BertConfig, BertForPreTraining, masked_positions_from_labels
 from utils import InputError
 
 BATCH_KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_labels", "next_sentence_labels")
@@ -364,6 +360,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--disable_progress_bar", action="store_true", help="no tqdm progress bar")
     p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)), help="set by the launcher")
+    add_kernel_arguments(p)
     args = p.parse_args(argv)
     for name in ("max_steps", "max_samples"):
         value = getattr(args, name)
@@ -372,25 +369,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.eval_batch_size < 1:
         raise InputError(f"--eval_batch_size must be positive, got {args.eval_batch_size}")
     return args
-
-
-def config_for(checkpoint: str, config_file: str | None) -> BertConfig:
-    """--config_file, else a config file beside the checkpoint, else the config a ckpt_<step>.pt carries."""
-    try:
-        return load_config_for_checkpoint(checkpoint, config_file)
-    except InputError:
-        stored = None if config_file or not os.path.isfile(checkpoint) else _stored_config(checkpoint)
-        if stored is None:
-            raise
-        return BertConfig.from_dict(stored, source=f"{checkpoint} (stored config)")
-
-
-def _stored_config(checkpoint: str) -> dict[str, Any] | None:
-    try:
-        stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not our checkpoint format: the caller reports the missing config
-        return None
-    return stored.get("config") if isinstance(stored, dict) and isinstance(stored.get("config"), dict) else None
 
 
 def load_model(checkpoint: str, config: BertConfig, device: torch.device) -> BertForPreTraining:
@@ -402,13 +380,14 @@ def load_model(checkpoint: str, config: BertConfig, device: torch.device) -> Ber
 def main(argv: list[str] | None = None) -> EvalResult:
     e2e_start = time.time()
     args = parse_args(argv)
+    configure_kernels(args)
     if not Path(args.init_checkpoint).exists():
         raise InputError(f"--init_checkpoint: not found: {args.init_checkpoint}")
     env = utils.init_distributed(args.device)
     try:
         precision = utils.resolve_precision(args.precision, args.fp16)
         utils.apply_tf32(precision)
-        config = config_for(args.init_checkpoint, args.config_file)
+        config = load_config_for_checkpoint(args.init_checkpoint, args.config_file, allow_stored=True)
         shards = find_eval_shards(args.input_dir, args.shard_kind)
         check_fits_model(shards, config)  # before loading weights: a wrong shard is the clearer message
         model = load_model(args.init_checkpoint, config, env.device)

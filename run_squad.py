@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import finetuning as ft
+from checkpoint_io import resolve_vocab_file
 from modeling import BertForQuestionAnswering
 from processors import squad, squad_metrics
 from utils import InputError, barrier, run_main
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         squad.read_squad_examples(args.predict_file, is_training=False,
                                   version_2_with_negative=args.version_2_with_negative)
     ctx = ft.start_run(args)
-    vocab_file = ft.resolve_vocab_file(args.vocab_file, args.init_checkpoint)
+    vocab_file = resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)
     model, config = ft.load_model(ctx, BertForQuestionAnswering)
     if args.do_train:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import finetuning as ft
+from checkpoint_io import resolve_vocab_file
 from modeling import BertForMultipleChoice
 from processors import swag
 from utils import InputError, atomic_write_text, run_main
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.do_eval:  # before any work: a bad val.csv must not end a finished training run
         read_examples(Path(args.data_dir) / "val.csv", is_training=True)
     ctx = ft.start_run(args)
-    vocab_file = ft.resolve_vocab_file(args.vocab_file, args.init_checkpoint)
+    vocab_file = resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)
     model, config = ft.load_model(ctx, lambda cfg: BertForMultipleChoice(cfg, swag.NUM_CHOICES))
     global_step, train_loss = 0, None

@@ -17,13 +17,8 @@ import finetuning as ft
 import inference
 import run_glue
 import run_squad
-from modeling import (
-    BertConfig,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    CheckpointError,
-    load_checkpoint,
-)
+from checkpoint_io import CheckpointError, load_checkpoint, resolve_vocab_file
+from modeling import BertConfig, BertForQuestionAnswering, BertForSequenceClassification
 from utils import InputError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -338,11 +333,11 @@ def test_loading_a_checkpoint_of_another_shape_names_the_file(tmp_path):
 
 def test_vocab_file_falls_back_to_the_checkpoint_folder(tmp_path):
     (tmp_path / "vocab.txt").write_text("[UNK]\n")
-    assert ft.resolve_vocab_file(None, tmp_path / "pytorch_model.bin") == tmp_path / "vocab.txt"
+    assert resolve_vocab_file(None, tmp_path / "pytorch_model.bin") == tmp_path / "vocab.txt"
     with pytest.raises(InputError, match="vocab file not found"):
-        ft.resolve_vocab_file(str(tmp_path / "missing.txt"), tmp_path)
+        resolve_vocab_file(str(tmp_path / "missing.txt"), tmp_path)
     with pytest.raises(InputError, match="no --vocab_file"):
-        ft.resolve_vocab_file(None, tmp_path / "elsewhere" / "ckpt.pt")
+        resolve_vocab_file(None, tmp_path / "elsewhere" / "ckpt.pt")
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ from pretrain_helpers import copy_rows, make_shard, shard_rows, wikitext_documen
 
 import run_pretraining_inference as rpi
 import utils
+from checkpoint_io import load_checkpoint
 from data.pretraining_dataset import PretrainingShardDataset
-from modeling import BertConfig, BertForPreTraining, load_checkpoint
+from modeling import BertConfig, BertForPreTraining
 from utils import InputError, read_dllogger
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -123,24 +123,14 @@ def first_questions(dataset: list[dict], limit: int | None) -> list[dict]:
 def load_finetuned_model(checkpoint: str | Path, config_file: str | Path | None, task: str,
                          num_labels: int | None = None) -> Any:
     """A fine-tuned QA or classification model in eval mode, loaded strictly (no layer left random)."""
+    import checkpoint_io
     import modeling
 
-    config = modeling.load_config_for_checkpoint(checkpoint, config_file)
+    config = checkpoint_io.load_config_for_checkpoint(checkpoint, config_file)
     if task == "qa":
         model = modeling.BertForQuestionAnswering(config)
     else:
-        labels = num_labels or classifier_size(checkpoint)
+        labels = num_labels or checkpoint_io.num_classifier_labels(checkpoint)
         model = modeling.BertForSequenceClassification(config, labels)
-    modeling.load_checkpoint(model, checkpoint, strict=True)
+    checkpoint_io.load_checkpoint(model, checkpoint, strict=True)
     return model.eval()
-
-
-def classifier_size(checkpoint: str | Path) -> int:
-    """Number of labels of a classification checkpoint, read from its classifier weight."""
-    import modeling
-
-    state = modeling.normalize_state_dict_keys(modeling.read_state_dict(checkpoint))
-    weight = state.get("classifier.weight")
-    if weight is None:
-        raise modeling.CheckpointError(f"{checkpoint}: no classifier.weight (is it a classification checkpoint?)")
-    return int(weight.shape[0])
