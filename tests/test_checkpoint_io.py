@@ -115,7 +115,12 @@ def write_inputs(folder: Path) -> dict[str, Path]:
     squad = folder / "dev.json"
     squad.write_text('{"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": "the dog runs", '
                      '"qas": [{"id": "q1", "question": "the dog ?", "answers": [{"text": "runs", "answer_start": 8}]}]}]}]}')
-    return {"vocab": vocab, "shards": shards, "text": text, "squad": squad}
+    glue = folder / "glue"  # GLUE and SWAG dev files are read before the weights, so they must be valid
+    glue.mkdir()
+    (glue / "dev.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tthe dog runs\tthe dog runs\n")
+    (glue / "val.csv").write_text("video-id,fold-ind,startphrase,sent1,sent2,gold-source,ending0,ending1,ending2,"
+                                  "ending3,label\nv,0,the dog runs,the dog,runs,gold,a,b,c,d,0\n")
+    return {"vocab": vocab, "shards": shards, "text": text, "squad": squad, "glue": glue}
 
 
 def script_commands(ckpt: Path, inputs: dict[str, Path], out: Path) -> dict[str, list[str]]:
@@ -128,8 +133,8 @@ def script_commands(ckpt: Path, inputs: dict[str, Path], out: Path) -> dict[str,
                                "--train_batch_size", "1", "--max_seq_length", "8", "--max_predictions_per_seq", "2",
                                "--json-summary", str(out.parent / "dll.json"), "--disable_progress_bar"],
         "run_squad.py": [*finetune, "--do_predict", "--predict_file", str(inputs["squad"])],
-        "run_glue.py": [*finetune, "--task_name", "mrpc", "--data_dir", str(out.parent), "--do_eval"],
-        "run_swag.py": [*finetune, "--data_dir", str(out.parent), "--do_eval"],
+        "run_glue.py": [*finetune, "--task_name", "mrpc", "--data_dir", str(inputs["glue"]), "--do_eval"],
+        "run_swag.py": [*finetune, "--data_dir", str(inputs["glue"]), "--do_eval"],
         "inference.py": ["--init_checkpoint", str(ckpt), *common],
         "extract_features.py": ["--init_checkpoint", str(ckpt), *common, "--input_file", str(inputs["text"]),
                                 "--output_file", str(out.parent / "features.jsonl"), "--layers", "-1"],
