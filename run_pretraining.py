@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 import training
 import utils
-from checkpointing import Checkpointer
+from checkpointing import Checkpointer, RunState
 from data.pretraining_dataset import DataPosition, ShardStream, check_shard_shapes, epoch_file_order, list_shards
 from flops import model_flops_utilization
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
@@ -171,7 +171,8 @@ class Trainer:
         self.forward_model = self._wrap_model()
 
     @property
-    def state(self):
+    def state(self) -> RunState:
+        """The run's counters (step, skipped steps, samples seen): saved and restored with the checkpoints."""
         return self.checkpointer.state
 
     def _wrap_model(self) -> torch.nn.Module:
