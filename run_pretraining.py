@@ -233,8 +233,12 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
 
-    def train(self) -> dict[str, float]:
+    def train(self, evaluator: Any = None) -> dict[str, float]:
+        """Train to `final_step(args)` (or a stop signal, or the evaluator's target accuracy); the run's summary.
+
+        `evaluator`: a PeriodicEvaluator (`should_evaluate(samples, step)`, `evaluate(model)`) or None."""
         args, env = self.args, self.env
+        self.evaluator = evaluator
         self.model.train()
         steps_target = final_step(args)
         global_batch = self.micro_batch * self.accum * env.world_size
@@ -403,8 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logger.log("PARAMETER", {"Config": [str(args)], "SEED": args.seed})
         trainer = Trainer(args, env, logger, tensorboard_writer(args, env))
         install_stop_handlers(trainer)
-        trainer.evaluator = build_evaluator(args, trainer)
-        summary = trainer.train()
+        summary = trainer.train(build_evaluator(args, trainer))
         trainer.stream.close()
         summary["e2e_train_time"] = time.time() - e2e_start
         logger.log((), {k: summary[k] for k in ("e2e_train_time", "training_sequences_per_second", "final_loss", "raw_train_time")})
