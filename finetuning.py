@@ -31,7 +31,6 @@ Deliberate differences from the original, each a fix:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import math
 import os
@@ -52,6 +51,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from bert_kernels import add_kernel_arguments, configure_kernels
 from checkpoint_io import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, load_checkpoint, load_config_for_checkpoint
 from modeling import BertConfig
+from training import COMPATIBILITY_GROUP, LOSS_SCALE_HELP, gradient_sync, make_grad_scaler, progress_bar, wrap_ddp
 from utils import (
     PRECISIONS,
     DistEnv,
@@ -84,11 +84,11 @@ def _default_local_rank() -> int:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, max_seq_length: int, seed: int,
-                         json_summary: str | None = None) -> None:
-    """The flags run_squad.py, run_glue.py and run_swag.py share (names and meaning of the original)."""
+                         json_summary: str | None = None) -> argparse._ArgumentGroup:
+    """The flags run_squad.py, run_glue.py and run_swag.py share (names and meaning of the original).
+
+    Returns the group of flags accepted only for compatibility, for a script to add its own to."""
     g = parser.add_argument_group("model and checkpoint")
-    g.add_argument("--bert_model", default="bert-large-uncased",
-                   help="name of the pretrained model; only used to name feature caches (as in the original)")
     g.add_argument("--init_checkpoint", required=True,
                    help="start weights: a pretraining checkpoint ({'model': sd} or bare sd), a fine-tuned output "
                         "folder or pytorch_model.bin, or a Hugging Face folder (config.json + model.safetensors)")
@@ -127,13 +127,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, max_seq_length: int
                         "with --fp16/--amp")
     p.add_argument("--fp16", action="store_true", help="the original's flag: same as --precision fp16")
     p.add_argument("--amp", action="store_true", help="the original's flag: same as --precision fp16")
-    p.add_argument("--loss_scale", type=float, default=0.0,
-                   help="fp16: 0 = dynamic loss scaling, > 0 = this fixed initial scale")
+    p.add_argument("--loss_scale", type=float, default=0.0, help=LOSS_SCALE_HELP)
     p.add_argument("--no_cuda", action="store_true", help="run on the CPU even when a GPU is present")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=_default_local_rank(),
-                   help="set by the launcher; ranks come from torchrun/SLURM environment variables")
-    p.add_argument("--use_env", action="store_true", help="accepted for compatibility (ranks always come "
-                                                         "from the environment)")
 
     lg = parser.add_argument_group("logging")
     lg.add_argument("--json-summary", "--json_summary", dest="json_summary", default=json_summary,
@@ -141,8 +136,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, max_seq_length: int
     lg.add_argument("--log_freq", type=int, default=50, help="log the training loss every N updates")
     lg.add_argument("--disable_progress_bar", "--disable-progress-bar", dest="disable_progress_bar",
                     action="store_true", help="no tqdm progress bars")
-    lg.add_argument("--verbose_logging", action="store_true", help="more detail in the logs")
+    lg.add_argument("--verbose_logging", action="store_true",
+                    help="print the first training features (tokens, ids, mask, segments, label) and, for SQuAD, "
+                         "why a predicted answer could not be mapped back to the original text")
     add_kernel_arguments(parser)
+
+    c = parser.add_argument_group(COMPATIBILITY_GROUP)
+    c.add_argument("--bert_model", default="bert-large-uncased",
+                   help="a model name; not used (feature caches are named by a hash of every setting that changes "
+                        "the features)")
+    c.add_argument("--local_rank", "--local-rank", type=int, default=_default_local_rank(),
+                   help="not used: ranks come from the torchrun/SLURM environment")
+    c.add_argument("--use_env", action="store_true", help="not used: ranks always come from the environment")
+    return c
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser, default_help: str) -> None:
@@ -173,11 +179,8 @@ class RunContext:
         return self.env.is_main
 
     def progress(self, iterable: Any, desc: str, total: int | None = None) -> Any:
-        if self.args.disable_progress_bar or not self.is_main:
-            return iterable
-        from tqdm import tqdm
-
-        return tqdm(iterable, desc=desc, total=total, dynamic_ncols=True)
+        return progress_bar(iterable, enabled=self.is_main and not self.args.disable_progress_bar, desc=desc,
+                            total=total)
 
 
 def validate_batch_arguments(args: argparse.Namespace) -> int:
@@ -271,6 +274,30 @@ def arrays_to_dataset(arrays: dict[str, np.ndarray], names: Sequence[str]) -> Te
     return TensorDataset(*(torch.from_numpy(np.ascontiguousarray(arrays[name])) for name in names))
 
 
+def show_features(ctx: RunContext, dataset: TensorDataset, names: Sequence[str], tokenizer: Any,
+                  count: int = 3) -> None:
+    """--verbose_logging: print the first `count` features (the original's "*** Example ***" blocks).
+
+    The dataset's first two columns are input_ids and input_mask; sequence columns are cut at the real
+    tokens, one line per choice for multiple-choice rows.
+    """
+    if not ctx.args.verbose_logging or not ctx.is_main:
+        return
+    for index in range(min(count, len(dataset))):
+        row = dataset[index]
+        ids = row[0].reshape(-1, row[0].size(-1))  # one row, or one per choice
+        real = [int(n) for n in row[1].reshape(ids.shape).sum(-1)]
+        lines = [f"*** Example {index} ***"]
+        lines += [f"tokens: {' '.join(tokenizer.convert_ids_to_tokens(ids[c, :n].tolist()))}" for c, n in enumerate(real)]
+        for name, column in zip(names, row, strict=True):
+            if column.shape == row[0].shape:
+                per_choice = column.reshape(ids.shape)
+                lines += [f"{name}: {' '.join(map(str, per_choice[c, :n].tolist()))}" for c, n in enumerate(real)]
+            else:
+                lines.append(f"{name}: {column.tolist()}")
+        print("\n".join(lines), flush=True)
+
+
 def to_device(batch: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """Integer columns become int64 (embedding indices, labels); floats stay as they are."""
     out = []
@@ -315,15 +342,6 @@ def trim_padding(batch: list[torch.Tensor], mask_index: int = 1, sequence_column
 # --------------------------------------------------------------------------------------------
 # Optimizer, precision and one update
 # --------------------------------------------------------------------------------------------
-
-
-def make_grad_scaler(precision: str, device: torch.device, loss_scale: float = 0.0) -> torch.amp.GradScaler | None:
-    """A GradScaler for fp16 (dynamic, or starting at --loss_scale and never growing); None otherwise."""
-    if precision != "fp16":
-        return None
-    if loss_scale > 0:
-        return torch.amp.GradScaler(device.type, init_scale=loss_scale, growth_interval=2**31 - 1)
-    return torch.amp.GradScaler(device.type)
 
 
 def build_optimizer_and_scheduler(model: nn.Module, args: argparse.Namespace, total_steps: int,
@@ -371,33 +389,25 @@ class Stepper:
         self.precision = precision
         self.device = device
         self.clip_grad_norm = clip_grad_norm
-        self.scaler = make_grad_scaler(precision, device, loss_scale)
+        self.scaler = make_grad_scaler(precision, device, loss_scale)  # disabled (a pass-through) unless fp16
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def accumulate(self, batch: Sequence[torch.Tensor], loss_fn: LossFn, weight: float = 1.0,
                    sync: bool = True) -> torch.Tensor:
-        no_sync = isinstance(self.model, DistributedDataParallel) and not sync
-        with self.model.no_sync() if no_sync else contextlib.nullcontext():
+        with gradient_sync(self.model, sync):
             with autocast_context(self.precision, self.device):
                 loss = loss_fn(self.model, batch)
-            scaled = loss.float() * weight
-            if self.scaler is not None:
-                scaled = self.scaler.scale(scaled)
-            scaled.backward()
+            self.scaler.scale(loss.float() * weight).backward()
         return loss.detach()
 
     def update(self) -> None:
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
+        self.scaler.unscale_(self.optimizer)
         if self.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
         if self.scheduler is not None:
             self.scheduler.step()
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
 
 
@@ -455,13 +465,6 @@ class TrainResult:
     @property
     def sequences_per_second(self) -> float:
         return self.sequences / self.train_time if self.train_time > 0 else 0.0
-
-
-def wrap_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
-    if not env.distributed:
-        return model
-    device_ids = [env.device.index] if env.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def freeze(model: nn.Module, name_part: str) -> None:

@@ -1,4 +1,4 @@
-"""Answer one question about one context with a SQuAD fine-tuned model (the original's flags, spec §2.5).
+"""Answer one question about one context with a SQuAD fine-tuned model (the original's flags).
 
     python inference.py --init_checkpoint results/SQuAD --do_lower_case --n_best_size 3 \
         --question "Who founded the company?" --context "The company was founded by ..."

@@ -1,4 +1,4 @@
-"""Fine-tune and evaluate BERT on SWAG multiple choice (the original's flags, spec §2.6).
+"""Fine-tune and evaluate BERT on SWAG multiple choice (the original's flags).
 
     python run_swag.py --data_dir swagaf/data --init_checkpoint ckpt.pt --config_file bert_config.json \
         --vocab_file vocab.txt --do_lower_case --do_train --do_eval --output_dir results/SWAG
@@ -21,6 +21,8 @@ from checkpoint_io import resolve_vocab_file
 from modeling import BertForMultipleChoice
 from processors import swag
 from utils import InputError, atomic_write_text, run_main
+
+FEATURE_COLUMNS = ("input_ids", "input_mask", "segment_ids", "labels")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +49,7 @@ def read_examples(path: Path, is_training: bool) -> list[swag.SwagExample]:
 def swag_dataset(path: Path, tokenizer: Any, max_seq_length: int, is_training: bool) -> torch.utils.data.TensorDataset:
     examples = read_examples(path, is_training)
     arrays = swag.features_to_arrays(swag.convert_examples_to_features(examples, tokenizer, max_seq_length))
-    return ft.arrays_to_dataset(arrays, ("input_ids", "input_mask", "segment_ids", "labels"))
+    return ft.arrays_to_dataset(arrays, FEATURE_COLUMNS)
 
 
 def run_evaluation(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, global_step: int,
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     global_step, train_loss = 0, None
     if args.do_train:
         dataset = swag_dataset(Path(args.data_dir) / "train.csv", tokenizer, args.max_seq_length, is_training=True)
+        ft.show_features(ctx, dataset, FEATURE_COLUMNS, tokenizer)
         result = ft.train(ctx, model, dataset, ft.batch_classification_loss, trim=not args.keep_padding)
         ft.log_train_summary(ctx, result)
         global_step, train_loss = result.global_step, result.final_loss

@@ -130,13 +130,12 @@ def sync(device: torch.device) -> None:
 
 
 def mfu(config: BertConfig, seq: int, max_pred: int, seq_per_s: float, device: torch.device) -> str:
-    from run_pretraining import PEAK_BF16_FLOPS, training_flops_per_sequence
+    from flops import model_flops_utilization
 
     if device.type != "cuda":
         return "-"
-    name = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-    return f"{training_flops_per_sequence(config, seq, max_pred) * seq_per_s / peak:.1%}" if peak else "?"
+    value = model_flops_utilization(config, device, seq_per_s, seq, max_pred)
+    return f"{value:.1%}" if value is not None else "?"
 
 
 def main(argv: list[str] | None = None) -> None:

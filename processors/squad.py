@@ -1,9 +1,9 @@
 """SQuAD v1.1 / v2.0 for BERT: json → examples → sliding-window features → logits → answers.
 
-Behaviour follows the reference `run_squad.py` (spec §7.1): whitespace words with a character→word
+Behaviour follows the reference `run_squad.py`: whitespace words with a character→word
 map, WordPiece sub-tokens with index maps both ways, `_improve_answer_span`, doc-stride windows,
 the max-context rule, [CLS] as the no-answer position, and n-best post-processing with
-`get_final_text` character alignment. One fix (spec §12.9): the v2 null prediction uses the logits
+`get_final_text` character alignment. One fix: the v2 null prediction uses the logits
 of its own question, not of the last question seen.
 """
 from __future__ import annotations

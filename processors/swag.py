@@ -1,4 +1,4 @@
-"""SWAG multiple choice: the csv reader and four-choice BERT features (spec §2.6).
+"""SWAG multiple choice: the csv reader and four-choice BERT features.
 
 Columns are found by their header names (`fold-ind`, `sent1`, `sent2`, `ending0`..`ending3`,
 `label`), so the released files, whose first column is an unnamed row index, and files without

@@ -17,6 +17,9 @@ ALLOWED = {
     "tokenization": {"utils"},
     "optimization": {"schedulers", "utils"},
     "schedulers": {"utils"},
+    "checkpointing": {"checkpoint_io", "utils"},
+    "training": {"utils"},
+    "flops": {"modeling"},  # type hints only
 }
 
 
