@@ -6,6 +6,11 @@
 
 The HF folder (config.json, model.safetensors, vocab.txt) loads with
 `transformers.BertForPreTraining.from_pretrained` (or the task class matching the heads) with no missing keys.
+
+Everything is checked before anything is written: every tensor must fit the config (shapes, layer
+count, vocabulary rows), no layer the output's architecture needs may be missing, the vocab file
+must exist and the output path must be writable. Otherwise the converter exits 2 with one line and
+writes nothing (transformers would silently initialise a missing layer at random).
 """
 from __future__ import annotations
 
@@ -13,34 +18,35 @@ import argparse
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from modeling import (
-    _HF_RENAMES,
-    _VOCAB_KEYS,
-    BertConfig,
+import modeling
+from checkpoint_io import (
+    VOCAB_KEYS,
+    load_checkpoint,
     load_config_for_checkpoint,
     normalize_state_dict_keys,
     read_state_dict,
+    short_key_list,
+    to_hf_state_dict,
 )
-from utils import InputError, atomic_path, atomic_torch_save, atomic_write_json, run_main
+from modeling import BertConfig
+from utils import (
+    InputError,
+    atomic_path,
+    atomic_torch_save,
+    atomic_write_json,
+    check_output_dir,
+    check_output_file,
+    run_main,
+)
 
-
-def to_hf_state_dict(sd: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
-    """Our names → HF names; vocab rows trimmed to the real vocabulary; the tied decoder bias added."""
-    out = {}
-    for key, value in normalize_state_dict_keys(sd).items():
-        for hf, ours in _HF_RENAMES:
-            key = key.replace(ours, hf)
-        if key in _VOCAB_KEYS:
-            value = value[:vocab_size]
-        out[key] = value.detach().float().contiguous().clone()
-    if "cls.predictions.bias" in out:
-        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
-    return out
+# transformers builds these without a pooler, so a checkpoint without one is complete for them.
+_ARCHITECTURES_WITHOUT_POOLER = ("BertForQuestionAnswering", "BertForMaskedLM")
 
 
 def hf_architecture(keys: set[str]) -> tuple[str, dict]:
@@ -52,6 +58,54 @@ def hf_architecture(keys: set[str]) -> tuple[str, dict]:
     if "cls.predictions.bias" in keys:
         return "BertForMaskedLM", {}
     return "BertModel", {}
+
+
+def checkpoint_architecture(sd: dict[str, torch.Tensor]) -> tuple[str, dict]:
+    """The transformers class for a state dict (our or HF names), and the config fields it needs."""
+    keys = set(sd)
+    if "classifier.weight" in keys:
+        num_labels = sd["classifier.weight"].shape[0]
+        if num_labels > 1 or "bert.pooler.dense.weight" in keys or "bert.pooler.dense_act.weight" in keys:
+            return "BertForSequenceClassification", {"num_labels": num_labels}
+        return "BertForMultipleChoice", {}
+    return hf_architecture(keys)
+
+
+def _model_for(architecture: str, config: BertConfig, extra: dict) -> torch.nn.Module:
+    """Our model of that architecture, on the meta device (shapes only, no memory)."""
+    with torch.device("meta"):
+        if architecture == "BertForSequenceClassification":
+            return modeling.BertForSequenceClassification(config, extra["num_labels"])
+        if architecture == "BertForMultipleChoice":
+            return modeling.BertForMultipleChoice(config, 4)
+        return getattr(modeling, architecture)(config)
+
+
+def check_fits_config(sd: dict[str, torch.Tensor], config: BertConfig, source: str | os.PathLike) -> str:
+    """InputError unless every tensor fits `config` and the architecture's layers are all there.
+
+    Returns the architecture. Vocabulary tensors must have the config's rows (or those rows padded
+    to a multiple of 8): fewer rows would be written against a larger vocab_size.
+    """
+    sd = normalize_state_dict_keys(sd)
+    for key in VOCAB_KEYS:
+        if key in sd and sd[key].shape[0] not in (config.vocab_size, config.padded_vocab_size):
+            raise InputError(f"{source}: {key} has {sd[key].shape[0]} rows but the config says "
+                             f"vocab_size {config.vocab_size}")
+    architecture, extra = checkpoint_architecture(sd)
+    model = _model_for(architecture, config, extra)
+    with warnings.catch_warnings():  # loading into meta tensors copies nothing, by design
+        warnings.simplefilter("ignore")
+        report = load_checkpoint(model, source, strict=False, state_dict=sd)
+    if report.skipped:
+        raise InputError(f"{source}: tensors the config has no place for (another num_hidden_layers?): "
+                         f"{short_key_list(report.skipped, 4)}")
+    missing = [k for k in report.initialized
+               if not (k.startswith("bert.pooler.") and architecture in _ARCHITECTURES_WITHOUT_POOLER)]
+    if missing:
+        raise InputError(f"{source}: {architecture} needs tensors the checkpoint lacks: "
+                         f"{short_key_list(missing, 4)}")
+    return architecture
 
 
 def hf_config_dict(config: BertConfig, architecture: str, extra: dict) -> dict:
@@ -71,35 +125,35 @@ def convert_to_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, con
     """Write an HF folder from any checkpoint `load_checkpoint` understands."""
     from safetensors.torch import save_file
 
+    # Everything that can be wrong is checked before the first byte is written.
+    if vocab_file and not Path(vocab_file).is_file():
+        raise InputError(f"vocab file not found: {vocab_file}")
+    out = check_output_dir(out_dir, "OUT_DIR")
     if config is None:
         config = load_config_for_checkpoint(checkpoint, config_file)
-    sd = to_hf_state_dict(read_state_dict(checkpoint), config.vocab_size)
+    raw = read_state_dict(checkpoint)
+    check_fits_config(raw, config, checkpoint)
+    sd = to_hf_state_dict(raw, config.vocab_size)
     if "cls.predictions.decoder.weight" in sd:
         # The tied matrix is stored once; transformers re-ties it from the word embeddings on load.
         del sd["cls.predictions.decoder.weight"]
-    keys = set(sd)
-    if "classifier.weight" in keys:
-        num_labels = sd["classifier.weight"].shape[0]
-        arch = "BertForSequenceClassification" if num_labels > 1 or "bert.pooler.dense.weight" in keys else "BertForMultipleChoice"
-        extra = {"num_labels": num_labels} if arch == "BertForSequenceClassification" else {}
-    else:
-        arch, extra = hf_architecture(keys)
-    out = Path(out_dir)
+    arch, extra = checkpoint_architecture(sd)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(sd, str(tmp), metadata={"format": "pt"})
     atomic_write_json(out / "config.json", hf_config_dict(config, arch, extra), indent=2)
     if vocab_file:
-        if not Path(vocab_file).is_file():
-            raise InputError(f"vocab file not found: {vocab_file}")
-        shutil.copyfile(vocab_file, out / "vocab.txt")
+        with atomic_path(out / "vocab.txt") as tmp:
+            shutil.copyfile(vocab_file, tmp)
     return out
 
 
 def convert_from_hf(hf_dir: str | os.PathLike, out_file: str | os.PathLike) -> Path:
     """HF folder → `{'model': state_dict}` in our names, plus bert_config.json beside it."""
+    check_output_file(out_file, "OUT_PT")
     config = load_config_for_checkpoint(hf_dir)
     sd = normalize_state_dict_keys(read_state_dict(hf_dir))
+    check_fits_config(sd, config, hf_dir)
     if "bert.embeddings.word_embeddings.weight" in sd and "cls.predictions.bias" in sd:
         sd.setdefault("cls.predictions.decoder.weight", sd["bert.embeddings.word_embeddings.weight"])
     atomic_torch_save({"model": sd}, out_file)
@@ -144,6 +198,7 @@ def convert_from_tf(tf_checkpoint: str, out_file: str | os.PathLike, config_file
         import tensorflow as tf  # noqa: PLC0415 - optional dependency
     except ImportError:
         raise InputError("--from_tf needs tensorflow, which is not installed (pip install tensorflow-cpu)") from None
+    check_output_file(out_file, "OUT_PT")
     config = BertConfig.from_json_file(config_file)
     sd = {}
     for name, _shape in tf.train.list_variables(tf_checkpoint):
@@ -155,6 +210,7 @@ def convert_from_tf(tf_checkpoint: str, out_file: str | os.PathLike, config_file
             array = array.T
         sd[key] = torch.from_numpy(np.ascontiguousarray(array))
     sd = normalize_state_dict_keys(sd)
+    check_fits_config(sd, config, tf_checkpoint)
     atomic_torch_save({"model": sd}, out_file)
     config.to_json_file(Path(out_file).parent / "bert_config.json")
     return Path(out_file)

@@ -11,6 +11,7 @@ script called the model in a way its own model no longer accepted; this one work
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +20,22 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from finetuning import resolve_vocab_file
-from modeling import BertModel, load_checkpoint, load_config_for_checkpoint
+from bert_kernels import add_kernel_arguments, configure_kernels
+from checkpoint_io import load_checkpoint, load_config_for_checkpoint, resolve_vocab_file
+from finetuning import check_fits_positions
+from modeling import BertModel
 from processors.glue import encode_pair
-from utils import PRECISIONS, InputError, atomic_path, autocast_context, resolve_precision, run_main
+from utils import (
+    PRECISIONS,
+    InputError,
+    atomic_path,
+    autocast_context,
+    check_at_least_one,
+    check_output_file,
+    read_text_file,
+    resolve_precision,
+    run_main,
+)
 
 PAIR_SEPARATOR = " ||| "
 
@@ -42,10 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=PRECISIONS, help="default fp32")
     p.add_argument("--no_cuda", action="store_true")
     p.add_argument("--local_rank", type=int, default=-1, help="accepted for compatibility")
+    add_kernel_arguments(p)
     args = p.parse_args(argv)
     args.init_checkpoint = args.init_checkpoint or args.bert_model
     if not args.init_checkpoint:
         raise InputError("--init_checkpoint (or --bert_model as a checkpoint path) is required")
+    check_at_least_one(args.batch_size, "--batch_size")
+    check_output_file(args.output_file)
     return args
 
 
@@ -64,7 +80,7 @@ def read_lines(path: str) -> list[tuple[str, str | None]]:
     if not Path(path).is_file():
         raise InputError(f"input file not found: {path}")
     texts = []
-    with open(path, encoding="utf-8") as fh:
+    with io.StringIO(read_text_file(path), newline=None) as fh:  # universal newlines, as open() gave
         for line in fh:
             line = line.strip()
             text_a, sep, text_b = line.partition(PAIR_SEPARATOR)
@@ -108,10 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     from tokenization import FullTokenizer
 
     args = parse_args(argv)
+    configure_kernels(args)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
     precision = resolve_precision(args.precision)
     config = load_config_for_checkpoint(args.init_checkpoint, args.config_file)
     layers = parse_layers(args.layers, config.num_hidden_layers)
+    check_fits_positions(args.max_seq_length, config)
     model = BertModel(config)
     load_checkpoint(model, args.init_checkpoint, strict=False)
     model.to(device).eval()

@@ -6,7 +6,7 @@ batch becomes a loss or predictions; everything else lives here once:
 * the flags all three share (`add_common_arguments`), with the original's names and defaults;
 * run setup (`start_run`): precision (`--precision`, or the original's `--fp16`/`--amp`), torchrun /
   SLURM process group, seeds, the dllogger-compatible logger;
-* loading the model through `modeling.load_checkpoint` (a pretraining checkpoint, our fine-tuned
+* loading the model through `checkpoint_io.load_checkpoint` (a pretraining checkpoint, our fine-tuned
   output or a Hugging Face folder; heads the checkpoint lacks are initialised fresh and reported);
 * the training loop (`train`): the original's two parameter groups, AdamW + LinearWarmUp (or the
   original's BertAdam), gradient accumulation, autocast with a GradScaler for fp16, DDP with
@@ -31,7 +31,6 @@ Deliberate differences from the original, each a fix:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import math
 import os
@@ -49,7 +48,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from modeling import CONFIG_NAME, WEIGHTS_NAME, BertConfig, load_checkpoint, load_config_for_checkpoint
+from bert_kernels import add_kernel_arguments, configure_kernels
+from checkpoint_io import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, load_checkpoint, load_config_for_checkpoint
+from modeling import BertConfig
+from training import COMPATIBILITY_GROUP, LOSS_SCALE_HELP, gradient_sync, make_grad_scaler, progress_bar, wrap_ddp
 from utils import (
     PRECISIONS,
     DistEnv,
@@ -61,12 +63,14 @@ from utils import (
     atomic_torch_save,
     autocast_context,
     barrier,
+    check_at_least_one,
+    check_output_dir,
+    check_output_file,
     init_distributed,
     resolve_precision,
     seed_everything,
 )
 
-VOCAB_NAME = "vocab.txt"
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
 ForwardFn = Callable[[nn.Module, Sequence[torch.Tensor]], "torch.Tensor | tuple[torch.Tensor, ...]"]
 
@@ -80,11 +84,11 @@ def _default_local_rank() -> int:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, max_seq_length: int, seed: int,
-                         json_summary: str | None = None) -> None:
-    """The flags run_squad.py, run_glue.py and run_swag.py share (names and meaning of the original)."""
+                         json_summary: str | None = None) -> argparse._ArgumentGroup:
+    """The flags run_squad.py, run_glue.py and run_swag.py share (names and meaning of the original).
+
+    Returns the group of flags accepted only for compatibility, for a script to add its own to."""
     g = parser.add_argument_group("model and checkpoint")
-    g.add_argument("--bert_model", default="bert-large-uncased",
-                   help="name of the pretrained model; only used to name feature caches (as in the original)")
     g.add_argument("--init_checkpoint", required=True,
                    help="start weights: a pretraining checkpoint ({'model': sd} or bare sd), a fine-tuned output "
                         "folder or pytorch_model.bin, or a Hugging Face folder (config.json + model.safetensors)")
@@ -123,13 +127,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, max_seq_length: int
                         "with --fp16/--amp")
     p.add_argument("--fp16", action="store_true", help="the original's flag: same as --precision fp16")
     p.add_argument("--amp", action="store_true", help="the original's flag: same as --precision fp16")
-    p.add_argument("--loss_scale", type=float, default=0.0,
-                   help="fp16: 0 = dynamic loss scaling, > 0 = this fixed initial scale")
+    p.add_argument("--loss_scale", type=float, default=0.0, help=LOSS_SCALE_HELP)
     p.add_argument("--no_cuda", action="store_true", help="run on the CPU even when a GPU is present")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=_default_local_rank(),
-                   help="set by the launcher; ranks come from torchrun/SLURM environment variables")
-    p.add_argument("--use_env", action="store_true", help="accepted for compatibility (ranks always come "
-                                                         "from the environment)")
 
     lg = parser.add_argument_group("logging")
     lg.add_argument("--json-summary", "--json_summary", dest="json_summary", default=json_summary,
@@ -137,7 +136,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, max_seq_length: int
     lg.add_argument("--log_freq", type=int, default=50, help="log the training loss every N updates")
     lg.add_argument("--disable_progress_bar", "--disable-progress-bar", dest="disable_progress_bar",
                     action="store_true", help="no tqdm progress bars")
-    lg.add_argument("--verbose_logging", action="store_true", help="more detail in the logs")
+    lg.add_argument("--verbose_logging", action="store_true",
+                    help="print the first training features (tokens, ids, mask, segments, label) and, for SQuAD, "
+                         "why a predicted answer could not be mapped back to the original text")
+    add_kernel_arguments(parser)
+
+    c = parser.add_argument_group(COMPATIBILITY_GROUP)
+    c.add_argument("--bert_model", default="bert-large-uncased",
+                   help="a model name; not used (feature caches are named by a hash of every setting that changes "
+                        "the features)")
+    c.add_argument("--local_rank", "--local-rank", type=int, default=_default_local_rank(),
+                   help="not used: ranks come from the torchrun/SLURM environment")
+    c.add_argument("--use_env", action="store_true", help="not used: ranks always come from the environment")
+    return c
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser, default_help: str) -> None:
@@ -168,15 +179,16 @@ class RunContext:
         return self.env.is_main
 
     def progress(self, iterable: Any, desc: str, total: int | None = None) -> Any:
-        if self.args.disable_progress_bar or not self.is_main:
-            return iterable
-        from tqdm import tqdm
-
-        return tqdm(iterable, desc=desc, total=total, dynamic_ncols=True)
+        return progress_bar(iterable, enabled=self.is_main and not self.args.disable_progress_bar, desc=desc,
+                            total=total)
 
 
 def validate_batch_arguments(args: argparse.Namespace) -> int:
     """The per-process micro-batch (train_batch_size / gradient_accumulation_steps), checked."""
+    # A batch size of 0 would otherwise end deep in the DataLoader with a traceback.
+    for flag in ("train_batch_size", "predict_batch_size", "eval_batch_size"):
+        if hasattr(args, flag):
+            check_at_least_one(getattr(args, flag), f"--{flag}")
     accum = args.gradient_accumulation_steps
     if accum < 1:
         raise InputError(f"--gradient_accumulation_steps must be >= 1, got {accum}")
@@ -191,6 +203,11 @@ def validate_batch_arguments(args: argparse.Namespace) -> int:
 def start_run(args: argparse.Namespace) -> RunContext:
     """Precision, process group, seeds and logger for a fine-tuning run."""
     micro_batch = validate_batch_arguments(args)
+    # Output paths are checked before any work, so a bad one costs seconds, not a training run.
+    check_output_dir(args.output_dir)
+    if args.json_summary:
+        check_output_file(args.json_summary, "--json-summary")
+    configure_kernels(args)
     precision = resolve_precision(args.precision, args.fp16 or args.amp)
     env = init_distributed("cpu" if args.no_cuda else None)
     apply_tf32(precision)
@@ -220,28 +237,17 @@ def _log_units(logger: Logger) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def checkpoint_folder(init_checkpoint: str | os.PathLike) -> Path:
-    path = Path(init_checkpoint)
-    return path if path.is_dir() else path.parent
-
-
-def resolve_vocab_file(vocab_file: str | None, init_checkpoint: str | os.PathLike) -> Path:
-    """--vocab_file, else the vocab.txt beside the checkpoint (our outputs and HF folders have one)."""
-    if vocab_file:
-        path = Path(vocab_file)
-        if not path.is_file():
-            raise InputError(f"vocab file not found: {path}")
-        return path
-    beside = checkpoint_folder(init_checkpoint) / VOCAB_NAME
-    if beside.is_file():
-        return beside
-    raise InputError(f"{init_checkpoint}: no --vocab_file given and no {VOCAB_NAME} beside the checkpoint")
-
-
 def load_tokenizer(vocab_file: Path, do_lower_case: bool) -> Any:
     from tokenization import FullTokenizer
 
     return FullTokenizer(str(vocab_file), do_lower_case=do_lower_case)
+
+
+def check_fits_positions(max_seq_length: int, config: BertConfig) -> None:
+    """InputError when sequences would be longer than the model has position embeddings for."""
+    if max_seq_length > config.max_position_embeddings:
+        raise InputError(f"--max_seq_length {max_seq_length} exceeds the model's max_position_embeddings "
+                         f"{config.max_position_embeddings}")
 
 
 def load_model(ctx: RunContext, build: Callable[[BertConfig], nn.Module], *, strict: bool = False
@@ -249,9 +255,7 @@ def load_model(ctx: RunContext, build: Callable[[BertConfig], nn.Module], *, str
     """The task model from --init_checkpoint (+ --config_file); heads the checkpoint lacks start fresh."""
     args = ctx.args
     config = load_config_for_checkpoint(args.init_checkpoint, args.config_file)
-    if args.max_seq_length > config.max_position_embeddings:
-        raise InputError(f"--max_seq_length {args.max_seq_length} exceeds the model's max_position_embeddings "
-                         f"{config.max_position_embeddings}")
+    check_fits_positions(args.max_seq_length, config)
     model = build(config)
     ctx.logger.log("PARAMETER", {"loading_checkpoint": str(args.init_checkpoint)})
     report = load_checkpoint(model, args.init_checkpoint, strict=strict)
@@ -268,6 +272,30 @@ def load_model(ctx: RunContext, build: Callable[[BertConfig], nn.Module], *, str
 def arrays_to_dataset(arrays: dict[str, np.ndarray], names: Sequence[str]) -> TensorDataset:
     """A TensorDataset of the named arrays, kept in their compact dtypes (widened per batch)."""
     return TensorDataset(*(torch.from_numpy(np.ascontiguousarray(arrays[name])) for name in names))
+
+
+def show_features(ctx: RunContext, dataset: TensorDataset, names: Sequence[str], tokenizer: Any,
+                  count: int = 3) -> None:
+    """--verbose_logging: print the first `count` features (the original's "*** Example ***" blocks).
+
+    The dataset's first two columns are input_ids and input_mask; sequence columns are cut at the real
+    tokens, one line per choice for multiple-choice rows.
+    """
+    if not ctx.args.verbose_logging or not ctx.is_main:
+        return
+    for index in range(min(count, len(dataset))):
+        row = dataset[index]
+        ids = row[0].reshape(-1, row[0].size(-1))  # one row, or one per choice
+        real = [int(n) for n in row[1].reshape(ids.shape).sum(-1)]
+        lines = [f"*** Example {index} ***"]
+        lines += [f"tokens: {' '.join(tokenizer.convert_ids_to_tokens(ids[c, :n].tolist()))}" for c, n in enumerate(real)]
+        for name, column in zip(names, row, strict=True):
+            if column.shape == row[0].shape:
+                per_choice = column.reshape(ids.shape)
+                lines += [f"{name}: {' '.join(map(str, per_choice[c, :n].tolist()))}" for c, n in enumerate(real)]
+            else:
+                lines.append(f"{name}: {column.tolist()}")
+        print("\n".join(lines), flush=True)
 
 
 def to_device(batch: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -316,15 +344,6 @@ def trim_padding(batch: list[torch.Tensor], mask_index: int = 1, sequence_column
 # --------------------------------------------------------------------------------------------
 
 
-def make_grad_scaler(precision: str, device: torch.device, loss_scale: float = 0.0) -> torch.amp.GradScaler | None:
-    """A GradScaler for fp16 (dynamic, or starting at --loss_scale and never growing); None otherwise."""
-    if precision != "fp16":
-        return None
-    if loss_scale > 0:
-        return torch.amp.GradScaler(device.type, init_scale=loss_scale, growth_interval=2**31 - 1)
-    return torch.amp.GradScaler(device.type)
-
-
 def build_optimizer_and_scheduler(model: nn.Module, args: argparse.Namespace, total_steps: int,
                                   skip_pooler: bool = False) -> tuple[torch.optim.Optimizer, Any]:
     """The original's two parameter groups; AdamW + LinearWarmUp, or BertAdam with its own schedule."""
@@ -370,33 +389,25 @@ class Stepper:
         self.precision = precision
         self.device = device
         self.clip_grad_norm = clip_grad_norm
-        self.scaler = make_grad_scaler(precision, device, loss_scale)
+        self.scaler = make_grad_scaler(precision, device, loss_scale)  # disabled (a pass-through) unless fp16
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def accumulate(self, batch: Sequence[torch.Tensor], loss_fn: LossFn, weight: float = 1.0,
                    sync: bool = True) -> torch.Tensor:
-        no_sync = isinstance(self.model, DistributedDataParallel) and not sync
-        with self.model.no_sync() if no_sync else contextlib.nullcontext():
+        with gradient_sync(self.model, sync):
             with autocast_context(self.precision, self.device):
                 loss = loss_fn(self.model, batch)
-            scaled = loss.float() * weight
-            if self.scaler is not None:
-                scaled = self.scaler.scale(scaled)
-            scaled.backward()
+            self.scaler.scale(loss.float() * weight).backward()
         return loss.detach()
 
     def update(self) -> None:
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
+        self.scaler.unscale_(self.optimizer)
         if self.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
         if self.scheduler is not None:
             self.scheduler.step()
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
 
 
@@ -454,13 +465,6 @@ class TrainResult:
     @property
     def sequences_per_second(self) -> float:
         return self.sequences / self.train_time if self.train_time > 0 else 0.0
-
-
-def wrap_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
-    if not env.distributed:
-        return model
-    device_ids = [env.device.index] if env.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def freeze(model: nn.Module, name_part: str) -> None:

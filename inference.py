@@ -1,4 +1,4 @@
-"""Answer one question about one context with a SQuAD fine-tuned model (the original's flags, spec §2.5).
+"""Answer one question about one context with a SQuAD fine-tuned model (the original's flags).
 
     python inference.py --init_checkpoint results/SQuAD --do_lower_case --n_best_size 3 \
         --question "Who founded the company?" --context "The company was founded by ..."
@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetuning import resolve_vocab_file
-from modeling import BertForQuestionAnswering, load_checkpoint, load_config_for_checkpoint
+from bert_kernels import add_kernel_arguments, configure_kernels
+from checkpoint_io import load_checkpoint, load_config_for_checkpoint, resolve_vocab_file
+from finetuning import check_fits_positions
+from modeling import BertForQuestionAnswering
 from processors import squad
 from utils import PRECISIONS, InputError, autocast_context, resolve_precision, run_main, seed_everything
 
@@ -67,11 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", choices=("pytorch", "onnx"), default="pytorch")
     p.add_argument("--onnx_model", help="exported model for --backend onnx (inputs input_ids, token_type_ids, "
                                         "attention_mask; outputs start_logits, end_logits)")
+    add_kernel_arguments(p)
     args = p.parse_args(argv)
     if args.backend == "onnx" and not args.onnx_model:
         raise InputError("--backend onnx needs --onnx_model")
     if args.backend == "pytorch" and not args.init_checkpoint:
         raise InputError("--init_checkpoint is required (or use --backend onnx --onnx_model)")
+    squad.check_window_settings(args.max_seq_length, args.doc_stride, args.max_query_length)
     return args
 
 
@@ -96,6 +100,7 @@ def feature_arrays(features: list[squad.SquadFeature]) -> tuple[np.ndarray, np.n
 
 def load_qa_model(args: argparse.Namespace, device: torch.device) -> BertForQuestionAnswering:
     config = load_config_for_checkpoint(args.init_checkpoint, args.config_file)
+    check_fits_positions(args.max_seq_length, config)
     model = BertForQuestionAnswering(config)
     report = load_checkpoint(model, args.init_checkpoint, strict=False)
     if any(key.startswith("qa_outputs.") for key in report.initialized):
@@ -166,6 +171,7 @@ def answer(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    configure_kernels(args)
     seed_everything(args.seed)
     text, nbest = answer(args)
     print("question: ", args.question)

@@ -1,8 +1,8 @@
-"""BERT model, task heads and the one checkpoint loader.
+"""BERT: configuration, layers, the original's task heads and the pretraining criterion, weight init.
 
 State-dict names follow NVIDIA's BERT for PyTorch (`dense_act`, tied `cls.predictions.decoder.weight`,
 vocabulary rows padded to a multiple of 8), so its checkpoints load unchanged; Hugging Face and
-Google-era layouts are translated by `load_checkpoint`.
+Google-era layouts are translated by `checkpoint_io.load_checkpoint`.
 """
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import copy
 import json
 import math
 import os
-import platform
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +18,31 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from bert_kernels import PackedSequences, PackedTokens, attention, dropout, linear, padding_mask, should_pack
 from utils import InputError
 
-CONFIG_NAME = "bert_config.json"
-WEIGHTS_NAME = "pytorch_model.bin"
 REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 # --------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------
+
+
+_WHOLE_NUMBER_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                        "intermediate_size", "max_position_embeddings", "type_vocab_size")
+_PROBABILITY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def check_config_fields(obj: dict[str, Any], source: str = "config") -> None:
+    """InputError for a value BertConfig would otherwise truncate (hidden_size 768.5 → 768) or accept out of range."""
+    for key in _WHOLE_NUMBER_FIELDS:
+        value = obj.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value < 1:
+            raise InputError(f"{source}: {key} must be a whole number >= 1, got {value!r}")
+    for key in _PROBABILITY_FIELDS:
+        value = obj.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise InputError(f"{source}: {key} must be a probability in [0, 1), got {value!r}")
 
 
 class BertConfig:
@@ -81,6 +95,7 @@ class BertConfig:
         missing = [k for k in REQUIRED_CONFIG_KEYS if k not in obj]
         if missing:
             raise InputError(f"{source}: missing required field(s) {', '.join(missing)}")
+        check_config_fields(obj, source)
         try:
             return cls(**obj)
         except (TypeError, ValueError) as exc:
@@ -97,6 +112,8 @@ class BertConfig:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         if not isinstance(obj, dict):
             raise InputError(f"{path}: expected a JSON object of config fields")
         return cls.from_dict(obj, source=str(path))
@@ -132,118 +149,6 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 ACT2FN = {"gelu": gelu, "relu": F.relu, "tanh": torch.tanh, "swish": F.silu, "silu": F.silu}
 
-# fp32 matrix products on the CPU: "onednn" sends them to oneDNN, "aten" leaves them to torch's BLAS
-# (MKL on x86). On AMD Zen CPUs MKL's sgemm takes its generic path and oneDNN's runs about twice as
-# fast (benchmarks/bench_pretraining.py shows both); on Intel CPUs the two are close. "auto" picks
-# oneDNN where torch was built with it on x86-64. BERT_CPU_GEMM=aten in the environment switches it off.
-_CPU_GEMM_CHOICES = ("auto", "onednn", "aten")
-
-
-def _resolve_cpu_gemm(choice: str) -> str:
-    if choice not in _CPU_GEMM_CHOICES:
-        raise InputError(f"BERT_CPU_GEMM={choice!r}: choose one of {', '.join(_CPU_GEMM_CHOICES)}")
-    onednn_usable = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    if choice == "auto":
-        return "onednn" if onednn_usable and platform.machine().lower() in ("x86_64", "amd64") else "aten"
-    if choice == "onednn" and not onednn_usable:
-        raise InputError("BERT_CPU_GEMM=onednn: this torch build has no oneDNN (mkldnn) linear")
-    return choice
-
-
-_cpu_gemm = "unset"
-
-
-def cpu_gemm_backend() -> str:
-    """"onednn" or "aten": which library does fp32 CPU matrix products (resolved on first use)."""
-    global _cpu_gemm
-    if _cpu_gemm == "unset":
-        _cpu_gemm = _resolve_cpu_gemm(os.environ.get("BERT_CPU_GEMM", "auto"))
-    return _cpu_gemm
-
-
-def set_cpu_gemm_backend(choice: str) -> str:
-    """Pick the fp32 CPU GEMM library ("auto", "onednn" or "aten"); returns the one in use."""
-    global _cpu_gemm
-    _cpu_gemm = _resolve_cpu_gemm(choice)
-    return _cpu_gemm
-
-
-def _onednn_matmul_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """a @ b.T (+ bias) for 2-D fp32 CPU tensors, in oneDNN; a and b may be transposed views."""
-    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """F.linear over [N, in] with all three products (forward, input and weight gradients) in oneDNN."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _onednn_matmul_t(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = _onednn_matmul_t(grad, weight.t()) if ctx.needs_input_grad[0] else None
-        grad_w = _onednn_matmul_t(grad.t(), x.t()) if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
-
-
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-
-
-def _onednn_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel() > 0
-            and (bias is None or bias.dtype == torch.float32) and not torch.is_autocast_enabled("cpu")
-            and cpu_gemm_backend() == "onednn")
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, through oneDNN for fp32 on the CPU when that backend is on (see `cpu_gemm_backend`).
-
-    Autocast (bf16 already goes to oneDNN there), other devices and dtypes, torch.compile (which
-    lowers linears itself) and tracing or export (ONNX, TorchScript: the graph must hold F.linear)
-    take F.linear.
-    """
-    if _tracing() or not _onednn_linear_applies(x, weight, bias):
-        return F.linear(x, weight, bias)
-    if x.dim() == 2:
-        return _OneDNNLinear.apply(x, weight, bias)
-    rows = x.reshape(-1, x.size(-1))
-    return _OneDNNLinear.apply(rows, weight, bias).view(*x.shape[:-1], weight.size(0))
-
-
-# CPU dropout masks come from 15-bit lanes of 64-bit random words: four lanes per draw of the
-# generator, where bernoulli_ makes one draw per element and takes most of dropout's time. A lane is
-# dropped when below round(p·2¹⁵), so the rate is p to within 2⁻¹⁶, and survivors are scaled by
-# 1/(1 − that rate) so the expectation is exact.
-_MASK_LEVELS = 1 << 15
-
-
-def _cpu_dropout_scale_mask(x: torch.Tensor, dropped_levels: int) -> torch.Tensor:
-    """0 where dropped, 1/(1 − rate) where kept, in x's dtype and shape, from the default CPU generator;
-    rate = dropped_levels / 2¹⁵."""
-    count = x.numel()
-    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_()  # 63 random bits each
-    lanes = words.view(torch.int16)[:count].view(x.shape)
-    keep = torch.bitwise_and(lanes, _MASK_LEVELS - 1) >= dropped_levels
-    return keep.to(x.dtype).mul_(_MASK_LEVELS / (_MASK_LEVELS - dropped_levels))
-
-
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout; on the CPU with a mask from `_cpu_dropout_scale_mask` (about 2x faster than
-    F.dropout there, forward and backward), elsewhere and under tracing F.dropout."""
-    if not training or p == 0.0:
-        return x
-    dropped_levels = round(p * _MASK_LEVELS)
-    if x.device.type != "cpu" or not 0.0 < p < 1.0 or dropped_levels >= _MASK_LEVELS or _tracing():
-        return F.dropout(x, p, training)
-    return x * _cpu_dropout_scale_mask(x, dropped_levels)
-
 
 class Dropout(nn.Dropout):
     """nn.Dropout through `dropout`."""
@@ -268,158 +173,6 @@ class LinearActivation(Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act_fn(super().forward(x))
-
-
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
-) -> torch.Tensor:
-    """Multi-head attention over [B, heads, S, d] tensors.
-
-    All attention goes through here so that a packed-sequence variant (offsets instead of a padding
-    mask) can be added in one place. `mask` is boolean [B, 1, 1, S], True where a key may be attended.
-
-    With dropout on the CPU, SDPA has no fused kernel and runs its math path anyway; the same math is
-    written out here so the probabilities go through the faster CPU `dropout`.
-    """
-    if dropout_p > 0.0 and q.device.type == "cpu" and not _tracing():
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.size(-1)))
-        if mask is not None:
-            scores = scores.masked_fill_(~mask, float("-inf"))
-        return torch.matmul(dropout(scores.softmax(-1), dropout_p, True), v)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-
-
-@dataclass
-class PackedSequences:
-    """Where each sequence's real tokens lie in a packed [T, ...] layout (built on the host, `pack_batch`).
-
-    cu_seqlens: int32 [B + 2]: sequence b holds tokens cu_seqlens[b] : cu_seqlens[b + 1]; the last
-    segment is filler (at least one token) that rounds T up to a bucket, so shapes repeat across steps.
-    max_seqlen: an upper bound of any segment's length (the shard's sequence length): a host int, so
-    the kernel launch needs no device-to-host read. flash: attention runs FlashAttention's varlen
-    kernel (decided on the host: CUDA, fp16/bf16, sm80+, see `flash_varlen_available`), else the
-    block-diagonal reference.
-    """
-
-    cu_seqlens: torch.Tensor
-    max_seqlen: int
-    position_ids: torch.Tensor  # [T] position of each token in its sequence (0 for filler)
-    first_token: torch.Tensor  # [B] packed index of each sequence's [CLS]
-    flash: bool = False
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> PackedSequences:
-        return PackedSequences(self.cu_seqlens.to(device, non_blocking=non_blocking), self.max_seqlen,
-                               self.position_ids.to(device, non_blocking=non_blocking),
-                               self.first_token.to(device, non_blocking=non_blocking), self.flash)
-
-    def pin_memory(self) -> PackedSequences:
-        return PackedSequences(self.cu_seqlens.pin_memory(), self.max_seqlen, self.position_ids.pin_memory(),
-                               self.first_token.pin_memory(), self.flash)
-
-
-def flash_varlen_available(device: torch.device, precision: str) -> bool:
-    """Whether FlashAttention's variable-length kernel can run for this device and training precision:
-    CUDA sm80+ (Ampere and later) under fp16/bf16 autocast, with torch's flash kernels enabled."""
-    if device.type != "cuda" or precision not in ("fp16", "bf16") or not torch.cuda.is_available():
-        return False
-    if not hasattr(torch.ops.aten, "_flash_attention_forward") or not torch.backends.cuda.flash_sdp_enabled():
-        return False
-    return torch.cuda.get_device_capability(device) >= (8, 0)
-
-
-class FlashVarlenAttention(torch.autograd.Function):
-    """aten's FlashAttention-2 forward/backward over packed [T, heads, d] tensors with cu_seqlens.
-
-    Chosen because it keeps attention dropout in torch 2.11 and 2.13 alike (the dropout mask is
-    regenerated in backward from the Philox state the forward returns). The public varlen helper
-    (torch.nn.attention.varlen) fixes dropout at 0; nested jagged tensors through SDPA also reach
-    this kernel but need the batch's max length (a device-to-host read unless carried along) and
-    add wrapper work around every attention call. Arguments are passed positionally up to
-    `return_debug_mask`, plus `scale`: those have had the same meaning in every release since 2.1.
-    Both ops have meta kernels, so torch.compile traces through this function.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                max_seqlen: int, dropout_p: float, scale: float) -> torch.Tensor:
-        out, lse, rng_state, unused, _ = torch.ops.aten._flash_attention_forward(
-            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False, scale=scale)
-        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, rng_state, unused)
-        ctx.max_seqlen, ctx.dropout_p, ctx.scale = max_seqlen, dropout_p, scale
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor):
-        q, k, v, out, lse, cu_seqlens, rng_state, unused = ctx.saved_tensors
-        dq, dk, dv = torch.ops.aten._flash_attention_backward(
-            grad_out.contiguous(), q, k, v, out, lse, cu_seqlens, cu_seqlens, ctx.max_seqlen, ctx.max_seqlen,
-            ctx.dropout_p, False, rng_state, unused, scale=ctx.scale)
-        return dq, dk, dv, None, None, None, None
-
-
-def block_diagonal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                             dropout_p: float, scale: float) -> torch.Tensor:
-    """The same attention through SDPA with a [T, T] block-diagonal mask: each token attends to its
-    own sequence only. The reference the varlen kernel is checked against and the CPU stand-in for
-    tests (O(T²) memory, no host reads, so it also compiles); not a production path."""
-    tokens = torch.arange(q.size(0), device=q.device, dtype=cu_seqlens.dtype)
-    segment = torch.searchsorted(cu_seqlens, tokens, right=True)
-    mask = segment[:, None] == segment[None, :]
-    out = F.scaled_dot_product_attention(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), attn_mask=mask,
-                                         dropout_p=dropout_p, scale=scale)
-    return out[0].transpose(0, 1)
-
-
-def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences,
-                     dropout_p: float) -> torch.Tensor:
-    """Attention within each packed sequence: q, k, v [T, heads, d] → [T, heads, d]."""
-    scale = 1.0 / math.sqrt(q.size(-1))
-    if packed.flash:
-        return FlashVarlenAttention.apply(q, k, v, packed.cu_seqlens, packed.max_seqlen, dropout_p, scale)
-    return block_diagonal_attention(q, k, v, packed.cu_seqlens, dropout_p, scale)
-
-
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def pack_batch(input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: torch.Tensor,
-               masked_positions: torch.Tensor, bucket: int = 256, flash: bool = False) -> dict[str, Any]:
-    """Host-side packing of one padded micro-batch ([B, S] tensors on the CPU; no device involved).
-
-    Real tokens of row b (the first lengths[b] positions: shards are left-aligned) go to
-    cu[b] : cu[b+1]; a filler segment of ≥ 1 token rounds T up to a multiple of `bucket`, so the
-    token count takes few distinct values (GEMM and compiled kernels are reused across steps).
-    masked_positions [B, P] (positions in each row) become packed indices.
-    """
-    batch, seq = input_ids.shape
-    lengths = input_mask.sum(dim=1)
-    real = int(lengths.sum())
-    total = round_up(real + 1, bucket)
-    cu = torch.zeros(batch + 2, dtype=torch.int32)
-    cu[1 : batch + 1] = torch.cumsum(lengths, 0)
-    cu[batch + 1] = total
-    flat = input_mask.reshape(-1).nonzero().squeeze(1)
-    fill = total - real
-
-    def packed(values: torch.Tensor) -> torch.Tensor:
-        return torch.cat([values.reshape(-1)[flat], values.new_zeros(fill)])
-
-    positions = torch.arange(seq).expand(batch, seq)
-    starts = cu[:batch].to(torch.int64)
-    # Filler prediction slots (label -1) may name padding positions; point them at the row's [CLS]
-    # so every packed index stays inside its own sequence.
-    in_row = torch.where(masked_positions < lengths[:, None], masked_positions, 0)
-    return {"input_ids": packed(input_ids), "segment_ids": packed(segment_ids),
-            "packed": PackedSequences(cu, seq, packed(positions), starts, flash),
-            "masked_positions": in_row + starts[:, None]}
-
-
-def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """[B, S] 1/0 mask → boolean [B, 1, 1, S] for SDPA, or None when nothing is padded."""
-    if attention_mask is None:
-        return None
-    return attention_mask.bool()[:, None, None, :]
 
 
 class BertEmbeddings(nn.Module):
@@ -455,18 +208,15 @@ class BertSelfAttention(nn.Module):
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         qkv = linear(x, weight, bias)
         dropout_p = self.dropout_p if self.training else 0.0
-        if isinstance(mask, PackedSequences):  # [T, 3H]: attention within each packed sequence
+        # Q, K and V are views of the one product, split by `unbind`: its backward writes the three
+        # gradients into one buffer (indexing qkv[0], qkv[1], qkv[2] would run three select backwards,
+        # each zero-filling a full-size buffer).
+        if isinstance(mask, (PackedTokens, PackedSequences)):  # x is [T, hidden]: real tokens only
             q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)
-            return varlen_attention(q, k, v, mask, dropout_p).reshape(qkv.size(0), -1)
-        packed = mask if isinstance(mask, PackedTokens) else None
-        if packed is not None:  # attention itself runs on the padded layout
-            qkv, mask = packed.pad(qkv), packed.mask
+            return attention(q, k, v, mask, dropout_p).flatten(1)
         b, s = qkv.shape[:2]
-        # unbind: one backward node for the three views (three selects would each write a full-size gradient)
         q, k, v = qkv.view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        context = attention(q, k, v, mask, dropout_p)
-        context = context.transpose(1, 2).reshape(b, s, -1)
-        return packed.pack(context) if packed is not None else context
+        return attention(q, k, v, mask, dropout_p).transpose(1, 2).reshape(b, s, -1)
 
 
 class BertResidualOutput(nn.Module):
@@ -523,49 +273,6 @@ class BertLayer(nn.Module):
         return self.output(self.intermediate(attended), attended)
 
 
-@dataclass
-class PackedTokens:
-    """Where the real tokens of a padded [B, S] batch are, for layers that run on real tokens only.
-
-    Every per-token operation (linears, LayerNorm, dropout, GELU) then costs nothing for padding;
-    attention scatters Q/K/V back to [B, S] for its batched products.
-    """
-
-    index: torch.Tensor  # [T] flat positions b·S + s of the real tokens
-    mask: torch.Tensor  # boolean [B, 1, 1, S], as `padding_mask` gives
-    batch: int
-    seq: int
-
-    @classmethod
-    def from_mask(cls, mask: torch.Tensor, multiple: int = 64) -> PackedTokens:
-        """Real tokens plus the first few padding positions, up to a multiple of `multiple` tokens:
-        GEMM libraries build a kernel per shape, and a new token count every step would rebuild
-        them every step (15-30% slower GEMMs); padding that rides along is computed and ignored,
-        as in the padded layout."""
-        batch, seq = mask.size(0), mask.size(-1)
-        flat = mask.reshape(-1)
-        index = flat.nonzero().squeeze(1)
-        fill = min((-index.numel()) % multiple, flat.numel() - index.numel())
-        if fill:
-            index = torch.cat([index, (~flat).nonzero().squeeze(1)[:fill]]).sort().values
-        return cls(index, mask, batch, seq)
-
-    def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, S, ...] → [T, ...]"""
-        return x.reshape(self.batch * self.seq, *x.shape[2:]).index_select(0, self.index)
-
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """[T, ...] → [B, S, ...], zeros at the padding"""
-        padded = x.new_zeros(self.batch * self.seq, *x.shape[1:]).index_copy(0, self.index, x)
-        return padded.view(self.batch, self.seq, *x.shape[1:])
-
-
-def _worth_packing(x: torch.Tensor, mask: torch.Tensor | None) -> bool:
-    """On the CPU, when the batch has padding. (On GPUs finding the tokens costs a host sync per
-    step and padding is cheaper there; traced graphs keep the plain layout.)"""
-    return mask is not None and x.device.type == "cpu" and not _tracing() and not bool(mask.all())
-
-
 class BertEncoder(nn.Module):
     """The layer stack. In training, with `unpad` (default) and padding in a CPU batch, the layers run
     on the real tokens (rounded up to a multiple of `pack_multiple` with padding) and the outputs come
@@ -585,7 +292,7 @@ class BertEncoder(nn.Module):
     ) -> list[torch.Tensor]:
         if isinstance(mask, PackedSequences):  # x is already [T, H]: real tokens only, end to end
             return self._run(x, mask, output_all_encoded_layers)
-        if self.unpad and self.training and _worth_packing(x, mask):
+        if self.unpad and self.training and should_pack(x, mask):
             packed = PackedTokens.from_mask(mask, self.pack_multiple)
             return [packed.pad(out) for out in self._run(packed.pack(x), packed, output_all_encoded_layers)]
         return self._run(x, mask, output_all_encoded_layers)
@@ -715,8 +422,8 @@ class BertModel(BertPreTrainedModel):
         output_all_encoded_layers: bool | None = None,
         packed: PackedSequences | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """With `packed`, input_ids and token_type_ids are packed [T] (see `pack_batch`), attention_mask
-        is unused, and the encoded layers are [T, H]."""
+        """With `packed`, input_ids and token_type_ids are packed [T] (see `bert_kernels.pack_batch`),
+        attention_mask is unused, and the encoded layers are [T, H]."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if output_all_encoded_layers is None:
@@ -767,8 +474,8 @@ class BertForPreTraining(BertPreTrainedModel):
         masked_lm_positions: torch.Tensor | None = None,
         packed: PackedSequences | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """With `packed` (ids packed [T], see `pack_batch`), masked_lm_positions [B, P] are packed
-        indices and must be given."""
+        """With `packed` (ids packed [T], see `bert_kernels.pack_batch`), masked_lm_positions [B, P] are
+        packed indices and must be given."""
         encoded, pooled = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False,
                                     packed=packed)
         sequence = encoded[-1]
@@ -906,188 +613,19 @@ class BertForQuestionAnswering(BertPreTrainedModel):
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoint loading: one function for every known layout
+# Checkpoint loading lives in checkpoint_io.py; these names stay importable from here (public API).
+# Resolved on first use, so checkpoint_io can import this module without a cycle at import time.
 # --------------------------------------------------------------------------------------------
 
-BACKBONE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
-# Hugging Face → ours. The original only renamed the first two; the MLM transform needs it too.
-_HF_RENAMES = (
-    (".intermediate.dense.", ".intermediate.dense_act."),
-    ("pooler.dense.", "pooler.dense_act."),
-    ("cls.predictions.transform.dense.", "cls.predictions.transform.dense_act."),
-)
-_VOCAB_KEYS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight", "cls.predictions.bias")
-_DROPPED_KEYS = ("embeddings.position_ids", "cls.predictions.decoder.bias")
-_TIED_KEYS = ("cls.predictions.decoder.weight",)
+_CHECKPOINT_IO_NAMES = frozenset({
+    "CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError", "LoadReport", "load_checkpoint", "load_config_for_checkpoint",
+    "normalize_state_dict_keys", "read_state_dict", "resolve_checkpoint_file",
+})
 
 
-class CheckpointError(InputError):
-    """A checkpoint that does not fit the model: names the file and the offending keys."""
+def __getattr__(name: str) -> Any:
+    if name in _CHECKPOINT_IO_NAMES:
+        import checkpoint_io
 
-
-@dataclass
-class LoadReport:
-    source: str
-    matched: list[str] = field(default_factory=list)
-    padded: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
-    initialized: list[str] = field(default_factory=list)  # in the model, not in the checkpoint (left fresh)
-
-    def summary(self) -> str:
-        parts = [f"loaded {len(self.matched)} tensors from {self.source}"]
-        if self.padded:
-            parts.append(f"padded vocab rows of {', '.join(self.padded)}")
-        if self.initialized:
-            parts.append(f"initialised fresh: {_short_list(self.initialized)}")
-        if self.skipped:
-            parts.append(f"ignored from checkpoint: {_short_list(self.skipped)}")
-        return "; ".join(parts)
-
-
-def _short_list(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def resolve_checkpoint_file(path: str | os.PathLike) -> Path:
-    """A file, or a folder holding model.safetensors / pytorch_model.bin (HF or fine-tuning output)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("model.safetensors", WEIGHTS_NAME):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path}: folder has neither model.safetensors nor {WEIGHTS_NAME}")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    return path
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of any known checkpoint file, never unpickling anything but tensors and plain data."""
-    file = resolve_checkpoint_file(path)
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(file))
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file for the user
-            raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{file}: not a loadable checkpoint ({str(exc).splitlines()[0]})") from None
-    for key in ("model", "state_dict", "module"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{file}: holds no state dict of tensors")
-    return obj
-
-
-def normalize_state_dict_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename every known layout to ours: `module.` wrappers, gamma/beta, HF `dense` names, no `bert.`."""
-    out = {}
-    for key, value in sd.items():
-        new = key.removeprefix("module.").removeprefix("_orig_mod.")
-        if new.endswith(".gamma"):
-            new = new[: -len(".gamma")] + ".weight"
-        elif new.endswith(".beta"):
-            new = new[: -len(".beta")] + ".bias"
-        for old, ours in _HF_RENAMES:
-            new = new.replace(old, ours)
-        if new.startswith(BACKBONE_PREFIXES):
-            new = "bert." + new
-        if new.endswith(_DROPPED_KEYS):
-            continue
-        out[new] = value
-    return out
-
-
-def _model_keyspace(model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
-    """The model's state dict keyed as in a task model (`bert.` prefix), and the prefix to map back."""
-    own = model.state_dict()
-    if isinstance(model, BertModel):
-        return {"bert." + k: v for k, v in own.items()}, "bert."
-    return own, ""
-
-
-def _fit_vocab_rows(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-    """Pad (or trim unused padding rows of) a vocab-shaped tensor; None when it cannot fit."""
-    if key not in _VOCAB_KEYS or value.shape[1:] != target.shape[1:]:
-        return None
-    rows, want = value.size(0), target.size(0)
-    if rows < want:
-        pad = torch.zeros((want - rows, *value.shape[1:]), dtype=value.dtype)
-        return torch.cat([value, pad])
-    if rows > want and rows == pad_to_multiple(want, 8):
-        return value[:want]
-    return None
-
-
-def load_checkpoint(
-    model: nn.Module, path: str | os.PathLike, strict: bool = True, state_dict: dict | None = None
-) -> LoadReport:
-    """Load any known checkpoint layout into `model` (ours/NVIDIA, Hugging Face, old gamma/beta).
-
-    strict=True: every model tensor must come from the checkpoint and every checkpoint tensor must be
-    used. strict=False (loading a backbone into a task model): heads may be missing or extra, and are
-    reported, but a missing backbone tensor or a shape mismatch is still an error — layers are never
-    silently left random.
-    """
-    source = str(path)
-    raw = state_dict if state_dict is not None else read_state_dict(path)
-    sd = normalize_state_dict_keys(raw)
-    own, prefix = _model_keyspace(model)
-    report = LoadReport(source=source)
-    to_load: dict[str, torch.Tensor] = {}
-    mismatched = []
-    for key, value in sd.items():
-        if key not in own:
-            report.skipped.append(key)
-            continue
-        target = own[key]
-        if value.shape != target.shape:
-            fitted = _fit_vocab_rows(key, value, target)
-            if fitted is None:
-                mismatched.append(f"{key} {tuple(value.shape)} vs model {tuple(target.shape)}")
-                continue
-            report.padded.append(key)
-            value = fitted
-        to_load[key] = value.to(target.dtype)
-        report.matched.append(key)
-    if mismatched:
-        raise CheckpointError(f"{source}: shapes do not fit the model config: {_short_list(mismatched, 4)}")
-    tied_ok = "bert.embeddings.word_embeddings.weight" in to_load
-    report.initialized = [k for k in own if k not in to_load and not (tied_ok and k in _TIED_KEYS)]
-    _check_completeness(report, strict, source)
-    model.load_state_dict({k.removeprefix(prefix) if prefix else k: v for k, v in to_load.items()}, strict=False)
-    return report
-
-
-def _check_completeness(report: LoadReport, strict: bool, source: str) -> None:
-    if not report.matched:
-        raise CheckpointError(f"{source}: no tensor name matches this model (is it a BERT checkpoint?)")
-    if strict and (report.initialized or report.skipped):
-        problems = []
-        if report.initialized:
-            problems.append(f"missing keys: {_short_list(report.initialized)}")
-        if report.skipped:
-            problems.append(f"unexpected keys: {_short_list(report.skipped)}")
-        raise CheckpointError(f"{source}: {'; '.join(problems)} (pass strict=False to load a backbone into a task model)")
-    # The pooler is optional: QA and token-classification models never use it, and Hugging Face
-    # saves those models without one.
-    missing_backbone = [k for k in report.initialized if k.startswith("bert.") and not k.startswith("bert.pooler.")]
-    if missing_backbone:
-        raise CheckpointError(f"{source}: missing backbone keys: {_short_list(missing_backbone)}")
-
-
-def load_config_for_checkpoint(path: str | os.PathLike, config_file: str | os.PathLike | None = None) -> BertConfig:
-    """The config given explicitly, else the bert_config.json / config.json beside a checkpoint."""
-    if config_file:
-        return BertConfig.from_json_file(config_file)
-    folder = Path(path) if Path(path).is_dir() else Path(path).parent
-    for name in (CONFIG_NAME, "config.json"):
-        if (folder / name).is_file():
-            return BertConfig.from_json_file(folder / name)
-    raise InputError(f"{path}: no --config_file given and no {CONFIG_NAME} or config.json beside the checkpoint")
+        return getattr(checkpoint_io, name)
+    raise AttributeError(f"module 'modeling' has no attribute {name!r}")

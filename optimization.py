@@ -1,5 +1,5 @@
 """Optimizers: LAMB with the original's NVLAMB semantics (pretraining), BertAdam and AdamW
-(fine-tuning), and the original's parameter groups (spec §6).
+(fine-tuning), and the original's parameter groups.
 
 `Lamb` reproduces what apex's `FusedLAMB` executed in the original's pretraining, with
 `torch._foreach_*` multi-tensor ops instead of a CUDA extension. `BertAdam` reproduces the original's
@@ -128,7 +128,7 @@ class _Fp32StateMixin:
 
 
 class Lamb(_Fp32StateMixin, Optimizer):
-    """LAMB as apex's FusedLAMB ran it in the original's pretraining ("NVLAMB", spec §6.2).
+    """LAMB as apex's FusedLAMB ran it in the original's pretraining ("NVLAMB").
 
     One `step()`:
 
@@ -375,7 +375,7 @@ SCHEDULES: dict[str, Callable[[float, float], float]] = {
 
 
 class BertAdam(_Fp32StateMixin, Optimizer):
-    """The original's fine-tuning optimizer (spec §6.4), kept so its recipes reproduce.
+    """The original's fine-tuning optimizer, kept so its recipes reproduce.
 
     Per parameter tensor, in this order:
 

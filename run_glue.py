@@ -1,4 +1,4 @@
-"""Fine-tune and evaluate BERT on a GLUE task (the original's flags, spec §2.3).
+"""Fine-tune and evaluate BERT on a GLUE task (the original's flags).
 
     python run_glue.py --task_name mrpc --data_dir glue/MRPC --init_checkpoint ckpt.pt \
         --config_file bert_config.json --vocab_file vocab.txt --do_lower_case \
@@ -11,7 +11,6 @@ the GLUE submission file(s) (MRPC.tsv, MNLI-m.tsv + MNLI-mm.tsv, ...) and predic
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,18 @@ import numpy as np
 import torch
 
 import finetuning as ft
+from checkpoint_io import resolve_vocab_file
 from modeling import BertForSequenceClassification
 from processors import glue
-from utils import InputError, atomic_write_json, barrier, run_main
+from training import feature_cache_dir, main_process_first
+from utils import InputError, atomic_write_json, run_main
+
+FEATURE_COLUMNS = ("input_ids", "input_mask", "segment_ids", "label_ids")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ft.add_common_arguments(parser, max_seq_length=128, seed=1)
+    compat = ft.add_common_arguments(parser, max_seq_length=128, seed=1)
     g = parser.add_argument_group("GLUE")
     g.add_argument("--data_dir", required=True, help="the task's folder: train.tsv, dev.tsv (MNLI: dev_matched.tsv "
                                                      "and dev_mismatched.tsv), test.tsv")
@@ -36,13 +39,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--eval_batch_size", type=int, default=8, help="batch size for evaluation and prediction")
     g.add_argument("--skip_malformed_rows", action="store_true",
                    help="warn about and skip rows with a wrong column count instead of stopping")
-    g.add_argument("--server_ip", default="", help="accepted for compatibility (remote debugging is not supported)")
-    g.add_argument("--server_port", default="", help="accepted for compatibility")
     ft.add_cache_arguments(parser, "--data_dir")
+    compat.add_argument("--server_ip", default="", help="not used (remote debugging is not supported)")
+    compat.add_argument("--server_port", default="", help="not used (remote debugging is not supported)")
     args = parser.parse_args(argv)
     if not (args.do_train or args.do_eval or args.do_predict):
         raise InputError("at least one of --do_train, --do_eval or --do_predict is required")
-    glue.get_task(args.task_name)  # an unknown task is a one-line error before any work
+    task = glue.get_task(args.task_name)  # an unknown task is a one-line error before any work
+    glue.check_max_seq_length(args.max_seq_length, pairs=task.train.text_b is not None)
     return args
 
 
@@ -51,23 +55,13 @@ def eval_tasks(task_name: str) -> list[str]:
     return ["mnli", "mnli-mm"] if task_name == "mnli" else [task_name]
 
 
-def cache_dir_for(args: argparse.Namespace) -> Path | None:
-    folder = Path(args.cache_dir or args.data_dir)
-    if args.cache_dir:
-        folder.mkdir(parents=True, exist_ok=True)
-    if not args.skip_cache and not os.access(folder, os.W_OK):
-        print(f"warning: {folder} is not writable; features are not cached (use --cache_dir)", flush=True)
-        return None
-    return folder
-
-
 def feature_dataset(ctx: ft.RunContext, task_name: str, examples: list[glue.InputExample], input_file: Path,
                     tokenizer: Any, vocab_file: Path) -> torch.utils.data.TensorDataset:
     args = ctx.args
     arrays, _ = glue.load_features(task_name, examples, tokenizer, input_file=input_file, vocab_file=vocab_file,
                                    do_lower_case=args.do_lower_case, max_seq_length=args.max_seq_length,
-                                   cache_dir=cache_dir_for(args), write_cache=not args.skip_cache)
-    return ft.arrays_to_dataset(arrays, ("input_ids", "input_mask", "segment_ids", "label_ids"))
+                                   cache_dir=feature_cache_dir(args.cache_dir, args.data_dir, args.skip_cache), write_cache=not args.skip_cache)
+    return ft.arrays_to_dataset(arrays, FEATURE_COLUMNS)
 
 
 def predictions_from_logits(task_name: str, logits: np.ndarray) -> np.ndarray:
@@ -78,13 +72,12 @@ def predictions_from_logits(task_name: str, logits: np.ndarray) -> np.ndarray:
 
 def run_training(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, vocab_file: Path) -> dict[str, Any]:
     args = ctx.args
-    if not ctx.is_main:
-        barrier()  # rank 0 builds (and caches) the features first
-    examples = glue.get_train_examples(args.task_name, args.data_dir, args.skip_malformed_rows)
-    dataset = feature_dataset(ctx, args.task_name, examples, Path(args.data_dir) / "train.tsv", tokenizer, vocab_file)
-    if ctx.is_main:
-        barrier()
+    with main_process_first(ctx.is_main):  # rank 0 builds (and caches) the features first
+        examples = glue.get_train_examples(args.task_name, args.data_dir, args.skip_malformed_rows)
+        dataset = feature_dataset(ctx, args.task_name, examples, Path(args.data_dir) / "train.tsv", tokenizer,
+                                  vocab_file)
     ctx.logger.log("PARAMETER", {"training_samples": len(examples)})
+    ft.show_features(ctx, dataset, FEATURE_COLUMNS, tokenizer)
     result = ft.train(ctx, model, dataset, ft.batch_classification_loss, trim=not args.keep_padding)
     ft.log_train_summary(ctx, result)
     return {"global_step": result.global_step, "train:loss": result.final_loss, "train:latency": result.train_time,
@@ -156,10 +149,18 @@ def dllogger_summary(results: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def check_data_files(args: argparse.Namespace) -> None:
+    """Read the dev and test files before any work: a bad one must not end a finished training run."""
+    for wanted, read in ((args.do_eval, glue.get_dev_examples), (args.do_predict, glue.get_test_examples)):
+        for task_name in eval_tasks(args.task_name) if wanted else ():
+            read(task_name, args.data_dir, args.skip_malformed_rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_data_files(args)
     ctx = ft.start_run(args)
-    vocab_file = ft.resolve_vocab_file(args.vocab_file, args.init_checkpoint)
+    vocab_file = resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)
     task = glue.get_task(args.task_name)
     model, config = ft.load_model(ctx, lambda cfg: BertForSequenceClassification(cfg, task.num_labels))

@@ -1,52 +1,43 @@
 """BERT pretraining (MLM + NSP) with LAMB on HDF5 shards, phase 1 and phase 2, as NVIDIA's recipe.
 
-Single process, `torchrun`, or `srun` (SLURM variables). The loop reads top to bottom in `train()`:
-micro-batches from this rank's shards → forward/backward under autocast → at each accumulation
-boundary: all-reduce, LAMB step (skipped on fp16 overflow), schedule, log, checkpoint.
+Single process, `torchrun`, or `srun` (SLURM variables). Reads top to bottom: flags, then the
+`Trainer` — micro-batches from this rank's `ShardStream` → forward/backward under autocast
+(`micro_step`) → at each accumulation boundary all-reduce, LAMB step skipped on fp16 overflow,
+schedule (`optimizer_step`) → log, evaluate, checkpoint (`train`) — then `main`.
+
+Components behind small interfaces: the data stream (`data/pretraining_dataset.py`), checkpoints
+(`checkpointing.Checkpointer`), FLOPs/MFU (`flops.py`), shared plumbing (`training.py`) and the
+periodic evaluator (`run_pretraining_inference.PeriodicEvaluator`).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import math
 import os
-import random
-import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
+import training
 import utils
-from data.pretraining_dataset import PretrainingShardDataset, list_shards
-from modeling import (
-    BertConfig,
-    BertForPreTraining,
-    BertPretrainingCriterion,
-    PackedSequences,
-    flash_varlen_available,
-    load_checkpoint,
-    masked_positions_from_labels,
-    pack_batch,
-)
+from bert_kernels import PackedSequences, add_kernel_arguments, configure_kernels, flash_varlen_available, pack_batch
+from checkpointing import Checkpointer, RunState
+from data.pretraining_dataset import DataPosition, ShardStream, check_shard_shapes, epoch_file_order, list_shards
+from flops import FlopsCounter, model_flops_utilization
+from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
 from optimization import FUSED_LAMB_CHOICES, build_lamb, fused_lamb_setting, pretraining_param_groups
 from schedulers import build_scheduler
 from utils import InputError
 
-CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 COMPILE_CHOICES = ("auto", "on", "off")
 UNPAD_CHOICES = ("auto", "on", "off")
-
 
 # --------------------------------------------------------------------------------------------
 # Arguments
@@ -59,21 +50,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     req.add_argument("--input_dir", required=True, help="folder of .hdf5 shards; files whose name contains 'training' are used")
     req.add_argument("--config_file", required=True, help="model config JSON (bert_config.json)")
     req.add_argument("--output_dir", required=True, help="where ckpt_<step>.pt checkpoints are written")
-    p.add_argument("--bert_model", default="bert-large-uncased", help="informational only, as in the original")
     p.add_argument("--init_checkpoint", default=None, help="start from these weights (any layout load_checkpoint accepts)")
-    p.add_argument("--max_seq_length", type=int, default=512, help="checked against the shards' sequence length")
+    p.add_argument("--max_seq_length", type=int, default=512, help="error if the shards' sequences are longer")
     p.add_argument("--max_predictions_per_seq", type=int, default=80, help="masked positions per sequence in the shards")
     p.add_argument("--train_batch_size", type=int, default=32, help="per-rank batch per optimizer step (micro-batch × accumulation)")
     p.add_argument("--learning_rate", type=float, default=5e-5, help="peak learning rate")
-    p.add_argument("--num_train_epochs", type=float, default=3.0, help="unused, kept for compatibility")
     p.add_argument("--max_steps", type=float, default=1000, help="total optimizer steps (the LR-schedule horizon)")
     p.add_argument("--warmup_proportion", type=float, default=0.01, help="fraction of max_steps spent warming up")
-    p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)), help="set by the launcher")
     p.add_argument("--seed", type=int, default=42, help="seed; ranks use seed + rank for dropout")
     p.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--fp16", "--amp", dest="fp16", action="store_true", help="fp16 autocast with dynamic loss scaling")
+    p.add_argument("--fp16", "--amp", dest="fp16", action="store_true", help="fp16 autocast with loss scaling")
     p.add_argument("--precision", choices=utils.PRECISIONS, default=None, help="fp32, tf32, fp16 or bf16 (overrides --fp16)")
-    p.add_argument("--loss_scale", type=float, default=0.0, help="0 = dynamic loss scaling; > 0 = static scale (fp16)")
+    p.add_argument("--loss_scale", type=float, default=0.0, help=training.LOSS_SCALE_HELP)
+    p.add_argument("--init_loss_scale", type=int, default=2**20, help="initial dynamic loss scale (fp16)")
     p.add_argument("--log_freq", type=float, default=1.0, help="log every N optimizer steps")
     p.add_argument("--checkpoint_activations", action="store_true", help="recompute encoder activations in backward")
     p.add_argument("--resume_from_checkpoint", action="store_true", help="resume from the newest valid ckpt in output_dir")
@@ -85,12 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allreduce_post_accumulation", action="store_true", help="all-reduce gradients once per optimizer step")
     p.add_argument("--allreduce_post_accumulation_fp16", action="store_true", help="do that all-reduce in fp16")
     p.add_argument("--phase1_end_step", type=int, default=7038, help="steps of phase 1; offsets phase-2 checkpoint names")
-    p.add_argument("--init_loss_scale", type=int, default=2**20, help="initial dynamic loss scale (fp16)")
     p.add_argument("--do_train", action="store_true", help="must be set, as in the original")
     p.add_argument("--json-summary", dest="json_summary", default="results/dllogger.json", help="dllogger JSON output")
-    p.add_argument("--use_env", action="store_true", help="unused, kept for compatibility")
     p.add_argument("--disable_progress_bar", action="store_true", help="no tqdm progress bar")
-    p.add_argument("--steps_this_run", type=int, default=-1, help="stop after this many steps (LR horizon unchanged)")
+    p.add_argument("--steps_this_run", type=int, default=-1,
+                   help="stop once the (global, in-phase) step reaches this, e.g. to chain time-limited jobs with one "
+                        "command line; -1 = max_steps. The LR horizon stays max_steps")
     # Added by this implementation.
     p.add_argument("--lr_scheduler", default="poly", choices=("poly", "linear", "cosine", "constant"), help="LR schedule")
     p.add_argument("--use_nvlamb", action="store_true", help="apply the LAMB trust ratio to every tensor")
@@ -98,14 +87,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="compute MLM logits at every position instead of only the masked ones")
     p.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
                    help="torch.compile the model and the loss as one region: auto = on CUDA only "
-                        "(plain --compile = on)")
+                        "(a plain --compile = on)")
     p.add_argument("--no_compile", dest="compile", action="store_const", const="off", help="same as --compile off")
     p.add_argument("--fused_lamb", choices=FUSED_LAMB_CHOICES, default="auto",
                    help="LAMB's Adam direction with torch's fused kernel: auto = wherever it applies (CPU and CUDA)")
     p.add_argument("--unpad", choices=UNPAD_CHOICES, default="auto",
                    help="packed batches, real tokens only from the embeddings on: auto = on CUDA where "
-                        "FlashAttention's varlen kernel runs (sm80+, fp16/bf16); on = always (CPU: reference "
-                        "attention, for testing); off = padded batches (the CPU then still packs its layers)")
+                        "FlashAttention's varlen kernel runs (sm80+, fp16/bf16); on = always (elsewhere with a "
+                        "reference attention, for testing); off = padded batches (the CPU still packs its layers)")
     p.add_argument("--pack_bucket", type=int, default=512,
                    help="packed token counts are rounded up to a multiple of this (few distinct shapes)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -116,6 +105,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval_samples", type=int, default=10000, help="size of the fixed evaluation set")
     p.add_argument("--eval_batch_size", type=int, default=64, help="evaluation batch size")
     p.add_argument("--target_mlm_accuracy", type=float, default=0.0, help="stop once evaluation reaches this MLM accuracy")
+    add_kernel_arguments(p)
+    compat = p.add_argument_group(training.COMPATIBILITY_GROUP)
+    compat.add_argument("--bert_model", default="bert-large-uncased", help="a model name; not used")
+    compat.add_argument("--num_train_epochs", type=float, default=3.0, help="not used: --max_steps sets the length")
+    compat.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)),
+                        help="not used: ranks come from the torchrun/SLURM environment")
+    compat.add_argument("--use_env", action="store_true", help="not used: ranks always come from the environment")
     return p.parse_args(argv)
 
 
@@ -142,269 +138,33 @@ def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
         args.allreduce_post_accumulation_fp16 = False
 
 
-# --------------------------------------------------------------------------------------------
-# Data: this rank's stream of micro-batches, with a position that is plain data
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DataPosition:
-    epoch: int = 0
-    slot: int = 0  # index into this epoch's file loop
-    offset: int = 0  # samples of the current shard already consumed
-
-
-def slots_per_epoch(num_files: int, world: int) -> int:
-    """Shards each rank reads per epoch, so that an epoch is one pass over the data.
-
-    (The original looped over all N slots on every rank, reading each shard W times per "epoch".)
-    """
-    return max(1, math.ceil(num_files / world))
-
-
-def shard_for_slot(files: list[str], epoch: int, slot: int, rank: int, world: int, seed: int) -> str:
-    """The original's assignment: shuffle with seed + epoch, rank r reads (slot·W + r) mod N."""
-    order = list(files)
-    random.Random(seed + epoch).shuffle(order)
-    n = len(order)
-    index = (slot * world + rank + ((world % n) * slot if world > n else 0)) % n
-    return order[index]
-
-
-def load_shard(path: str, max_pred: int) -> dict[str, torch.Tensor]:
-    return PretrainingShardDataset(path, max_pred).tensors()
-
-
-class ShardStream:
-    """Micro-batches of one rank, in a deterministic order given (seed, epoch, slot).
-
-    The next shard is read in a background thread while the current one trains. `position` names the
-    next sample to be read, so a checkpoint taken between micro-batches resumes at the exact next one.
-    """
-
-    def __init__(self, files: list[str], env: utils.DistEnv, micro_batch: int, max_pred: int, seed: int,
-                 position: DataPosition | None = None):
-        self.files, self.env, self.micro_batch, self.max_pred, self.seed = files, env, micro_batch, max_pred, seed
-        self.position = position or DataPosition()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-prefetch")
-        self._prefetched: tuple[tuple[int, int], Future] | None = None
-
-    def _path(self, epoch: int, slot: int) -> str:
-        return shard_for_slot(self.files, epoch, slot, self.env.rank, self.env.world_size, self.seed)
-
-    def _next_slot(self, epoch: int, slot: int) -> tuple[int, int]:
-        return (epoch, slot + 1) if slot + 1 < slots_per_epoch(len(self.files), self.env.world_size) else (epoch + 1, 0)
-
-    def _fetch(self, epoch: int, slot: int) -> dict[str, torch.Tensor]:
-        if self._prefetched and self._prefetched[0] == (epoch, slot):
-            shard = self._prefetched[1].result()
-        else:
-            shard = load_shard(self._path(epoch, slot), self.max_pred)
-        nxt = self._next_slot(epoch, slot)
-        self._prefetched = (nxt, self._pool.submit(load_shard, self._path(*nxt), self.max_pred))
-        return shard
-
-    def _order(self, n: int, epoch: int, path: str) -> torch.Tensor:
-        """Sample order within a shard: a function of (seed, epoch, shard name) only, so the same shard
-        is batched identically whichever rank or slot reads it."""
-        key = f"{self.seed}:{epoch}:{os.path.basename(path)}".encode()
-        g = torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)
-        return torch.randperm(n, generator=g)
-
-    def __iter__(self) -> Iterator[list[torch.Tensor]]:
-        while True:
-            pos = self.position
-            shard = self._fetch(pos.epoch, pos.slot)
-            n = shard["input_ids"].size(0)
-            order = self._order(n, pos.epoch, self._path(pos.epoch, pos.slot))
-            while pos.offset + self.micro_batch <= n:  # the last partial batch is dropped: shapes stay static
-                idx = order[pos.offset : pos.offset + self.micro_batch]
-                pos.offset += self.micro_batch
-                yield [shard[k].index_select(0, idx) for k in BATCH_KEYS]
-            pos.epoch, pos.slot = self._next_slot(pos.epoch, pos.slot)
-            pos.offset = 0
-
-    def close(self) -> None:
-        # Wait for a shard load still running: a thread inside h5py at interpreter exit can abort the process.
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-BATCH_KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_labels", "next_sentence_labels")
-
-
-def check_shard_shapes(files: list[str], args: argparse.Namespace, config: BertConfig) -> tuple[int, int]:
-    """(sequence length, masked positions per row) of the first shard; error early when it cannot fit the model."""
-    import h5py
-
-    with h5py.File(files[0], "r") as f:
-        seq_len = int(f["input_ids"].shape[1])
-        max_pred = int(f["masked_lm_positions"].shape[1])
-    if seq_len > config.max_position_embeddings:
-        raise InputError(f"{files[0]}: sequence length {seq_len} exceeds max_position_embeddings {config.max_position_embeddings}")
-    if seq_len > args.max_seq_length:
-        raise InputError(f"{files[0]}: sequence length {seq_len} exceeds --max_seq_length {args.max_seq_length}")
-    if max_pred > args.max_predictions_per_seq:
-        raise InputError(f"{files[0]}: {max_pred} masked positions per row exceed --max_predictions_per_seq {args.max_predictions_per_seq}")
-    return seq_len, max_pred
-
-
-class DeviceBatches:
-    """The stream's micro-batches, prepared on the host and put on the device without waiting for it.
-
-    `step(k)` yields the k micro-batches of one optimizer step. Each is prepared on the host
-    (`prepare`: masked positions, packing), gathered into one pinned buffer and copied with
-    non_blocking, so the host never waits for the device. Micro-batch i + 1 is prepared while the
-    device runs micro-batch i (the step's kernels are already queued when the generator resumes);
-    nothing past the step's k-th micro-batch is read, so the stream's position at a checkpoint is
-    exact.
-    """
-
-    def __init__(self, stream: ShardStream, prepare: Any, device: torch.device):
-        self.source = iter(stream)
-        self.prepare, self.device = prepare, device
-
-    def step(self, count: int) -> Iterator[dict[str, Any]]:
-        for _ in range(count):
-            yield self._load()
-
-    def _load(self) -> dict[str, Any]:
-        host = self.prepare(next(self.source))
-        return host if self.device.type == "cpu" else self._to_device(host)
-
-    def _to_device(self, host: dict[str, Any]) -> dict[str, Any]:
-        names = [k for k, v in host.items() if isinstance(v, torch.Tensor)]
-        packed: PackedSequences | None = host.get("packed")
-        parts = [host[k] for k in names]
-        if packed is not None:
-            parts += [packed.cu_seqlens, packed.position_ids, packed.first_token]
-        sizes = [p.numel() for p in parts]
-        buffer = torch.empty(sum(sizes), dtype=torch.int64, pin_memory=self.device.type == "cuda")
-        torch.cat([p.reshape(-1).to(torch.int64) for p in parts], out=buffer)
-        flat = buffer.to(self.device, non_blocking=True).split(sizes)
-        views = [v.view(p.shape).to(p.dtype) for v, p in zip(flat, parts, strict=True)]
-        out = dict(host)
-        out.update(zip(names, views[: len(names)], strict=True))
-        if packed is not None:
-            out["packed"] = PackedSequences(views[-3], packed.max_seqlen, views[-2], views[-1], packed.flash)
-        return out
-
-
-class PretrainingLoss(torch.nn.Module):
-    """Model and loss as one module, so that torch.compile sees them as one region."""
-
-    def __init__(self, model: torch.nn.Module, criterion: torch.nn.Module):
-        super().__init__()
-        self.model, self.criterion = model, criterion
-
-    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: torch.Tensor | None,
-                positions: torch.Tensor | None, labels: torch.Tensor, nsp_labels: torch.Tensor,
-                packed: PackedSequences | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if packed is None:
-            scores, nsp_scores = self.model(input_ids, segment_ids, input_mask, positions)
-        else:
-            scores, nsp_scores = self.model(input_ids, segment_ids, None, positions, packed=packed)
-        return self.criterion(scores, nsp_scores, labels, nsp_labels)
-
-
-def compile_module(module: torch.nn.Module) -> torch.nn.Module:
-    """torch.compile with inductor, or the dynamo backend named by BERT_COMPILE_BACKEND (e.g. "eager"
-    or "aot_eager": graph capture without code generation, for tests on slow machines)."""
-    return torch.compile(module, backend=os.environ.get("BERT_COMPILE_BACKEND", "inductor"))
+def final_step(args: argparse.Namespace) -> int:
+    """Where this job stops: max_steps, or --steps_this_run when it comes first (both global steps)."""
+    return args.max_steps if args.steps_this_run < 0 else min(args.max_steps, args.steps_this_run)
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints
+# The trainer
 # --------------------------------------------------------------------------------------------
-
-
-def checkpoint_steps(output_dir: str) -> list[int]:
-    steps = []
-    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
-        m = CKPT_PATTERN.match(name)
-        if m:
-            steps.append(int(m.group(1)))
-    return sorted(steps, reverse=True)
-
-
-def read_checkpoint(path: str) -> dict[str, Any] | None:
-    """The checkpoint, or None when the file is damaged (e.g. cut short by a crash)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not a usable checkpoint"
-        print(f"warning: skipping unreadable checkpoint {path}: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        print(f"warning: skipping {path}: no 'model' entry", file=sys.stderr)
-        return None
-    return ckpt
-
-
-def find_resume_checkpoint(output_dir: str, resume_step: int) -> tuple[int, dict[str, Any]] | None:
-    """The requested step's checkpoint, or the newest one that loads."""
-    steps = checkpoint_steps(output_dir)
-    if resume_step >= 0:
-        steps = [s for s in steps if s == resume_step]
-        if not steps:
-            raise InputError(f"{output_dir}: no ckpt_{resume_step}.pt to resume from (--resume_step)")
-    for step in steps:
-        ckpt = read_checkpoint(os.path.join(output_dir, f"ckpt_{step}.pt"))
-        if ckpt is not None:
-            return step, ckpt
-    return None
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def gather_plain(obj: Any) -> list[Any]:
-    """Every rank's `obj` (plain data / tensors) on every rank."""
-    if utils.get_world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * utils.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Training state
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunState:
-    global_step: int = 0  # successful optimizer updates in this phase
-    skipped_steps: int = 0
-    samples_seen: int = 0  # global training samples in this phase (for evaluation cadence)
-    phase: int = 1
 
 
 class Trainer:
-    """Holds the model, optimizer and data stream; `train()` is the loop."""
+    """Holds the model, optimizer, data stream and checkpointer; `train()` is the loop."""
 
-    def __init__(self, args: argparse.Namespace, env: utils.DistEnv, logger: utils.Logger):
-        self.args, self.env, self.logger = args, env, logger
+    def __init__(self, args: argparse.Namespace, env: utils.DistEnv, logger: utils.Logger, tb_writer: Any = None):
+        self.args, self.env, self.logger, self.tb_writer = args, env, logger, tb_writer
         self.precision = utils.resolve_precision(args.precision, args.fp16)
         utils.apply_tf32(self.precision)
         self.config = BertConfig.from_json_file(args.config_file)
         self.files = list_shards(args.input_dir, "training")
         if not self.files:
             raise InputError(f"{args.input_dir}: no .hdf5 shards whose name contains 'training'")
-        self.seq_len, self.max_pred = check_shard_shapes(self.files, args, self.config)
+        self.seq_len, self.max_pred = check_shard_shapes(self.files, args.max_seq_length, args.max_predictions_per_seq,
+                                                         self.config.max_position_embeddings)
         self.micro_batch = args.train_batch_size // args.gradient_accumulation_steps
         self.accum = args.gradient_accumulation_steps
-        self.state = RunState(phase=2 if args.phase2 else 1)
         self.stop_requested = False
-        self.written: list[str] = []
+        self.evaluator: Any = None
 
         utils.seed_everything(args.seed)  # identical initial weights on every rank
         self.model = BertForPreTraining(self.config).to(env.device)
@@ -414,31 +174,44 @@ class Trainer:
         self.optimizer = build_lamb(pretraining_param_groups(self.model), lr=args.learning_rate,
                                     use_nvlamb=args.use_nvlamb, fused=fused_lamb_setting(args.fused_lamb))
         self.scheduler = build_scheduler(args.lr_scheduler, self.optimizer, args.warmup_proportion, args.max_steps)
-        self.scaler = self._make_scaler()
+        self.scaler = training.make_grad_scaler(self.precision, env.device, args.loss_scale, float(args.init_loss_scale))
+        self.checkpointer = Checkpointer(
+            args.output_dir, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            env=env, learning_rate=args.learning_rate, phase2=args.phase2, phase1_end_step=args.phase1_end_step,
+            keep=args.keep_checkpoints, enabled=not args.skip_checkpoint, logger=logger,
+            metadata={"config": self.config.to_dict(), "args": plain_args(args)},
+        )
         utils.seed_everything(args.seed + env.rank)  # dropout differs per rank, as in the original
-        position = self._restore()
-        self.stream = ShardStream(self.files, env, self.micro_batch, self.max_pred, args.seed, position)
+        stored = self.checkpointer.restore(resume=args.resume_from_checkpoint, resume_step=args.resume_step,
+                                           init_checkpoint=args.init_checkpoint)
+        position = DataPosition(**stored) if stored is not None else None
+        self.stream = ShardStream(self.files, env.rank, env.world_size, self.micro_batch, self.max_pred, args.seed,
+                                  position)
         self.packed = self._use_packed_batches()
         self.forward_model = self._wrap_model()
         self.compiled = args.compile == "on" or (args.compile == "auto" and env.device.type == "cuda")
-        self.loss_fn = PretrainingLoss(self.forward_model, self.criterion)
+        self.loss_fn: torch.nn.Module = PretrainingLoss(self.forward_model, self.criterion)
         if self.compiled:
-            self.loss_fn = compile_module(self.loss_fn)
-        self.batches = DeviceBatches(self.stream, self._prepare_batch, env.device)
+            self.loss_fn = training.compile_module(self.loss_fn)
+        self.batches = training.DeviceBatches(self.stream, self._prepare_batch, env.device)
         self.flops = FlopsCounter(self.config, self.max_pred if args.dense_seq_output else None, self.seq_len)
 
-    # ---- setup ------------------------------------------------------------------------------
+    @property
+    def state(self) -> RunState:
+        """The run's counters (step, skipped steps, samples seen): saved and restored with the checkpoints."""
+        return self.checkpointer.state
 
-    def _make_scaler(self) -> torch.amp.GradScaler:
-        enabled = self.precision == "fp16"
-        if self.args.loss_scale > 0:  # static scale: never grows, never shrinks
-            return torch.amp.GradScaler(self.env.device.type, init_scale=self.args.loss_scale, growth_factor=1.0,
-                                        backoff_factor=1.0, enabled=enabled)
-        return torch.amp.GradScaler(self.env.device.type, init_scale=float(self.args.init_loss_scale),
-                                    growth_interval=2000, enabled=enabled)
+    def _wrap_model(self) -> torch.nn.Module:
+        model: torch.nn.Module = self.model
+        if self.env.distributed:
+            if self.args.allreduce_post_accumulation:
+                training.broadcast_parameters(self.model)
+            else:
+                model = training.wrap_ddp(self.model, self.env)
+        return model
 
     def _use_packed_batches(self) -> bool:
-        """Packed batches (see modeling.pack_batch) when --unpad asks for them and they apply."""
+        """Packed batches (see bert_kernels.pack_batch) when --unpad asks for them and they apply."""
         args = self.args
         if args.unpad == "off":
             return False
@@ -446,12 +219,10 @@ class Trainer:
             if args.unpad == "on":
                 raise InputError("--unpad on needs the masked-only MLM head (drop --no_dense_seq_output)")
             return False
-        if args.unpad == "on":
-            return True
-        return flash_varlen_available(self.env.device, self.precision)
+        return args.unpad == "on" or flash_varlen_available(self.env.device, self.precision)
 
     def _prepare_batch(self, batch: list[torch.Tensor]) -> dict[str, Any]:
-        """Host-side work on one micro-batch (CPU tensors): masked positions, packing, FLOP counting."""
+        """Host-side work on one micro-batch (CPU tensors): FLOP count, masked positions, packing."""
         input_ids, segment_ids, input_mask, labels, nsp_labels = batch
         self.flops.add(input_mask)
         positions = None
@@ -459,147 +230,27 @@ class Trainer:
             positions, labels = masked_positions_from_labels(labels, self.max_pred)
         if not self.packed:
             return {"input_ids": input_ids, "segment_ids": segment_ids, "input_mask": input_mask,
-                    "positions": positions, "labels": labels, "nsp_labels": nsp_labels, "packed": None}
+                    "positions": positions, "labels": labels, "nsp_labels": nsp_labels}
         flash = flash_varlen_available(self.env.device, self.precision)
         packed = pack_batch(input_ids, segment_ids, input_mask, positions, self.args.pack_bucket, flash=flash)
-        return {"input_ids": packed["input_ids"], "segment_ids": packed["segment_ids"], "input_mask": None,
+        seqs: PackedSequences = packed["packed"]
+        return {"input_ids": packed["input_ids"], "segment_ids": packed["segment_ids"],
                 "positions": packed["masked_positions"], "labels": labels, "nsp_labels": nsp_labels,
-                "packed": packed["packed"]}
-
-    def _wrap_model(self) -> torch.nn.Module:
-        model: torch.nn.Module = self.model
-        if self.env.distributed:
-            if self.args.allreduce_post_accumulation:
-                for p in self.model.parameters():  # the manual all-reduce path has no DDP wrapper
-                    dist.broadcast(p.data, 0)
-            else:
-                model = DDP(self.model, device_ids=[self.env.device.index] if self.env.device.type == "cuda" else None)
-        return model
-
-    def _restore(self) -> DataPosition | None:
-        """Resume, start phase 2 from phase 1, or initialise from --init_checkpoint. Returns the data position.
-
-        Checkpoints already in output_dir win over --init_checkpoint, so a preempted job that is
-        resubmitted with the same command continues where it stopped.
-        """
-        args = self.args
-        out_has_ckpt = bool(checkpoint_steps(args.output_dir))
-        if out_has_ckpt and not args.resume_from_checkpoint:
-            raise InputError(f"{args.output_dir} already holds checkpoints; pass --resume_from_checkpoint or use another folder")
-        if args.resume_from_checkpoint and out_has_ckpt:
-            found = find_resume_checkpoint(args.output_dir, args.resume_step)
-            if found is None:
-                raise InputError(f"{args.output_dir}: no readable checkpoint to resume from")
-            step, ckpt = found
-            return self._resume_from(step, ckpt, os.path.join(args.output_dir, f"ckpt_{step}.pt"))
-        if args.init_checkpoint:
-            self._init_from(args.init_checkpoint)
-        elif args.phase2 and args.resume_from_checkpoint:
-            raise InputError(f"{args.output_dir}: phase 2 needs phase 1's checkpoint there (none found)")
-        return None
-
-    def _resume_from(self, step: int, ckpt: dict[str, Any], path: str) -> DataPosition | None:
-        load_checkpoint(self.model, path, strict=True, state_dict=ckpt["model"])
-        ckpt_phase = int(ckpt.get("phase", 1))
-        starting_phase2 = self.args.phase2 and ckpt_phase == 1
-        if "optimizer" in ckpt:
-            self._load_optimizer(ckpt["optimizer"], reset_schedule=starting_phase2)
-        if starting_phase2:
-            print(f"phase 2: starting from phase-1 checkpoint {path} (LR schedule restarts, LAMB moments carried over)")
-            return None
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        if ckpt.get("scheduler"):
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        run = ckpt.get("run_state", {})
-        self.state = RunState(**{**asdict(self.state), **run, "phase": self.state.phase})
-        rank = self.env.rank
-        rngs, positions = ckpt.get("rng", []), ckpt.get("data_position", [])
-        if rank < len(rngs):
-            set_rng_state(rngs[rank], self.env.device)
-        print(f"resumed from {path} at step {self.state.global_step}")
-        if rank < len(positions) and len(positions) == self.env.world_size:
-            return DataPosition(**positions[rank])
-        print("warning: world size changed since the checkpoint; data order restarts at a fresh epoch", file=sys.stderr)
-        return DataPosition(epoch=int(ckpt.get("epoch", 0)) + 1)
-
-    def _init_from(self, path: str) -> None:
-        report = load_checkpoint(self.model, path, strict=True)
-        print(f"init_checkpoint: {report.summary()}")
-        is_torch_file = os.path.isfile(path) and not path.endswith(".safetensors")
-        raw = torch.load(path, map_location="cpu", weights_only=True) if is_torch_file else {}
-        if isinstance(raw, dict) and isinstance(raw.get("optimizer"), dict):
-            self._load_optimizer(raw["optimizer"], reset_schedule=True)
-
-    def _load_optimizer(self, sd: dict[str, Any], reset_schedule: bool) -> None:
-        """Load LAMB state; for a new phase keep the moments but restart the step counter and LR."""
-        if reset_schedule:
-            for group in sd["param_groups"]:
-                group["step"] = 0
-                group["lr"] = self.args.learning_rate
-                group.pop("initial_lr", None)
-        try:
-            self.optimizer.load_state_dict(sd)
-        except (ValueError, KeyError) as exc:
-            raise InputError(f"optimizer state does not fit this model: {exc}") from None
-        if reset_schedule:
-            for group in self.optimizer.param_groups:
-                group["initial_lr"] = self.args.learning_rate
-            self.scheduler.base_lrs = [self.args.learning_rate for _ in self.optimizer.param_groups]
-
-    # ---- checkpointing ---------------------------------------------------------------------
-
-    def checkpoint_name_step(self) -> int:
-        offset = self.args.phase1_end_step if self.args.phase2 else 0
-        return self.state.global_step + offset
-
-    def save_checkpoint(self) -> None:
-        if self.args.skip_checkpoint:
-            return
-        positions = gather_plain(asdict(self.stream.position))
-        rngs = gather_plain(rng_state(self.env.device))
-        if not self.env.is_main:
-            return
-        step = self.checkpoint_name_step()
-        path = os.path.join(self.args.output_dir, f"ckpt_{step}.pt")
-        pos0 = positions[0]
-        files_epoch = list(self.files)
-        random.Random(self.args.seed + pos0["epoch"]).shuffle(files_epoch)
-        ckpt = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "master params": [p.detach() for p in self.model.parameters()],
-            "files": [pos0["slot"]] + files_epoch,
-            "epoch": pos0["epoch"],
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rngs,
-            "data_position": positions,
-            "run_state": asdict(self.state),
-            "phase": self.state.phase,
-            "config": self.config.to_dict(),
-            "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None)))},
-        }
-        self.logger.log("PARAMETER", {"checkpoint_step": step})
-        utils.atomic_torch_save(ckpt, path)
-        self.written.append(path)
-        self._prune_checkpoints()
-
-    def _prune_checkpoints(self) -> None:
-        keep = self.args.keep_checkpoints
-        while keep > 0 and len(self.written) > keep:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.written.pop(0))
+                "cu_seqlens": seqs.cu_seqlens, "position_ids": seqs.position_ids, "first_token": seqs.first_token,
+                "max_seqlen": seqs.max_seqlen, "flash": seqs.flash}
 
     # ---- one optimizer step ----------------------------------------------------------------
 
     def micro_step(self, batch: dict[str, Any], sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward and backward of one micro-batch already on the device (see `DeviceBatches`);
+        """Forward and backward of one micro-batch already on the device (`training.DeviceBatches`);
         returns (loss, mlm, nsp) as device tensors: nothing here waits for the device."""
-        no_sync = self.forward_model.no_sync if isinstance(self.forward_model, DDP) and not sync else contextlib.nullcontext
-        with no_sync(), utils.autocast_context(self.precision, self.env.device):
-            loss, mlm, nsp = self.loss_fn(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
-                                          batch["positions"], batch["labels"], batch["nsp_labels"], batch["packed"])
+        packed = None
+        if "cu_seqlens" in batch:
+            packed = PackedSequences(batch["cu_seqlens"], batch["max_seqlen"], batch["position_ids"],
+                                     batch["first_token"], batch["flash"])
+        with training.gradient_sync(self.forward_model, sync), utils.autocast_context(self.precision, self.env.device):
+            loss, mlm, nsp = self.loss_fn(batch["input_ids"], batch["segment_ids"], batch.get("input_mask"),
+                                          batch["positions"], batch["labels"], batch["nsp_labels"], packed)
             # The manual all-reduce path divides once at reduction time; DDP averages over ranks itself.
             scaled = loss if self.args.allreduce_post_accumulation else loss / self.accum
             self.scaler.scale(scaled).backward()
@@ -607,7 +258,8 @@ class Trainer:
 
     def allreduce_gradients(self) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        allreduce_post_accumulation(grads, self.env.world_size * self.accum, self.args.allreduce_post_accumulation_fp16)
+        training.allreduce_post_accumulation(grads, self.env.world_size * self.accum,
+                                             self.args.allreduce_post_accumulation_fp16)
 
     def optimizer_step(self) -> bool:
         """Scheduler then LAMB (the original's order). False when fp16 overflow skipped the update."""
@@ -628,27 +280,30 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
 
-    def train(self, evaluator: Any | None = None) -> dict[str, float]:
+    def train(self, evaluator: Any = None) -> dict[str, float]:
+        """Train to `final_step(args)` (or a stop signal, or the evaluator's target accuracy); the run's summary.
+
+        `evaluator`: a PeriodicEvaluator (`should_evaluate(samples, step)`, `evaluate(model)`) or None."""
         args, env = self.args, self.env
+        self.evaluator = evaluator
         self.model.train()
-        steps_target = args.max_steps if args.steps_this_run < 0 else min(args.max_steps, self.state.global_step + args.steps_this_run)
-        start_step = self.state.global_step
+        steps_target = final_step(args)
         global_batch = self.micro_batch * self.accum * env.world_size
+        attempted = 0  # optimizer steps tried by this job (skipped ones included; none from before a resume)
         window: list[torch.Tensor] = []
         mlm_window: list[torch.Tensor] = []
         history: dict[str, float] = {}
-        progress = make_progress(args, env, start_step, steps_target)
+        progress = training.progress_bar(enabled=env.is_main and not args.disable_progress_bar, desc="Iteration",
+                                         total=steps_target, initial=self.state.global_step, unit="step")
         train_start = self.train_start_time = time.time()  # also the origin of seconds_to_target
         log_start, log_samples = train_start, 0
-        micro = 0
         self.logger.log("PARAMETER", {"train_start": True, "batch_size_per_gpu": self.micro_batch,
                                       "learning_rate": args.learning_rate, "precision": self.precision})
         while self.state.global_step < steps_target and not self.stop_requested:
-            losses = []
-            for i, batch in enumerate(self.batches.step(self.accum)):
-                losses.append(self.micro_step(batch, sync=(i == self.accum - 1)))
-                micro += 1
+            losses = [self.micro_step(batch, sync=(i == self.accum - 1))
+                      for i, batch in enumerate(self.batches.step(self.accum))]
             applied = self.optimizer_step()
+            attempted += 1
             self.state.samples_seen += global_batch
             log_samples += global_batch
             step_loss = torch.stack([x[0] for x in losses]).mean()
@@ -660,7 +315,7 @@ class Trainer:
                 elapsed = time.time() - log_start
                 history = self._log_step(window, mlm_window, step_loss, log_samples / max(elapsed, 1e-9), elapsed)
                 window, mlm_window, log_start, log_samples = [], [], time.time(), 0
-            if evaluator is not None and evaluator.due(self.state.samples_seen, self.state.global_step) and evaluator.run(self):
+            if self._evaluation_due() and self._evaluate():
                 break
             if applied and args.num_steps_per_checkpoint > 0 and self.state.global_step % args.num_steps_per_checkpoint == 0:
                 self.save_checkpoint()
@@ -670,12 +325,10 @@ class Trainer:
             progress.close()
         if window:
             history = self._log_step(window, mlm_window, window[-1], 0.0)
-        if not args.skip_checkpoint and (not self.written or not self.written[-1].endswith(f"ckpt_{self.checkpoint_name_step()}.pt")):
-            self.save_checkpoint()
-        done = self.state.global_step - start_step
+        self.save_checkpoint(unless_current=True)
         return {
             "raw_train_time": raw_time,
-            "training_sequences_per_second": (done + self.state.skipped_steps) * global_batch / max(raw_time, 1e-9),
+            "training_sequences_per_second": attempted * global_batch / max(raw_time, 1e-9),
             "final_loss": utils.all_reduce_mean(history.get("average_loss", float("nan")), env.device),
             "final_mlm_loss": history.get("mlm_loss", float("nan")),
             "global_step": self.state.global_step,
@@ -683,12 +336,42 @@ class Trainer:
             "stopped_by_signal": self.stop_requested,
         }
 
+    def save_checkpoint(self, unless_current: bool = False) -> None:
+        position = asdict(self.stream.position)
+        files = epoch_file_order(self.files, position["epoch"], self.args.seed)
+        if unless_current:
+            self.checkpointer.save_unless_current(position, files)
+        else:
+            self.checkpointer.save(position, files)
+
+    def _evaluation_due(self) -> bool:
+        return self.evaluator is not None and self.evaluator.should_evaluate(self.state.samples_seen,
+                                                                             self.state.global_step)
+
+    def _evaluate(self) -> bool:
+        """Evaluate and log at the current step; True when the target MLM accuracy is reached (stop training)."""
+        samples_seen = self.state.samples_seen
+        result = self.evaluator.evaluate(self.model)
+        record = {**result.metrics(), "samples_seen": samples_seen, "eval_time": result.seconds}
+        self._log(record, prefix="eval")
+        target = self.args.target_mlm_accuracy
+        if not (target > 0 and result.mlm_accuracy >= target):
+            return False
+        seconds = time.time() - self.train_start_time
+        self.logger.log(self._log_step_key(), {"target_mlm_accuracy": target, "samples_to_target": samples_seen,
+                                               "seconds_to_target": seconds})
+        if self.env.is_main:
+            print(f"target MLM accuracy {target} reached ({result.mlm_accuracy:.4f}) after "
+                  f"{samples_seen} samples, {seconds:.1f} s: stopping", flush=True)
+        return True
+
+    # ---- logging -----------------------------------------------------------------------------
+
     def _log_step(self, window, mlm_window, step_loss, seq_per_s: float, seconds: float = 0.0) -> dict[str, float]:
         """Log the window's losses; MFU ("mfu": on real tokens, "mfu_padded": as the padded layout
         computes) over the `seconds` the window took, on CUDA with a known peak."""
-        average = torch.stack(window).mean().item()
         record = {
-            "average_loss": average,
+            "average_loss": torch.stack(window).mean().item(),
             "step_loss": float(step_loss),
             "mlm_loss": torch.stack(mlm_window).mean().item(),
             "learning_rate": self.optimizer.param_groups[0]["lr"],
@@ -700,16 +383,17 @@ class Trainer:
             mfu = model_flops_utilization(flops, seconds, self.env.device, self.precision)
             if mfu is not None:
                 record[key] = mfu
-        epoch = self.stream.position.epoch
-        self.logger.log((epoch, self.checkpoint_name_step()), record)
-        self.tb_log(record)
+        self._log(record, prefix="train")
         return record
 
-    def tb_log(self, record: dict[str, float]) -> None:
-        writer = getattr(self, "tb_writer", None)
-        if writer is not None:
+    def _log_step_key(self) -> tuple[int, int]:
+        return (self.stream.position.epoch, self.checkpointer.name_step())
+
+    def _log(self, record: dict[str, float], prefix: str) -> None:
+        self.logger.log(self._log_step_key(), record)
+        if self.tb_writer is not None:
             for k, v in record.items():
-                writer.add_scalar(f"train/{k}", v, self.checkpoint_name_step())
+                self.tb_writer.add_scalar(f"{prefix}/{k}", v, self.checkpointer.name_step())
 
     def _stop_agreed(self) -> bool:
         """A signal seen by any rank stops every rank at the same step."""
@@ -721,145 +405,26 @@ class Trainer:
         return bool(flag)
 
 
-def allreduce_post_accumulation(grads: list[torch.Tensor], divisor: int, fp16: bool) -> None:
-    """The original's post-accumulation all-reduce: one flat buffer, mean over ranks × micro-steps.
+class PretrainingLoss(torch.nn.Module):
+    """Model and loss as one module, so that torch.compile sees them as one region."""
 
-    The gradients hold loss-scaled sums over the micro-steps; they are divided by `divisor` in their
-    own (fp32) precision before the fp16 cast, as the original's scaling copy does. Casting first
-    overflowed: a scaled sum over 64 micro-steps exceeds fp16's 65504 long before the mean does.
-    """
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    flat.div_(divisor)
-    wire = flat.to(torch.float16) if fp16 else flat
-    dist.all_reduce(wire)
-    if wire is not flat:
-        flat.copy_(wire)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    def __init__(self, model: torch.nn.Module, criterion: torch.nn.Module):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: torch.Tensor | None,
+                positions: torch.Tensor | None, labels: torch.Tensor, nsp_labels: torch.Tensor,
+                packed: PackedSequences | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if packed is None:
+            scores, nsp_scores = self.model(input_ids, segment_ids, input_mask, positions)
+        else:
+            scores, nsp_scores = self.model(input_ids, segment_ids, None, positions, packed=packed)
+        return self.criterion(scores, nsp_scores, labels, nsp_labels)
 
 
-def make_progress(args: argparse.Namespace, env: utils.DistEnv, start: int, total: int):
-    if args.disable_progress_bar or not env.is_main:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, desc="Iteration", unit="step", dynamic_ncols=True, file=sys.stderr)
-
-
-# --------------------------------------------------------------------------------------------
-# Throughput accounting
-# --------------------------------------------------------------------------------------------
-
-# Dense peak TFLOP/s per precision (no sparsity), keyed by the exact `torch.cuda.get_device_name()`.
-# tf32 runs count against the TF32 tensor-core peak, fp32 runs against the plain FP32 peak; a missing
-# entry (V100 has no bf16 or tf32) means no MFU is logged. Sources: NVIDIA's datasheets.
-_H100_SXM = {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}
-_H100_NVL = {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}
-_A100 = {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}
-_V100_SXM2 = {"fp16": 125.0, "fp32": 15.7}
-_V100_PCIE = {"fp16": 112.0, "fp32": 14.0}
-GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
-    "NVIDIA H100 80GB HBM3": _H100_SXM,
-    "NVIDIA H100 80GB HBM3e": _H100_SXM,
-    "NVIDIA H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2},
-    "NVIDIA H100 NVL": _H100_NVL,
-    "NVIDIA H200": _H100_SXM,
-    "NVIDIA H200 NVL": _H100_NVL,
-    "NVIDIA GH200 480GB": _H100_SXM,
-    "NVIDIA A100-SXM4-40GB": _A100,
-    "NVIDIA A100-SXM4-80GB": _A100,
-    "NVIDIA A100-PCIE-40GB": _A100,
-    "NVIDIA A100 80GB PCIe": _A100,
-    "NVIDIA A10": {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2},
-    "NVIDIA L4": {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3},
-    "NVIDIA L40S": {"bf16": 362.05, "fp16": 362.05, "tf32": 183.0, "fp32": 91.6},
-    "NVIDIA L40": {"bf16": 181.0, "fp16": 181.0, "tf32": 90.5, "fp32": 90.5},
-    "Tesla V100-SXM2-16GB": _V100_SXM2,
-    "Tesla V100-SXM2-32GB": _V100_SXM2,
-    "Tesla V100-PCIE-16GB": _V100_PCIE,
-    "Tesla V100-PCIE-32GB": _V100_PCIE,
-    "Tesla V100S-PCIE-32GB": {"fp16": 130.0, "fp32": 16.4},
-    "Tesla T4": {"fp16": 65.0, "fp32": 8.1},
-}
-
-
-def peak_flops(device_name: str, precision: str) -> float | None:
-    """Dense peak FLOP/s of this exact GPU for this precision, or None when unknown (MFU is then omitted)."""
-    value = GPU_PEAK_TFLOPS.get(device_name.strip(), {}).get(precision)
-    return None if value is None else value * 1e12
-
-
-def training_flops_per_sequence(config: BertConfig, seq_len: int, masked: int | None) -> float:
-    """Forward + backward FLOPs (3× forward) of one sequence; MLM head on `masked` positions (None = all)."""
-    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    per_token_layer = 2 * (4 * h * h + 2 * h * i)
-    attention = 2 * 2 * seq_len * seq_len * h
-    head_positions = seq_len if masked is None else masked
-    head = head_positions * 2 * (h * h + h * config.padded_vocab_size)
-    forward = layers * (per_token_layer * seq_len + attention) + head + 2 * h * h
-    return 3.0 * forward
-
-
-def training_flops(config: BertConfig, lengths: torch.Tensor, masked: int | None) -> float:
-    """Σ of `training_flops_per_sequence` over sequences of these real lengths (the work on real tokens)."""
-    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    lengths = lengths.to(torch.float64)
-    tokens, squares, count = float(lengths.sum()), float((lengths * lengths).sum()), lengths.numel()
-    head_positions = tokens if masked is None else masked * count
-    head = head_positions * 2 * (h * h + h * config.padded_vocab_size)
-    forward = layers * (2 * (4 * h * h + 2 * h * i) * tokens + 4 * h * squares) + head + 2 * h * h * count
-    return 3.0 * forward
-
-
-@dataclass
-class WorkDone:
-    real_flops: float = 0.0  # training FLOPs on the real tokens (what a padding-free run must compute)
-    padded_flops: float = 0.0  # the same for the padded batches (what the padded layout computes)
-    real_tokens: int = 0
-    padded_tokens: int = 0
-
-
-class FlopsCounter:
-    """Work of the micro-batches prepared since the last `take()`, counted on the host."""
-
-    def __init__(self, config: BertConfig, masked: int | None, seq_len: int):
-        self.config, self.masked, self.seq_len = config, masked, seq_len
-        self.work = WorkDone()
-
-    def add(self, input_mask: torch.Tensor) -> None:
-        """Count one micro-batch from its [B, S] attention mask (a host tensor: no device read)."""
-        lengths = input_mask.sum(dim=1)
-        self.work.real_flops += training_flops(self.config, lengths, self.masked)
-        self.work.padded_flops += training_flops_per_sequence(self.config, self.seq_len, self.masked) * input_mask.size(0)
-        self.work.real_tokens += int(lengths.sum())
-        self.work.padded_tokens += input_mask.numel()
-
-    def take(self) -> WorkDone:
-        done, self.work = self.work, WorkDone()
-        return done
-
-
-def model_flops_utilization(flops: float, seconds: float, device: torch.device, precision: str) -> float | None:
-    """FLOPs done per second on this rank's GPU over its peak for `precision`; None off CUDA or when unknown."""
-    if device.type != "cuda" or seconds <= 0 or flops <= 0:
-        return None
-    name = torch.cuda.get_device_name(device)
-    peak = peak_flops(name, precision)
-    if peak is None:
-        _note_once(f"MFU not logged: no {precision} peak known for GPU {name!r} (run_pretraining.GPU_PEAK_TFLOPS)")
-        return None
-    return flops / seconds / peak
-
-
-_NOTES_GIVEN: set[str] = set()
-
-
-def _note_once(message: str) -> None:
-    if message not in _NOTES_GIVEN:
-        _NOTES_GIVEN.add(message)
-        print(f"note: {message}", file=sys.stderr, flush=True)
+def plain_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as plain values (what a checkpoint stores under 'args')."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -879,55 +444,59 @@ def install_stop_handlers(trainer: Trainer) -> None:
             signal.signal(sig, handler)
 
 
+def tensorboard_writer(args: argparse.Namespace, env: utils.DistEnv) -> Any:
+    if not args.tensorboard_dir or not env.is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise InputError("--tensorboard_dir needs the tensorboard package (pip install tensorboard)") from None
+    return SummaryWriter(args.tensorboard_dir)
+
+
+def build_evaluator(args: argparse.Namespace, trainer: Trainer) -> Any:
+    if not args.eval_dir:
+        return None
+    from run_pretraining_inference import PeriodicEvaluator
+
+    return PeriodicEvaluator.from_args(args, trainer.config, trainer.env, trainer.precision,
+                                       samples_seen=trainer.state.samples_seen, final_step=final_step(args))
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     e2e_start = time.time()
     args = parse_args(argv)
     env = utils.init_distributed(args.device)
     try:
         validate_args(args, env)
+        configure_kernels(args)
         os.makedirs(args.output_dir, exist_ok=True)
         logger = utils.Logger(args.json_summary, enabled=env.is_main)
         logger.log("PARAMETER", {"Config": [str(args)], "SEED": args.seed})
-        trainer = Trainer(args, env, logger)
+        trainer = Trainer(args, env, logger, tensorboard_writer(args, env))
         install_stop_handlers(trainer)
-        if args.tensorboard_dir and env.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise InputError("--tensorboard_dir needs the tensorboard package (pip install tensorboard)") from None
-            trainer.tb_writer = SummaryWriter(args.tensorboard_dir)
-        evaluator = build_evaluator(args, trainer)
-        summary = trainer.train(evaluator)
+        summary = trainer.train(build_evaluator(args, trainer))
         trainer.stream.close()
         summary["e2e_train_time"] = time.time() - e2e_start
         logger.log((), {k: summary[k] for k in ("e2e_train_time", "training_sequences_per_second", "final_loss", "raw_train_time")})
         if env.is_main:
-            finish_outputs(args, trainer, summary)
+            finish_outputs(args, trainer.checkpointer.latest, summary)
         logger.close()
         return summary
     finally:
         utils.cleanup_distributed()
 
 
-def build_evaluator(args: argparse.Namespace, trainer: Trainer):
-    if not args.eval_dir:
-        return None
-    from run_pretraining_inference import PeriodicEvaluator
-
-    return PeriodicEvaluator.from_args(args, trainer)
-
-
-def finish_outputs(args: argparse.Namespace, trainer: Trainer, summary: dict[str, Any]) -> None:
+def finish_outputs(args: argparse.Namespace, latest_checkpoint: str | None, summary: dict[str, Any]) -> None:
     png = args.loss_curve or os.path.splitext(args.json_summary)[0] + "_loss.png"
     try:
         utils.plot_loss_curve(args.json_summary, png)
         summary["loss_curve"] = png
     except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished training run
         print(f"warning: could not draw the loss curve: {exc}", file=sys.stderr)
-    latest = trainer.written[-1] if trainer.written else "none"
     print(f"final_loss {summary['final_loss']:.4f} after {summary['global_step']} steps; "
           f"{summary['training_sequences_per_second']:.1f} sequences/s; "
-          f"checkpoint {latest}; loss curve {summary.get('loss_curve', 'none')}", flush=True)
+          f"checkpoint {latest_checkpoint or 'none'}; loss curve {summary.get('loss_curve', 'none')}", flush=True)
     if math.isnan(summary["final_loss"]):
         print("warning: final loss is NaN", file=sys.stderr)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,15 +31,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import training
 import utils
+from bert_kernels import add_kernel_arguments, configure_kernels
+from checkpoint_io import load_checkpoint, load_config_for_checkpoint
 from data.pretraining_dataset import PretrainingShardDataset, list_shards
-from modeling import (
-    BertConfig,
-    BertForPreTraining,
-    load_checkpoint,
-    load_config_for_checkpoint,
-    masked_positions_from_labels,
-)
+from modeling import BertConfig, BertForPreTraining, masked_positions_from_labels
 from utils import InputError
 
 BATCH_KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_labels", "next_sentence_labels")
@@ -272,43 +268,44 @@ class PeriodicEvaluator:
 
     The set is the first `eval_samples` rows of the sorted test shards of `--eval_dir`: no randomness,
     so it is the same on every rank, every run and every resume. Each rank keeps its share in memory.
+    The training loop asks `should_evaluate(samples_seen, global_step)` after every step and, when told
+    so, calls `evaluate(model)`; logging and stopping are the loop's.
     """
 
     def __init__(self, batches: list[tuple[BatchSlice, Batch]], num_batches: int, every_samples: int,
-                 target_accuracy: float, samples_seen: int, final_step: int):
+                 samples_seen: int, final_step: int, env: utils.DistEnv | None = None, precision: str = "fp32"):
         self.batches, self.num_batches = batches, num_batches
-        self.every_samples, self.target_accuracy = every_samples, target_accuracy
-        self.final_step = final_step
+        self.every_samples, self.final_step = every_samples, final_step
+        self.env, self.precision = env or utils.DistEnv(), precision
         self.next_at = self._next_multiple(samples_seen)
         self.last_evaluated_at = -1
-        self.history: list[dict[str, float]] = []
+        self.samples_seen = samples_seen  # as of the latest should_evaluate call
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, trainer: Any) -> PeriodicEvaluator:
+    def from_args(cls, args: argparse.Namespace, config: BertConfig, env: utils.DistEnv, precision: str, *,
+                  samples_seen: int, final_step: int) -> PeriodicEvaluator:
+        """From run_pretraining.py's --eval_* flags; `final_step` is where the training job stops."""
         if args.eval_samples < 1 or args.eval_batch_size < 1:
             raise InputError(f"--eval_samples ({args.eval_samples}) and --eval_batch_size ({args.eval_batch_size}) "
                              "must be positive")
         if args.eval_every_samples < 0:
             raise InputError(f"--eval_every_samples must be >= 0, got {args.eval_every_samples}")
         shards = find_eval_shards(args.eval_dir, "test")
-        check_fits_model(shards, trainer.model.config)
+        check_fits_model(shards, config)
         plan = plan_batches(shards, args.eval_batch_size, args.eval_samples)
-        mine = batches_for_rank(plan, trainer.env.rank, trainer.env.world_size)
+        mine = batches_for_rank(plan, env.rank, env.world_size)
         # Copies, so that the rest of each shard is freed once read.
         batches = [(s, {k: v.clone() for k, v in b.items()}) for s, b in iter_batches(shards, mine)]
-        # The loop's own stopping rule (Trainer.train): max_steps, or steps_this_run more steps.
-        step = trainer.state.global_step
-        final_step = args.max_steps if args.steps_this_run < 0 else min(args.max_steps, step + args.steps_this_run)
-        return cls(batches, len(plan), args.eval_every_samples, args.target_mlm_accuracy,
-                   trainer.state.samples_seen, final_step)
+        return cls(batches, len(plan), args.eval_every_samples, samples_seen, final_step, env, precision)
 
     def _next_multiple(self, samples_seen: int) -> int | float:
         if self.every_samples <= 0:
             return math.inf
         return (samples_seen // self.every_samples + 1) * self.every_samples
 
-    def due(self, samples_seen: int, global_step: int | None = None) -> bool:
+    def should_evaluate(self, samples_seen: int, global_step: int | None = None) -> bool:
         """True every `every_samples` samples and at the run's last step (when the loop passes `global_step`)."""
+        self.samples_seen = samples_seen
         if samples_seen == self.last_evaluated_at:
             return False
         return samples_seen >= self.next_at or (global_step is not None and global_step >= self.final_step)
@@ -317,24 +314,11 @@ class PeriodicEvaluator:
         self.last_evaluated_at = samples_seen
         self.next_at = self._next_multiple(samples_seen)
 
-    def run(self, trainer: Any) -> bool:
-        """Evaluate, log at the current step; True when the target MLM accuracy is reached (stop training)."""
-        samples_seen = trainer.state.samples_seen
-        result = evaluate(trainer.model, self.batches, self.num_batches, trainer.env, trainer.precision)
-        self.mark_evaluated(samples_seen)
-        step = (trainer.stream.position.epoch, trainer.checkpoint_name_step())
-        record = {**result.metrics(), "samples_seen": samples_seen, "eval_time": result.seconds}
-        trainer.logger.log(step, record)
-        self.history.append(record)
-        if self.target_accuracy > 0 and result.mlm_accuracy >= self.target_accuracy:
-            seconds = time.time() - getattr(trainer, "train_start_time", time.time())
-            trainer.logger.log(step, {"target_mlm_accuracy": self.target_accuracy, "samples_to_target": samples_seen,
-                                      "seconds_to_target": seconds})
-            if trainer.env.is_main:
-                print(f"target MLM accuracy {self.target_accuracy} reached ({result.mlm_accuracy:.4f}) after "
-                      f"{samples_seen} samples, {seconds:.1f} s: stopping", flush=True)
-            return True
-        return False
+    def evaluate(self, model: torch.nn.Module) -> EvalResult:
+        """Evaluate `model` on the fixed set (all ranks together); the cadence restarts from this point."""
+        result = evaluate(model, self.batches, self.num_batches, self.env, self.precision)
+        self.mark_evaluated(self.samples_seen)
+        return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,7 +347,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="dllogger JSON output")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--disable_progress_bar", action="store_true", help="no tqdm progress bar")
-    p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)), help="set by the launcher")
+    add_kernel_arguments(p)
+    compat = p.add_argument_group(training.COMPATIBILITY_GROUP)
+    compat.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)),
+                        help="not used: ranks come from the torchrun/SLURM environment")
     args = p.parse_args(argv)
     for name in ("max_steps", "max_samples"):
         value = getattr(args, name)
@@ -372,25 +359,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.eval_batch_size < 1:
         raise InputError(f"--eval_batch_size must be positive, got {args.eval_batch_size}")
     return args
-
-
-def config_for(checkpoint: str, config_file: str | None) -> BertConfig:
-    """--config_file, else a config file beside the checkpoint, else the config a ckpt_<step>.pt carries."""
-    try:
-        return load_config_for_checkpoint(checkpoint, config_file)
-    except InputError:
-        stored = None if config_file or not os.path.isfile(checkpoint) else _stored_config(checkpoint)
-        if stored is None:
-            raise
-        return BertConfig.from_dict(stored, source=f"{checkpoint} (stored config)")
-
-
-def _stored_config(checkpoint: str) -> dict[str, Any] | None:
-    try:
-        stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not our checkpoint format: the caller reports the missing config
-        return None
-    return stored.get("config") if isinstance(stored, dict) and isinstance(stored.get("config"), dict) else None
 
 
 def load_model(checkpoint: str, config: BertConfig, device: torch.device) -> BertForPreTraining:
@@ -402,13 +370,14 @@ def load_model(checkpoint: str, config: BertConfig, device: torch.device) -> Ber
 def main(argv: list[str] | None = None) -> EvalResult:
     e2e_start = time.time()
     args = parse_args(argv)
+    configure_kernels(args)
     if not Path(args.init_checkpoint).exists():
         raise InputError(f"--init_checkpoint: not found: {args.init_checkpoint}")
     env = utils.init_distributed(args.device)
     try:
         precision = utils.resolve_precision(args.precision, args.fp16)
         utils.apply_tf32(precision)
-        config = config_for(args.init_checkpoint, args.config_file)
+        config = load_config_for_checkpoint(args.init_checkpoint, args.config_file, allow_stored=True)
         shards = find_eval_shards(args.input_dir, args.shard_kind)
         check_fits_model(shards, config)  # before loading weights: a wrong shard is the clearer message
         model = load_model(args.init_checkpoint, config, env.device)
@@ -420,7 +389,8 @@ def main(argv: list[str] | None = None) -> EvalResult:
                                  "shards": len(shards)})
         for key, unit in (("e2e_inference_time", "s"), ("inference_sequences_per_second", "sequences/s")):
             logger.metadata(key, {"unit": unit})
-        progress = make_progress(args, env, len(mine))
+        progress = training.progress_bar(enabled=env.is_main and not args.disable_progress_bar, desc="Evaluating",
+                                         total=len(mine), unit="batch")
         result = evaluate(model, iter_batches(shards, mine), len(plan), env, precision, progress)
         if progress is not None:
             progress.close()
@@ -432,14 +402,6 @@ def main(argv: list[str] | None = None) -> EvalResult:
         return result
     finally:
         utils.cleanup_distributed()
-
-
-def make_progress(args: argparse.Namespace, env: utils.DistEnv, total: int):
-    if args.disable_progress_bar or not env.is_main:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="Evaluating", unit="batch", dynamic_ncols=True, file=sys.stderr)
 
 
 if __name__ == "__main__":

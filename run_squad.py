@@ -1,4 +1,4 @@
-"""Fine-tune BERT on SQuAD v1.1 / v2.0, predict answers and score them (the original's flags, spec §2.2).
+"""Fine-tune BERT on SQuAD v1.1 / v2.0, predict answers and score them (the original's flags).
 
     python run_squad.py --init_checkpoint ckpt.pt --config_file bert_config.json --vocab_file vocab.txt \
         --do_lower_case --do_train --train_file train-v1.1.json \
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +24,11 @@ import torch
 import torch.nn.functional as F
 
 import finetuning as ft
+from checkpoint_io import resolve_vocab_file
 from modeling import BertForQuestionAnswering
 from processors import squad, squad_metrics
-from utils import InputError, barrier, run_main
+from training import feature_cache_dir, main_process_first
+from utils import InputError, run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise InputError("--do_train needs --train_file")
     if args.do_predict and not args.predict_file:
         raise InputError("--do_predict/--do_eval need --predict_file")
+    squad.check_window_settings(args.max_seq_length, args.doc_stride, args.max_query_length)
     return args
 
 
@@ -98,31 +100,18 @@ def squad_forward(model: torch.nn.Module, batch: list[torch.Tensor]) -> tuple[to
     return model(input_ids, segment_ids, input_mask)
 
 
-def cache_dir_for(args: argparse.Namespace, data_file: str) -> Path | None:
-    """--cache_dir, else the data file's folder; None (no cache) when that folder is read-only."""
-    folder = Path(args.cache_dir) if args.cache_dir else Path(data_file).parent
-    if args.cache_dir:
-        folder.mkdir(parents=True, exist_ok=True)
-    if not args.skip_cache and not os.access(folder, os.W_OK):
-        print(f"warning: {folder} is not writable; features are not cached (use --cache_dir)", flush=True)
-        return None
-    return folder
-
-
 def load_features(ctx: ft.RunContext, tokenizer: Any, vocab_file: Path, data_file: str, is_training: bool
                   ) -> tuple[list[squad.SquadExample], list[squad.SquadFeature]]:
     args = ctx.args
     # Training runs on every rank: rank 0 builds (and caches) the features first. Prediction is rank 0's alone.
-    if is_training and not ctx.is_main:
-        barrier()
-    examples, features, cache_file = squad.load_examples_and_features(
-        data_file, tokenizer, vocab_file, args.do_lower_case, is_training=is_training,
-        version_2_with_negative=args.version_2_with_negative, max_seq_length=args.max_seq_length,
-        doc_stride=args.doc_stride, max_query_length=args.max_query_length,
-        cache_dir=cache_dir_for(args, data_file), write_cache=not args.skip_cache,
-    )
-    if is_training and ctx.is_main:
-        barrier()
+    with main_process_first(ctx.is_main, enabled=is_training):
+        examples, features, cache_file = squad.load_examples_and_features(
+            data_file, tokenizer, vocab_file, args.do_lower_case, is_training=is_training,
+            version_2_with_negative=args.version_2_with_negative, max_seq_length=args.max_seq_length,
+            doc_stride=args.doc_stride, max_query_length=args.max_query_length,
+            cache_dir=feature_cache_dir(args.cache_dir, Path(data_file).parent, args.skip_cache),
+            write_cache=not args.skip_cache,
+        )
     kind = "train" if is_training else "eval"
     ctx.logger.log("PARAMETER", {f"{kind}_samples": len(examples), f"{kind}_features": len(features),
                                  f"Cached_{kind}_features_file": str(cache_file) if cache_file else ""})
@@ -132,8 +121,9 @@ def load_features(ctx: ft.RunContext, tokenizer: Any, vocab_file: Path, data_fil
 def run_training(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, vocab_file: Path) -> None:
     _, features = load_features(ctx, tokenizer, vocab_file, ctx.args.train_file, is_training=True)
     arrays = squad.features_to_arrays(features)
-    dataset = ft.arrays_to_dataset(arrays, ("input_ids", "input_mask", "segment_ids", "start_positions",
-                                            "end_positions"))
+    columns = ("input_ids", "input_mask", "segment_ids", "start_positions", "end_positions")
+    dataset = ft.arrays_to_dataset(arrays, columns)
+    ft.show_features(ctx, dataset, columns, tokenizer)
     loss_fn = padded_squad_train_loss if ctx.args.keep_padding else squad_train_loss
     result = ft.train(ctx, model, dataset, loss_fn, skip_pooler=True, clip_grad_norm=1.0,
                       trim=not ctx.args.keep_padding)
@@ -200,8 +190,11 @@ def run_eval_script(script: str, data_file: str, predictions_file: Path) -> dict
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.do_train and args.do_predict:  # a bad predict file must not end a finished training run
+        squad.read_squad_examples(args.predict_file, is_training=False,
+                                  version_2_with_negative=args.version_2_with_negative)
     ctx = ft.start_run(args)
-    vocab_file = ft.resolve_vocab_file(args.vocab_file, args.init_checkpoint)
+    vocab_file = resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)
     model, config = ft.load_model(ctx, BertForQuestionAnswering)
     if args.do_train:

@@ -1,4 +1,4 @@
-"""Fine-tune and evaluate BERT on SWAG multiple choice (the original's flags, spec §2.6).
+"""Fine-tune and evaluate BERT on SWAG multiple choice (the original's flags).
 
     python run_swag.py --data_dir swagaf/data --init_checkpoint ckpt.pt --config_file bert_config.json \
         --vocab_file vocab.txt --do_lower_case --do_train --do_eval --output_dir results/SWAG
@@ -17,9 +17,12 @@ import numpy as np
 import torch
 
 import finetuning as ft
+from checkpoint_io import resolve_vocab_file
 from modeling import BertForMultipleChoice
 from processors import swag
 from utils import InputError, atomic_write_text, run_main
+
+FEATURE_COLUMNS = ("input_ids", "input_mask", "segment_ids", "labels")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,15 +35,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not (args.do_train or args.do_eval):
         raise InputError("at least one of --do_train or --do_eval is required")
+    swag.check_max_seq_length(args.max_seq_length, pairs=True)
     return args
 
 
-def swag_dataset(path: Path, tokenizer: Any, max_seq_length: int, is_training: bool) -> torch.utils.data.TensorDataset:
+def read_examples(path: Path, is_training: bool) -> list[swag.SwagExample]:
     examples = swag.read_swag_examples(path, is_training=is_training)
     if not examples:
         raise InputError(f"{path}: no examples")
+    return examples
+
+
+def swag_dataset(path: Path, tokenizer: Any, max_seq_length: int, is_training: bool) -> torch.utils.data.TensorDataset:
+    examples = read_examples(path, is_training)
     arrays = swag.features_to_arrays(swag.convert_examples_to_features(examples, tokenizer, max_seq_length))
-    return ft.arrays_to_dataset(arrays, ("input_ids", "input_mask", "segment_ids", "labels"))
+    return ft.arrays_to_dataset(arrays, FEATURE_COLUMNS)
 
 
 def run_evaluation(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, global_step: int,
@@ -66,13 +75,16 @@ def run_evaluation(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, g
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.do_eval:  # before any work: a bad val.csv must not end a finished training run
+        read_examples(Path(args.data_dir) / "val.csv", is_training=True)
     ctx = ft.start_run(args)
-    vocab_file = ft.resolve_vocab_file(args.vocab_file, args.init_checkpoint)
+    vocab_file = resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)
     model, config = ft.load_model(ctx, lambda cfg: BertForMultipleChoice(cfg, swag.NUM_CHOICES))
     global_step, train_loss = 0, None
     if args.do_train:
         dataset = swag_dataset(Path(args.data_dir) / "train.csv", tokenizer, args.max_seq_length, is_training=True)
+        ft.show_features(ctx, dataset, FEATURE_COLUMNS, tokenizer)
         result = ft.train(ctx, model, dataset, ft.batch_classification_loss, trim=not args.keep_padding)
         ft.log_train_summary(ctx, result)
         global_step, train_loss = result.global_step, result.final_loss

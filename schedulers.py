@@ -1,4 +1,4 @@
-"""Learning-rate schedules with linear warm-up, as the original's `schedulers.py` (spec §6.3).
+"""Learning-rate schedules with linear warm-up, as the original's `schedulers.py`.
 
 Every schedule is a function of the training progress p = position / total_steps and of the warm-up
 proportion w (a fraction of total_steps, not a step count):

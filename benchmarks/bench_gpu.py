@@ -43,8 +43,9 @@ sys.path.insert(0, str(ROOT))
 
 import run_pretraining  # noqa: E402
 import utils  # noqa: E402
+from bert_kernels import flash_varlen_available  # noqa: E402
 from data.synthetic_shards import write_synthetic_shard  # noqa: E402
-from modeling import flash_varlen_available  # noqa: E402
+from flops import peak_flops as peak_flops_of  # noqa: E402
 
 TINY_CONFIG = {"vocab_size": 30522, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                "intermediate_size": 128, "max_position_embeddings": 128, "type_vocab_size": 2, "hidden_act": "gelu",
@@ -202,7 +203,7 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     """The card's dense peak for this precision, from the training code's table; None when unknown."""
     if device.type != "cuda":
         return None
-    return run_pretraining.peak_flops(torch.cuda.get_device_name(device), precision)
+    return peak_flops_of(torch.cuda.get_device_name(device), precision)
 
 
 def significant(value: float, digits: int = 4) -> float:

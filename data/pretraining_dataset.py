@@ -13,8 +13,13 @@ returns the whole shard at once (int64, same five parts) for loops that batch by
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import os
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +148,119 @@ class PretrainingShardDataset(Dataset):
             "masked_lm_labels": torch.from_numpy(labels),
             "next_sentence_labels": torch.from_numpy(self.next_sentence_labels.astype(np.int64)),
         }
+
+
+# --------------------------------------------------------------------------------------------
+# The training stream: one rank's micro-batches, in an order fixed by (seed, epoch, slot), with a
+# position that is plain data (what a checkpoint stores to resume at the exact next sample)
+# --------------------------------------------------------------------------------------------
+
+BATCH_KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_labels", "next_sentence_labels")
+
+
+@dataclass
+class DataPosition:
+    epoch: int = 0
+    slot: int = 0  # index into this epoch's file loop
+    offset: int = 0  # samples of the current shard already consumed
+
+
+def slots_per_epoch(num_files: int, world: int) -> int:
+    """Shards each rank reads per epoch, so that an epoch is one pass over the data.
+
+    (The original looped over all N slots on every rank, reading each shard W times per "epoch".)
+    """
+    return max(1, math.ceil(num_files / world))
+
+
+def epoch_file_order(files: list[str], epoch: int, seed: int) -> list[str]:
+    """The shard order of an epoch: the files shuffled with seed + epoch (the original's rule)."""
+    order = list(files)
+    random.Random(seed + epoch).shuffle(order)
+    return order
+
+
+def shard_for_slot(files: list[str], epoch: int, slot: int, rank: int, world: int, seed: int) -> str:
+    """The original's assignment: shuffle with seed + epoch, rank r reads (slot·W + r) mod N."""
+    order = epoch_file_order(files, epoch, seed)
+    n = len(order)
+    index = (slot * world + rank + ((world % n) * slot if world > n else 0)) % n
+    return order[index]
+
+
+def load_shard(path: str, max_pred: int) -> dict[str, torch.Tensor]:
+    return PretrainingShardDataset(path, max_pred).tensors()
+
+
+class ShardStream:
+    """Micro-batches of one rank, in a deterministic order given (seed, epoch, slot).
+
+    The next shard is read in a background thread while the current one trains. `position` names the
+    next sample to be read, so a checkpoint taken between micro-batches resumes at the exact next one.
+    """
+
+    def __init__(self, files: list[str], rank: int, world_size: int, micro_batch: int, max_pred: int, seed: int,
+                 position: DataPosition | None = None):
+        self.files, self.rank, self.world_size = files, rank, world_size
+        self.micro_batch, self.max_pred, self.seed = micro_batch, max_pred, seed
+        self.position = position or DataPosition()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-prefetch")
+        self._prefetched: tuple[tuple[int, int], Future] | None = None
+
+    def _path(self, epoch: int, slot: int) -> str:
+        return shard_for_slot(self.files, epoch, slot, self.rank, self.world_size, self.seed)
+
+    def _next_slot(self, epoch: int, slot: int) -> tuple[int, int]:
+        return (epoch, slot + 1) if slot + 1 < slots_per_epoch(len(self.files), self.world_size) else (epoch + 1, 0)
+
+    def _fetch(self, epoch: int, slot: int) -> dict[str, torch.Tensor]:
+        if self._prefetched and self._prefetched[0] == (epoch, slot):
+            shard = self._prefetched[1].result()
+        else:
+            shard = load_shard(self._path(epoch, slot), self.max_pred)
+        nxt = self._next_slot(epoch, slot)
+        self._prefetched = (nxt, self._pool.submit(load_shard, self._path(*nxt), self.max_pred))
+        return shard
+
+    def _order(self, n: int, epoch: int, path: str) -> torch.Tensor:
+        """Sample order within a shard: a function of (seed, epoch, shard name) only, so the same shard
+        is batched identically whichever rank or slot reads it."""
+        key = f"{self.seed}:{epoch}:{os.path.basename(path)}".encode()
+        g = torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)
+        return torch.randperm(n, generator=g)
+
+    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        while True:
+            pos = self.position
+            shard = self._fetch(pos.epoch, pos.slot)
+            n = shard["input_ids"].size(0)
+            order = self._order(n, pos.epoch, self._path(pos.epoch, pos.slot))
+            while pos.offset + self.micro_batch <= n:  # the last partial batch is dropped: shapes stay static
+                idx = order[pos.offset : pos.offset + self.micro_batch]
+                pos.offset += self.micro_batch
+                yield [shard[k].index_select(0, idx) for k in BATCH_KEYS]
+            pos.epoch, pos.slot = self._next_slot(pos.epoch, pos.slot)
+            pos.offset = 0
+
+    def close(self) -> None:
+        # Wait for a shard load still running: a thread inside h5py at interpreter exit can abort the process.
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_shard_shapes(files: list[str], max_seq_length: int, max_predictions_per_seq: int,
+                       max_position_embeddings: int) -> tuple[int, int]:
+    """(sequence length, masked positions per row) of the first shard; error early when it cannot fit the model
+    (`max_position_embeddings`) or the limits given on the command line."""
+    import h5py
+
+    with h5py.File(files[0], "r") as f:
+        seq_len = int(f["input_ids"].shape[1])
+        max_pred = int(f["masked_lm_positions"].shape[1])
+    if seq_len > max_position_embeddings:
+        raise InputError(f"{files[0]}: sequence length {seq_len} exceeds max_position_embeddings {max_position_embeddings}")
+    if seq_len > max_seq_length:
+        raise InputError(f"{files[0]}: sequence length {seq_len} exceeds --max_seq_length {max_seq_length}")
+    if max_pred > max_predictions_per_seq:
+        raise InputError(f"{files[0]}: {max_pred} masked positions per row exceed --max_predictions_per_seq "
+                         f"{max_predictions_per_seq}")
+    return seq_len, max_pred

@@ -7,6 +7,7 @@ file; a wrong count is an InputError naming the file and line.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from processors import cache, tokenize_texts
-from utils import InputError, atomic_path
+from utils import InputError, atomic_path, read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,8 @@ def read_tsv(path: str | os.PathLike, columns: int, skip_malformed: bool = False
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     rows = []
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    # Read whole (a bad byte is then one line naming the file and line, not a traceback mid-parse).
+    with io.StringIO(read_text_file(path, encoding="utf-8-sig"), newline="") as fh:
         for line_number, fields in enumerate(csv.reader(fh, delimiter="\t", quotechar=None), start=1):
             if not fields:
                 continue
@@ -185,6 +187,9 @@ def read_examples(
             label=label,
             index=index,
         ))
+    if not examples:
+        # Scoring or predicting nothing would end in a traceback (or a metric of no rows).
+        raise InputError(f"{path}: no examples (the file is empty{' or has only its header' if layout.header else ''})")
     return examples
 
 
@@ -223,6 +228,13 @@ class InputFeatures:
     label_id: int | float | None
 
 
+def check_max_seq_length(max_seq_length: int, pairs: bool) -> None:
+    """InputError when not even one token of each text fits between the special tokens."""
+    layout, need = ("[CLS] a [SEP] b [SEP]", 5) if pairs else ("[CLS] text [SEP]", 3)
+    if max_seq_length < need:
+        raise InputError(f"--max_seq_length {max_seq_length} is too short: {layout} needs at least {need}")
+
+
 def truncate_seq_pair(tokens_a: list[str], tokens_b: list[str], max_length: int) -> None:
     """Drop tokens from the end of the longer list (of b on a tie) until both fit, in place."""
     while len(tokens_a) + len(tokens_b) > max_length:
@@ -236,6 +248,7 @@ def encode_pair(
     tokens_a: list[str], tokens_b: list[str] | None, max_seq_length: int, tokenizer: Any
 ) -> tuple[list[int], list[int], list[int]]:
     """`[CLS] a [SEP] (b [SEP])` ids, mask and segments, zero-padded; truncates like the original."""
+    check_max_seq_length(max_seq_length, pairs=tokens_b is not None)
     if tokens_b:
         truncate_seq_pair(tokens_a, tokens_b, max_seq_length - 3)
     else:

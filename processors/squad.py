@@ -1,9 +1,9 @@
 """SQuAD v1.1 / v2.0 for BERT: json → examples → sliding-window features → logits → answers.
 
-Behaviour follows the reference `run_squad.py` (spec §7.1): whitespace words with a character→word
+Behaviour follows the reference `run_squad.py`: whitespace words with a character→word
 map, WordPiece sub-tokens with index maps both ways, `_improve_answer_span`, doc-stride windows,
 the max-context rule, [CLS] as the no-answer position, and n-best post-processing with
-`get_final_text` character alignment. One fix (spec §12.9): the v2 null prediction uses the logits
+`get_final_text` character alignment. One fix: the v2 null prediction uses the logits
 of its own question, not of the last question seen.
 """
 from __future__ import annotations
@@ -168,6 +168,7 @@ def read_squad_examples(
     """
     path = Path(input_file)
     examples: list[SquadExample] = []
+    seen_ids: set[str] = set()
     dropped = 0
     for a_idx, article in enumerate(load_squad_json(path)):
         paragraphs = _require(article, "paragraphs", path, f"data[{a_idx}]")
@@ -182,8 +183,12 @@ def read_squad_examples(
                 )
                 if example is None:
                     dropped += 1
-                else:
-                    examples.append(example)
+                    continue
+                if example.qas_id in seen_ids:
+                    # Predictions are keyed by id: a second question with the same id would overwrite the first.
+                    raise InputError(f"{path}: {where}.qas[{q_idx}]: question id {example.qas_id!r} appears twice")
+                seen_ids.add(example.qas_id)
+                examples.append(example)
     if dropped:
         logger.warning("%s: dropped %d training questions whose answer text is not in the located span", path, dropped)
     return examples
@@ -282,7 +287,32 @@ def _check_is_max_context(doc_spans: list[DocSpan], cur_span_index: int, positio
     return cur_span_index == best_span_index
 
 
+# The shortest sequence that holds [CLS], a one-piece question, [SEP], one document piece and [SEP].
+MIN_SEQ_LENGTH = 5
+
+
+def check_window_settings(max_seq_length: int, doc_stride: int, max_query_length: int) -> None:
+    """InputError unless the windowing flags can work; every entry point calls this before reading data.
+
+    A stride below 1 would never move the window (the original loops forever, growing memory).
+    A stride longer than the window is allowed and behaves as in the original: the next window
+    starts right after the current one, so no token is skipped.
+    """
+    if isinstance(doc_stride, bool) or not isinstance(doc_stride, int) or doc_stride < 1:
+        raise InputError(f"--doc_stride must be a positive number of tokens, got {doc_stride!r}")
+    if isinstance(max_query_length, bool) or not isinstance(max_query_length, int) or max_query_length < 1:
+        raise InputError(f"--max_query_length must be a positive number of tokens, got {max_query_length!r}")
+    if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or max_seq_length < MIN_SEQ_LENGTH:
+        raise InputError(f"--max_seq_length must be at least {MIN_SEQ_LENGTH} ([CLS] question [SEP] context [SEP]), "
+                         f"got {max_seq_length!r}")
+
+
 def make_doc_spans(num_tokens: int, max_tokens_for_doc: int, doc_stride: int) -> list[DocSpan]:
+    """Windows of at most `max_tokens_for_doc` pieces whose starts are `doc_stride` apart (the original's rule)."""
+    if doc_stride < 1 or max_tokens_for_doc < 1:
+        # Either would keep `start` from advancing: refuse here too, so no caller can loop forever.
+        raise InputError(f"windows need doc_stride >= 1 and room for the document, got doc_stride {doc_stride} "
+                         f"and {max_tokens_for_doc} document tokens per window")
     spans: list[DocSpan] = []
     start = 0
     while start < num_tokens:
@@ -320,8 +350,8 @@ def iter_features(
         max_tokens_for_doc = max_seq_length - len(query_tokens) - 3
         if max_tokens_for_doc < 1:
             raise InputError(
-                f"max_seq_length {max_seq_length} leaves no room for the document after a "
-                f"{len(query_tokens)}-token question (lower --max_query_length)"
+                f"max_seq_length {max_seq_length} leaves no room for the document after the "
+                f"{len(query_tokens)}-token question {example.qas_id} (lower --max_query_length)"
             )
         doc_spans = make_doc_spans(len(doc.all_doc_tokens), max_tokens_for_doc, doc_stride)
         if first_window_only:

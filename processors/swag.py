@@ -1,4 +1,4 @@
-"""SWAG multiple choice: the csv reader and four-choice BERT features (spec §2.6).
+"""SWAG multiple choice: the csv reader and four-choice BERT features.
 
 Columns are found by their header names (`fold-ind`, `sent1`, `sent2`, `ending0`..`ending3`,
 `label`), so the released files, whose first column is an unnamed row index, and files without
@@ -7,6 +7,7 @@ that column both read. Context = `sent1`; each choice = `sent2` followed by one 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from processors.glue import truncate_seq_pair
-from utils import InputError
+from processors.glue import check_max_seq_length, truncate_seq_pair
+from utils import InputError, read_text_file
 
 NUM_CHOICES = 4
 _ENDINGS = tuple(f"ending{i}" for i in range(NUM_CHOICES))
@@ -63,7 +64,7 @@ def read_swag_examples(input_file: str | os.PathLike, is_training: bool = True) 
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     examples = []
-    with open(path, encoding="utf-8", newline="") as fh:
+    with io.StringIO(read_text_file(path), newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
@@ -91,6 +92,7 @@ def convert_examples_to_features(
     examples: Sequence[SwagExample], tokenizer: Any, max_seq_length: int
 ) -> list[SwagFeature]:
     """Per choice `[CLS] context [SEP] start-of-ending + ending [SEP]`, pair-truncated, zero-padded."""
+    check_max_seq_length(max_seq_length, pairs=True)
     features = []
     for example in examples:
         context_tokens = tokenizer.tokenize(example.context_sentence)

@@ -1,25 +1,41 @@
-# Helpers shared by run_squad.sh, run_glue.sh and run_swag.sh (sourced, not run).
+# Helpers shared by run_squad.sh, run_glue.sh, run_swag.sh and run_pretraining_inference.sh (sourced,
+# not run); run_pretraining.sh uses the argument checks.
 # shellcheck shell=bash
 # shellcheck disable=SC2034  # PRECISION_ARGS and LAUNCH are read by the scripts that source this file
 
-# PRECISION_ARGS: the python flags for a precision name (bf16 is accepted wherever fp16 is).
-set_precision_args() {
+# arg_error MESSAGE...: bad input as the python scripts report it, one `error:` line and status 2.
+arg_error() {
+  echo "error: $*" >&2
+  return 2
+}
+
+# check_precision NAME: fp16, bf16, tf32 or fp32 (bf16 is accepted wherever fp16 is).
+check_precision() {
   case "$1" in
-    fp16 | bf16 | tf32 | fp32) PRECISION_ARGS=(--precision "$1") ;;
-    *)
-      echo "Unknown precision '$1': use fp16, bf16, tf32 or fp32" >&2
-      return 2
-      ;;
+    fp16 | bf16 | tf32 | fp32) ;;
+    *) arg_error "unknown precision '$1': use fp16, bf16, tf32 or fp32" ;;
   esac
+}
+
+# check_count NAME VALUE MIN: VALUE is a whole number >= MIN (GPU and process counts; the
+# pretraining wrapper takes 0 GPUs for the CPU). Anything else would reach `[ -gt ]` or torchrun.
+check_count() {
+  local name=$1 value=$2 min=$3
+  if ! [[ $value =~ ^[0-9]+$ ]] || ((10#$value < min)); then
+    arg_error "$name must be a whole number >= $min, got '$value'"
+  fi
+}
+
+# PRECISION_ARGS: the python flags for a precision name.
+set_precision_args() {
+  check_precision "$1" || return
+  PRECISION_ARGS=(--precision "$1")
 }
 
 # LAUNCH: plain python for one process, torchrun (standalone rendezvous on this node) for more.
 set_launcher() {
   local num_gpu=$1 python_bin=${PYTHON:-python3}
-  if ! [[ $num_gpu =~ ^[1-9][0-9]*$ ]]; then
-    echo "num_gpu must be a positive integer, got '$num_gpu'" >&2
-    return 2
-  fi
+  check_count num_gpu "$num_gpu" 1 || return
   if [ "$num_gpu" -gt 1 ]; then
     LAUNCH=("$python_bin" -m torch.distributed.run --standalone --nproc_per_node="$num_gpu")
   else

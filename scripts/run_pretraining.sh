@@ -41,6 +41,13 @@ RESULTS_DIR=${RESULTS_DIR:-"$CODEDIR/results"}
 CHECKPOINTS_DIR=$RESULTS_DIR/checkpoints
 PYTHON=${PYTHON:-python3}
 
+# The argument checks the fine-tuning wrappers use, before anything is created.
+# shellcheck source=scripts/finetune_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/finetune_common.sh"
+check_precision "$precision"
+check_count num_gpus "$num_gpus" 0
+check_count NPROC_PER_NODE "${NPROC_PER_NODE:-$num_gpus}" 0
+
 mkdir -p "$CHECKPOINTS_DIR"
 [ -d "$DATA_DIR_PHASE1" ] || echo "Warning: phase-1 data folder $DATA_DIR_PHASE1 does not exist" >&2
 [ -f "$BERT_CONFIG" ] || { echo "Error: BERT config $BERT_CONFIG not found" >&2; exit 1; }

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from run_pretraining import allreduce_post_accumulation
+from training import allreduce_post_accumulation
 
 WORLD, ACCUM = 2, 64
 

@@ -8,7 +8,8 @@ import torch
 from pretrain_helpers import TINY_MODEL
 from test_unpadded import padded_batch
 
-from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, pack_batch
+from bert_kernels import pack_batch
+from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion
 from run_pretraining import PretrainingLoss
 
 

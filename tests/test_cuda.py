@@ -179,7 +179,7 @@ def test_post_accumulation_allreduce_on_device_tensors(tmp_path):
     the mean of loss-scaled sums that exceed fp16's range."""
     import torch.distributed as dist
 
-    from run_pretraining import allreduce_post_accumulation
+    from training import allreduce_post_accumulation
 
     options = utils.process_group_options(DEVICE, rank=0, world_size=1)
     dist.init_process_group(init_method=f"file://{tmp_path / 'store'}", **options)

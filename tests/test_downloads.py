@@ -31,12 +31,18 @@ from download_utils import Checksum, DownloadError, decompress_bz2, download, ex
 
 
 class FileServer:
-    """Serves `files` (url path -> bytes). `cut_after[path] = n` sends only n body bytes once, then hangs up."""
+    """Serves `files` (url path -> bytes). `cut_after[path] = n` sends only n body bytes once, then hangs up.
+
+    `send_length = False` leaves Content-Length out (the body ends when the connection closes, so a cut
+    looks like a normal end); `redirects[path] = location` answers 302 with that Location.
+    """
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.cut_after: dict[str, int] = {}
+        self.redirects: dict[str, str] = {}
         self.honour_ranges = True
+        self.send_length = True
         self.requests: list[dict[str, str]] = []
         server = self
 
@@ -48,6 +54,12 @@ class FileServer:
 
             def do_GET(self):
                 server.requests.append({"path": self.path, **{k: v for k, v in self.headers.items()}})
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = server.files.get(self.path)
                 if body is None:
                     self.send_error(404, "Not Found")
@@ -66,7 +78,10 @@ class FileServer:
                 else:
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                self.send_header("Content-Length", str(len(body) - start))
+                if server.send_length:
+                    self.send_header("Content-Length", str(len(body) - start))
+                else:
+                    self.close_connection = True
                 self.send_header("ETag", etag)
                 self.end_headers()
                 payload = body[start:]
@@ -164,6 +179,61 @@ def test_already_complete_part_file_is_finished(server, tmp_path):
         download(server.url("/done.bin"), tmp_path / "done.bin", retries=0)
     (tmp_path / "done.bin.part").write_bytes(b"0123456789")  # e.g. the process died before renaming
     assert download(server.url("/done.bin"), tmp_path / "done.bin").read_bytes() == b"0123456789"
+
+
+def test_body_cut_short_without_a_length_is_detected_and_resumed(server, tmp_path):
+    """No Content-Length, no checksum: a cut connection ends the body like a complete one did. The
+    download now asks for the bytes after the end; the server still has some, so it resumes."""
+    server.files["/nolen.bin"] = PAYLOAD
+    server.cut_after["/nolen.bin"] = 1_000_000
+    server.send_length = False
+    assert download(server.url("/nolen.bin"), tmp_path / "nolen.bin", backoff_s=0).read_bytes() == PAYLOAD
+    # The probe (206: more to come), then the resume, whose Content-Range gives the total.
+    assert server.ranges_requested("/nolen.bin") == [None, "bytes=1000000-", "bytes=1000000-"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nolen.bin"]
+
+
+def test_complete_body_without_a_length_is_confirmed_by_the_server(server, tmp_path):
+    server.files["/small.txt"] = b"hello\n"
+    server.send_length = False
+    assert download(server.url("/small.txt"), tmp_path / "small.txt").read_bytes() == b"hello\n"
+    assert server.ranges_requested("/small.txt") == [None, "bytes=6-"]
+
+
+def test_no_length_and_no_range_support_is_refused_not_trusted(server, tmp_path):
+    server.files["/stream.bin"] = PAYLOAD
+    server.cut_after["/stream.bin"] = 4096
+    server.send_length = False
+    server.honour_ranges = False
+    with pytest.raises(DownloadError) as info:
+        download(server.url("/stream.bin"), tmp_path / "stream.bin", backoff_s=0)
+    assert str(info.value) == (f"stream.bin: 127.0.0.1:{server.httpd.server_address[1]} sent no length and cannot "
+                               "confirm where the file ends (no Range support), so a cut transfer would look "
+                               "complete; give a checksum or download it by hand")
+    assert list(tmp_path.iterdir()) == []
+    # With a checksum the body is verified instead, and the probe is not needed.
+    server.cut_after.pop("/stream.bin", None)
+    sha = Checksum("sha256", hashlib.sha256(PAYLOAD).hexdigest())
+    assert download(server.url("/stream.bin"), tmp_path / "stream.bin", checksum=sha).read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("location", ["ftp://127.0.0.1/pub/file.zip", "file:///etc/passwd"])
+def test_redirect_to_anything_but_http_is_refused(server, tmp_path, location):
+    server.redirects["/file.zip"] = location
+    with pytest.raises(DownloadError) as info:
+        download(server.url("/file.zip"), tmp_path / "file.zip")
+    message = str(info.value)
+    assert "\n" not in message
+    if location.startswith("ftp"):
+        assert message == (f"{server.url('/file.zip')} redirects to {location}: "
+                           "only http and https redirects are followed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_redirect_to_http_is_followed(server, tmp_path):
+    server.files["/real.bin"] = b"payload"
+    server.redirects["/moved.bin"] = server.url("/real.bin")
+    assert download(server.url("/moved.bin"), tmp_path / "moved.bin").read_bytes() == b"payload"
 
 
 def test_checksum_mismatch_deletes_the_data_and_names_both_digests(server, tmp_path):

@@ -17,13 +17,8 @@ import finetuning as ft
 import inference
 import run_glue
 import run_squad
-from modeling import (
-    BertConfig,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    CheckpointError,
-    load_checkpoint,
-)
+from checkpoint_io import CheckpointError, load_checkpoint, resolve_vocab_file
+from modeling import BertConfig, BertForQuestionAnswering, BertForSequenceClassification
 from utils import InputError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -167,15 +162,6 @@ def test_training_lowers_the_loss_in_every_precision(tmp_path, precision):
 def evaluate_loss(ctx: ft.RunContext, model, data: TensorDataset) -> float:
     logits = ft.predict(ctx, model, data, ft.batch_scores, batch_size=16).outputs[0]
     return float(F.cross_entropy(torch.from_numpy(logits), data.tensors[3]))
-
-
-def test_fp16_uses_a_grad_scaler_and_a_static_scale_never_grows():
-    assert ft.make_grad_scaler("bf16", torch.device("cpu")) is None
-    dynamic = ft.make_grad_scaler("fp16", torch.device("cpu"))
-    assert dynamic is not None and dynamic.is_enabled()
-    static = ft.make_grad_scaler("fp16", torch.device("cpu"), loss_scale=128.0)
-    assert static.get_scale() == 128.0
-    assert static.get_growth_interval() >= 2**30
 
 
 @pytest.mark.parametrize("optimizer,expected", [("adamw", [0.5, 1.0, 0.5, 0.0]), ("bertadam", [0.0, 0.5, 1.0, 0.5])])
@@ -338,11 +324,11 @@ def test_loading_a_checkpoint_of_another_shape_names_the_file(tmp_path):
 
 def test_vocab_file_falls_back_to_the_checkpoint_folder(tmp_path):
     (tmp_path / "vocab.txt").write_text("[UNK]\n")
-    assert ft.resolve_vocab_file(None, tmp_path / "pytorch_model.bin") == tmp_path / "vocab.txt"
+    assert resolve_vocab_file(None, tmp_path / "pytorch_model.bin") == tmp_path / "vocab.txt"
     with pytest.raises(InputError, match="vocab file not found"):
-        ft.resolve_vocab_file(str(tmp_path / "missing.txt"), tmp_path)
+        resolve_vocab_file(str(tmp_path / "missing.txt"), tmp_path)
     with pytest.raises(InputError, match="no --vocab_file"):
-        ft.resolve_vocab_file(None, tmp_path / "elsewhere" / "ckpt.pt")
+        resolve_vocab_file(None, tmp_path / "elsewhere" / "ckpt.pt")
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,3 +383,36 @@ def test_onnx_backend_gives_the_pytorch_logits_and_answer(tmp_path, capsys):
         assert ours["start_logit"] == pytest.approx(theirs["start_logit"], abs=1e-4)
     assert 1 <= len(nbests[0]) <= 3 and sum(e["probability"] for e in nbests[0]) == pytest.approx(1.0)
     assert heads[0].split("\n")[3] == nbests[0][0]["text"]
+
+
+def test_verbose_logging_prints_the_first_features(tmp_path, capsys):
+    """--verbose_logging does something in every fine-tuning script: the first features, cut at the real tokens."""
+    from tokenization import FullTokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world"]) + "\n")
+    ids = torch.tensor([[2, 4, 5, 3, 0, 0], [2, 5, 3, 0, 0, 0]])
+    mask = (ids != 0).long()
+    data = TensorDataset(ids, mask, torch.zeros_like(ids), torch.tensor([1, 0]))
+    names = ("input_ids", "input_mask", "segment_ids", "label_ids")
+    quiet = glue_context(tmp_path)
+    ft.show_features(quiet, data, names, FullTokenizer(str(vocab)))
+    assert "Example" not in capsys.readouterr().out
+    ctx = glue_context(tmp_path, "--verbose_logging")
+    ft.show_features(ctx, data, names, FullTokenizer(str(vocab)), count=1)
+    out = capsys.readouterr().out
+    assert "tokens: [CLS] hello world [SEP]\n" in out and "input_ids: 2 4 5 3\n" in out and "label_ids: 1" in out
+    assert "Example 1" not in out
+
+
+def test_compatibility_flags_are_grouped_and_say_they_have_no_effect():
+    import io
+    from contextlib import redirect_stdout
+
+    buffer = io.StringIO()
+    with redirect_stdout(buffer), pytest.raises(SystemExit):
+        run_glue.parse_args(["--help"])
+    help_text = buffer.getvalue()
+    group = help_text.split("accepted for compatibility with the original (no effect):")[1].split("\n\n")[0]
+    for flag in ("--bert_model", "--local_rank", "--use_env", "--server_ip", "--server_port"):
+        assert flag in group, flag

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from run_pretraining import GPU_PEAK_TFLOPS, peak_flops
+from flops import GPU_PEAK_TFLOPS, peak_flops
 
 
 @pytest.mark.parametrize(("name", "precision", "tflops"), [

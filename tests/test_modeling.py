@@ -9,7 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import bert_kernels as kernels
+import checkpoint_io
 import modeling
+from checkpoint_io import CheckpointError, load_checkpoint
 from modeling import (
     BertConfig,
     BertForPreTraining,
@@ -17,8 +20,6 @@ from modeling import (
     BertForSequenceClassification,
     BertModel,
     BertPretrainingCriterion,
-    CheckpointError,
-    load_checkpoint,
     masked_positions_from_labels,
 )
 from utils import InputError
@@ -160,10 +161,10 @@ def test_nvidia_layout_with_30528_rows_and_gamma_beta_loads(tmp_path):
     for k, v in dst.state_dict().items():
         torch.testing.assert_close(v, sd[k], msg=k)
     # Bare state dict with the 30522-row HF vocab shape pads to 30528.
-    trimmed = {k: (v[:30522] if k in modeling._VOCAB_KEYS else v) for k, v in sd.items()}
+    trimmed = {k: (v[:30522] if k in checkpoint_io.VOCAB_KEYS else v) for k, v in sd.items()}
     torch.save(trimmed, tmp_path / "bare.pt")
     report = load_checkpoint(BertForPreTraining(config), tmp_path / "bare.pt")
-    assert set(report.padded) == set(modeling._VOCAB_KEYS)
+    assert set(report.padded) == set(checkpoint_io.VOCAB_KEYS)
 
 
 def test_missing_layer_fails_with_key_names(tmp_path):
@@ -257,12 +258,12 @@ def random_attention_inputs(seed: int, padded_row: int, pad_from: int):
     q, k, v = (torch.randn(2, 4, 10, 8) for _ in range(3))
     mask = torch.ones(2, 10, dtype=torch.long)
     mask[padded_row, pad_from:] = 0
-    return q, k, v, modeling.padding_mask(mask)
+    return q, k, v, kernels.padding_mask(mask)
 
 
 def test_sdpa_equals_explicit_math():
     q, k, v, m = random_attention_inputs(2, padded_row=1, pad_from=6)
-    torch.testing.assert_close(modeling.attention(q, k, v, m, 0.0), explicit_attention(q, k, v, m), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(kernels.attention(q, k, v, m, 0.0), explicit_attention(q, k, v, m), atol=1e-6, rtol=1e-5)
 
 
 def test_activation_checkpointing_same_gradients():
@@ -308,7 +309,7 @@ def test_convert_checkpoint_cli_round_trip_and_tf_message(tmp_path, root):
     back = BertForPreTraining(BertConfig.from_json_file(tmp_path / "back" / "bert_config.json"))
     load_checkpoint(back, tmp_path / "back" / "model.pt")
     for key, value in model.state_dict().items():
-        rows = config.vocab_size if key in modeling._VOCAB_KEYS else None
+        rows = config.vocab_size if key in checkpoint_io.VOCAB_KEYS else None
         torch.testing.assert_close(back.state_dict()[key][:rows], value[:rows], msg=key)
     try:
         import tensorflow  # noqa: F401
@@ -341,9 +342,9 @@ needs_onednn = pytest.mark.skipif(
 @pytest.fixture
 def cpu_gemm():
     """Sets the CPU GEMM backend for one test and restores the previous one."""
-    before = modeling.cpu_gemm_backend()
-    yield modeling.set_cpu_gemm_backend
-    modeling.set_cpu_gemm_backend(before)
+    before = kernels.cpu_gemm_backend()
+    yield kernels.set_cpu_gemm_backend
+    kernels.set_cpu_gemm_backend(before)
 
 
 @needs_onednn
@@ -369,7 +370,7 @@ def test_onednn_linear_matches_f_linear_values_and_gradients(cpu_gemm, with_bias
                 t.grad = None
         return out.detach(), grads
 
-    ours, our_grads = run(modeling.linear)
+    ours, our_grads = run(kernels.linear)
     ref, ref_grads = run(F.linear)
     assert ours.shape == ref.shape == (3, 9, 40)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
@@ -382,15 +383,15 @@ def test_onednn_linear_is_the_path_taken_and_skips_frozen_weights(cpu_gemm):
     cpu_gemm("onednn")
     x = torch.randn(5, 8, requires_grad=True)
     weight = torch.randn(6, 8)  # frozen: no weight gradient is computed
-    out = modeling.linear(x, weight)
+    out = kernels.linear(x, weight)
     assert type(out.grad_fn).__name__.startswith("_OneDNNLinear")
     out.sum().backward()
     torch.testing.assert_close(x.grad, weight.sum(0).expand(5, 8))
     cpu_gemm("aten")
-    assert not type(modeling.linear(x, weight).grad_fn).__name__.startswith("_OneDNNLinear")
+    assert not type(kernels.linear(x, weight).grad_fn).__name__.startswith("_OneDNNLinear")
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps its own (bf16 oneDNN) path
         cpu_gemm("onednn")
-        assert modeling.linear(x, weight).dtype == torch.bfloat16
+        assert kernels.linear(x, weight).dtype == torch.bfloat16
 
 
 @needs_onednn
@@ -414,9 +415,25 @@ def test_pretraining_gradients_agree_between_gemm_backends(cpu_gemm):
         torch.testing.assert_close(onednn[name], aten[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_cpu_gemm_flag_overrides_the_environment_default(cpu_gemm, monkeypatch):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    kernels.add_kernel_arguments(parser)
+    monkeypatch.setenv("BERT_CPU_GEMM", "aten")
+    kernels.configure_kernels(parser.parse_args([]))  # no flag: the environment decides, as before the flag
+    assert kernels.cpu_gemm_backend() == "aten"
+    kernels.configure_kernels(parser.parse_args(["--cpu_gemm", "auto"]))
+    assert kernels.cpu_gemm_backend() == kernels._resolve_cpu_gemm("auto")
+    monkeypatch.setenv("BERT_CPU_GEMM", "blas")
+    with pytest.raises(InputError, match="BERT_CPU_GEMM='blas'"):
+        kernels.configure_kernels(parser.parse_args([]))
+    assert "BERT_CPU_GEMM" in parser.format_help()
+
+
 def test_unknown_cpu_gemm_backend_is_a_clear_error():
     with pytest.raises(InputError, match="BERT_CPU_GEMM='blas'"):
-        modeling.set_cpu_gemm_backend("blas")
+        kernels.set_cpu_gemm_backend("blas")
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,7 +445,7 @@ def test_unknown_cpu_gemm_backend_is_a_clear_error():
 def test_cpu_dropout_rate_scale_and_gradient(dtype):
     torch.manual_seed(6)
     x = torch.full((64, 128, 96), 2.0, dtype=dtype, requires_grad=True)
-    out = modeling.dropout(x, 0.1, training=True)
+    out = kernels.dropout(x, 0.1, training=True)
     kept = out != 0
     rate = 1 - kept.float().mean().item()
     assert abs(rate - 0.1) < 0.003, rate  # 786k draws: the standard error is 0.0003
@@ -444,21 +461,21 @@ def test_cpu_dropout_rate_scale_and_gradient(dtype):
 def test_cpu_dropout_is_seeded_and_identity_when_off():
     x = torch.randn(8, 33)
     torch.manual_seed(7)
-    first = modeling.dropout(x, 0.5, training=True)
+    first = kernels.dropout(x, 0.5, training=True)
     torch.manual_seed(7)
-    assert torch.equal(first, modeling.dropout(x, 0.5, training=True))
-    assert modeling.dropout(x, 0.5, training=False) is x
-    assert modeling.dropout(x, 0.0, training=True) is x
-    assert torch.equal(modeling.dropout(x, 1.0, training=True), torch.zeros_like(x))
-    assert torch.isfinite(modeling.dropout(x, 0.999999, training=True)).all()  # no 1/(1 - 1) scale
+    assert torch.equal(first, kernels.dropout(x, 0.5, training=True))
+    assert kernels.dropout(x, 0.5, training=False) is x
+    assert kernels.dropout(x, 0.0, training=True) is x
+    assert torch.equal(kernels.dropout(x, 1.0, training=True), torch.zeros_like(x))
+    assert torch.isfinite(kernels.dropout(x, 0.999999, training=True)).all()  # no 1/(1 - 1) scale
 
 
 def test_attention_with_dropout_on_cpu_is_sdpa_math():
     """The written-out CPU path with dropout equals SDPA when the rate rounds to no drops."""
     q, k, v, m = random_attention_inputs(8, padded_row=0, pad_from=7)
-    written_out = modeling.attention(q, k, v, m, 1e-9)
-    torch.testing.assert_close(written_out, modeling.attention(q, k, v, m, 0.0), atol=1e-6, rtol=1e-5)
-    dropped = modeling.attention(q, k, v, m, 0.5)
+    written_out = kernels.attention(q, k, v, m, 1e-9)
+    torch.testing.assert_close(written_out, kernels.attention(q, k, v, m, 0.0), atol=1e-6, rtol=1e-5)
+    dropped = kernels.attention(q, k, v, m, 0.5)
     assert not torch.allclose(dropped, written_out)
 
 
@@ -502,9 +519,50 @@ def test_packed_encoder_equals_padded_on_real_tokens(checkpointed):
 def test_packed_tokens_round_trip_and_shape_rounding():
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])
     x = torch.arange(1.0, 9.0).view(2, 4, 1)
-    exact = modeling.PackedTokens.from_mask(modeling.padding_mask(mask), multiple=1)
+    exact = kernels.PackedTokens.from_mask(kernels.padding_mask(mask), multiple=1)
     assert exact.pack(x).flatten().tolist() == [1.0, 2.0, 5.0, 6.0, 7.0]
     assert exact.pad(exact.pack(x)).flatten().tolist() == [1.0, 2.0, 0.0, 0.0, 5.0, 6.0, 7.0, 0.0]
-    rounded = modeling.PackedTokens.from_mask(modeling.padding_mask(mask), multiple=3)
+    rounded = kernels.PackedTokens.from_mask(kernels.padding_mask(mask), multiple=3)
     assert rounded.index.tolist() == [0, 1, 2, 4, 5, 6]  # the first padding position rides along
-    assert modeling.PackedTokens.from_mask(modeling.padding_mask(mask), multiple=64).index.numel() == 8
+    assert kernels.PackedTokens.from_mask(kernels.padding_mask(mask), multiple=64).index.numel() == 8
+
+
+def test_checkpoint_names_stay_importable_from_modeling():
+    """Public API: `modeling.load_checkpoint` and friends are checkpoint_io's, not copies."""
+    from modeling import CheckpointError as from_modeling
+    from modeling import load_checkpoint as load_from_modeling
+
+    assert load_from_modeling is checkpoint_io.load_checkpoint
+    assert from_modeling is checkpoint_io.CheckpointError
+    assert modeling.LoadReport is checkpoint_io.LoadReport
+    with pytest.raises(AttributeError):
+        modeling.no_such_name  # noqa: B018
+
+
+def autograd_node_names(output: torch.Tensor) -> list[str]:
+    seen, stack, names = set(), [output.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("padded_batch", [False, True])
+def test_qkv_split_is_one_unbind_backward_per_layer(padded_batch):
+    """Q, K and V come from one fused product by `unbind` (one backward), not three `select`s; the only
+    select left is the pooler's first token. Checked on the padded layout and on packed tokens."""
+    config = tiny_config()
+    model = BertModel(config).train()
+    ids = torch.randint(1, config.vocab_size, (2, 8))
+    mask = torch.ones_like(ids)
+    if padded_batch:
+        mask[0, 5:] = 0  # training on the CPU with padding: the encoder runs on packed tokens
+    encoded, pooled = model(ids, attention_mask=mask)
+    names = autograd_node_names(encoded[-1].sum() + pooled.sum())
+    assert names.count("UnbindBackward0") == config.num_hidden_layers
+    assert names.count("SelectBackward0") <= 1
+    assert ("IndexSelectBackward0" in names) == padded_batch

@@ -135,7 +135,9 @@ def test_ddp_matches_single_process(corpus, tmp_path, post_accumulation):
     data = tmp_path / "data"
     split_exact(src, data, files=2 * steps, rows=micro * k)
     config = write_config(tmp_path / "nodrop.json", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    common = {"input_dir": data, "config_file": config, "max_steps": steps, "learning_rate": 1e-2}
+    # A checkpoint at the last step: the end-of-run save must then be skipped on every rank alike.
+    common = {"input_dir": data, "config_file": config, "max_steps": steps, "learning_rate": 1e-2,
+              "num_steps_per_checkpoint": steps}
     extra = ["--allreduce_post_accumulation"] if post_accumulation else []
 
     single = tmp_path / "single"
@@ -286,3 +288,50 @@ def test_init_checkpoint_alone_starts_from_its_weights(corpus, tmp_path):
     assert first_loss < fresh_loss - 1.0, (first_loss, fresh_loss)
     ckpt = torch.load(started / "ckpt" / "ckpt_2.pt", weights_only=True)
     assert ckpt["optimizer"]["param_groups"][0]["step"] == 2
+
+
+def test_steps_this_run_is_a_global_step_so_chained_jobs_end_where_one_run_would(corpus, tmp_path):
+    """As in the original, a job stops once the global step reaches --steps_this_run: the same command line
+    submitted again after that does nothing more, and chained jobs end exactly where one run would."""
+    n, first_stop = 6, 3
+    straight = tmp_path / "straight"
+    run_pretraining(base_args(corpus, straight, max_steps=n))
+
+    chained = tmp_path / "chained"
+
+    def job(stop: int, summary: str) -> dict[int, float]:
+        run_pretraining(base_args(corpus, chained, max_steps=n, steps_this_run=stop,
+                                  **{"json-summary": chained / summary}) + ["--resume_from_checkpoint"])
+        return step_losses(chained / summary)
+
+    first = job(first_stop, "job1.json")
+    assert sorted(first) == list(range(1, first_stop + 1))
+    assert job(first_stop, "job2.json") == {}, "an identical second job must not train past --steps_this_run"
+    assert not (chained / "ckpt" / f"ckpt_{2 * first_stop}.pt").exists()
+    last = job(n, "job3.json")
+    assert {**first, **last} == step_losses(straight / "dllogger.json")  # bitwise, LR horizon unchanged
+    a = torch.load(straight / "ckpt" / f"ckpt_{n}.pt", weights_only=True)["model"]
+    b = torch.load(chained / "ckpt" / f"ckpt_{n}.pt", weights_only=True)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_sequences_per_second_after_resume_counts_only_this_jobs_steps(corpus, tmp_path):
+    """fp16 with a far too high initial loss scale: the first updates overflow and are skipped. The resumed
+    job's sequences/s covers the steps it ran itself, not the skipped ones from before the resume."""
+    batch = 16
+
+    def job(stop: int, summary: str) -> dict:
+        run_pretraining(base_args(corpus, tmp_path, max_steps=4, steps_this_run=stop, precision="fp16",
+                                  init_loss_scale=2**24, train_batch_size=batch, **{"json-summary": tmp_path / summary})
+                        + ["--resume_from_checkpoint"])
+        return [r["data"] for r in read_dllogger(tmp_path / summary) if r.get("step") == []][0]
+
+    job(2, "job1.json")
+    skipped_before = torch.load(tmp_path / "ckpt" / "ckpt_2.pt", weights_only=True)["run_state"]["skipped_steps"]
+    assert skipped_before > 0, "the test needs overflow-skipped steps before the resume"
+    summary = job(4, "job2.json")
+    state = torch.load(tmp_path / "ckpt" / "ckpt_4.pt", weights_only=True)["run_state"]
+    attempted_here = (state["global_step"] - 2) + (state["skipped_steps"] - skipped_before)
+    sequences = summary["training_sequences_per_second"] * summary["raw_train_time"]
+    assert sequences == pytest.approx(attempted_here * batch, rel=1e-6)

@@ -1,6 +1,9 @@
 """data/pretraining_dataset.py and data/inspect_hdf5.py: items equal the original loader's, validation, listing."""
 from __future__ import annotations
 
+import dataclasses
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -11,9 +14,14 @@ from torch.utils.data import DataLoader
 import create_pretraining_data as cpd
 from data import inspect_hdf5
 from data.pretraining_dataset import (
+    DataPosition,
     PretrainingShardDataset,
+    ShardStream,
+    check_shard_shapes,
     list_shards,
     read_shard,
+    shard_for_slot,
+    slots_per_epoch,
     unmasked_input_ids,
 )
 from utils import InputError
@@ -196,3 +204,46 @@ def test_inspect_command_prints_layout_statistics_and_tokens(real_shard, capsys)
                      "random next sentence share", "replacements: [MASK]", "instance 1", "[CLS]", "[SEP]"):
         assert expected in out, expected
     assert "instance 2 " not in out
+
+
+def test_shard_stream_resumes_at_the_exact_next_sample(real_shard, tmp_path):
+    """A stream rebuilt from a copy of its plain-data position yields exactly the batches the original goes on
+    to yield, across shard and epoch boundaries."""
+    files = []
+    for i in range(3):
+        files.append(str(tmp_path / f"part_training_{i}.hdf5"))
+        shutil.copyfile(real_shard, files[-1])
+    seq_len, max_pred = check_shard_shapes(files, 128, 20, 512)
+    rows = read_shard(files[0])["input_ids"].shape[0]
+    batches = 3 * (rows // 8) + 4  # past the end of the first epoch
+    stream = ShardStream(files, 0, 1, micro_batch=8, max_pred=max_pred, seed=3)
+    running = iter(stream)
+    for _ in range(5):
+        next(running)
+    saved = DataPosition(**dataclasses.asdict(stream.position))
+    resumed = ShardStream(files, 0, 1, micro_batch=8, max_pred=max_pred, seed=3, position=saved)
+    again = iter(resumed)
+    for _ in range(batches):
+        a, b = next(running), next(again)
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        assert a[0].shape == (8, seq_len)
+    assert stream.position.epoch == 1
+    stream.close()
+    resumed.close()
+
+
+def test_ranks_read_every_shard_once_per_epoch():
+    files = [f"f{i}" for i in range(5)]
+    slots = slots_per_epoch(len(files), 2)
+    read = [shard_for_slot(files, 0, slot, rank, 2, seed=1) for slot in range(slots) for rank in range(2)]
+    assert slots == 3 and set(read) == set(files)
+
+
+def test_shard_shapes_checked_against_flags_and_model(real_shard):
+    seq_len, max_pred = check_shard_shapes([str(real_shard)], 512, 80, 512)
+    with pytest.raises(InputError, match="max_position_embeddings"):
+        check_shard_shapes([str(real_shard)], 512, 80, seq_len - 1)
+    with pytest.raises(InputError, match="--max_seq_length"):
+        check_shard_shapes([str(real_shard)], seq_len - 1, 80, 512)
+    with pytest.raises(InputError, match="--max_predictions_per_seq"):
+        check_shard_shapes([str(real_shard)], 512, max_pred - 1, 512)

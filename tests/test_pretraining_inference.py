@@ -20,8 +20,9 @@ from pretrain_helpers import copy_rows, make_shard, shard_rows, wikitext_documen
 
 import run_pretraining_inference as rpi
 import utils
+from checkpoint_io import load_checkpoint
 from data.pretraining_dataset import PretrainingShardDataset
-from modeling import BertConfig, BertForPreTraining, load_checkpoint
+from modeling import BertConfig, BertForPreTraining
 from utils import InputError, read_dllogger
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -233,14 +234,14 @@ def test_evaluation_restores_train_mode(corpus):
 
 def test_evaluation_cadence_survives_resume_and_ends_with_the_last_step():
     # Resumed at 250 samples with an evaluation every 100: next at 300, then 400; always at the final step 10.
-    ev = rpi.PeriodicEvaluator([], 0, every_samples=100, target_accuracy=0.0, samples_seen=250, final_step=10)
-    assert not ev.due(299, 5) and ev.due(300, 6)
+    ev = rpi.PeriodicEvaluator([], 0, every_samples=100, samples_seen=250, final_step=10)
+    assert not ev.should_evaluate(299, 5) and ev.should_evaluate(300, 6)
     ev.mark_evaluated(320)
-    assert not ev.due(320, 6) and not ev.due(399, 7) and ev.due(400, 8) and ev.due(352, 10)
-    only_last = rpi.PeriodicEvaluator([], 0, every_samples=0, target_accuracy=0.0, samples_seen=0, final_step=10)
-    assert not only_last.due(10**9, 9) and only_last.due(10**9, 10)
+    assert not ev.should_evaluate(320, 6) and not ev.should_evaluate(399, 7) and ev.should_evaluate(400, 8) and ev.should_evaluate(352, 10)
+    only_last = rpi.PeriodicEvaluator([], 0, every_samples=0, samples_seen=0, final_step=10)
+    assert not only_last.should_evaluate(10**9, 9) and only_last.should_evaluate(10**9, 10)
     only_last.mark_evaluated(320)
-    assert not only_last.due(320, 10)
+    assert not only_last.should_evaluate(320, 10)
 
 
 # --------------------------------------------------------------------------------------------

@@ -225,6 +225,43 @@ def test_doc_spans_follow_the_stride_rule():
     assert [(s.start, s.length) for s in squad.make_doc_spans(3, 4, 2)] == [(0, 3)]
 
 
+@pytest.mark.parametrize("stride", [0, -1, -128])
+def test_windowing_refuses_a_stride_that_never_advances(tokenizer, stride):
+    """A stride below 1 kept the original's window loop from ever ending (memory grew without bound)."""
+    with pytest.raises(InputError, match=f"doc_stride {stride}"):
+        squad.make_doc_spans(10, 4, stride)
+    example = squad.example_from_text("Who?", "a long context " * 50)
+    with pytest.raises(InputError, match=f"doc_stride {stride}"):
+        squad.convert_examples_to_features([example], tokenizer, max_seq_length=32, doc_stride=stride)
+
+
+@pytest.mark.parametrize(
+    ("max_seq_length", "doc_stride", "max_query_length", "message"),
+    [
+        (384, 0, 64, "--doc_stride must be a positive number of tokens, got 0"),
+        (384, -3, 64, "--doc_stride must be a positive number of tokens, got -3"),
+        (384, 128, 0, "--max_query_length must be a positive number of tokens, got 0"),
+        (4, 128, 64, "--max_seq_length must be at least 5 ([CLS] question [SEP] context [SEP]), got 4"),
+        (0, 128, 64, "--max_seq_length must be at least 5 ([CLS] question [SEP] context [SEP]), got 0"),
+    ],
+)
+def test_window_settings_are_checked_before_any_work(max_seq_length, doc_stride, max_query_length, message):
+    with pytest.raises(InputError) as info:
+        squad.check_window_settings(max_seq_length, doc_stride, max_query_length)
+    assert str(info.value) == message
+
+
+def test_window_settings_accept_a_stride_longer_than_the_window(tokenizer):
+    """As in the original, the next window then starts right after the current one: no token is skipped."""
+    squad.check_window_settings(384, 10_000, 64)
+    example = squad.example_from_text("Who?", " ".join(f"word{i}" for i in range(120)))
+    features = squad.convert_examples_to_features([example], tokenizer, max_seq_length=48, doc_stride=10_000)
+    covered = [position for f in features for position in sorted(f.token_to_orig_map.values())]
+    doc = squad._tokenize_doc(example.doc_tokens, tokenizer)
+    assert len(features) > 2
+    assert covered == doc.tok_to_orig_index  # every piece exactly once, in order
+
+
 def test_max_context_prefers_the_window_with_more_context_on_both_sides():
     # "the man went to the store and bought a gallon of milk": windows A [0,5), B [3,8), C [6,11).
     spans = [squad.DocSpan(0, 5), squad.DocSpan(3, 5), squad.DocSpan(6, 5)]
@@ -380,6 +417,17 @@ def test_training_features_survive_the_cache(tokenizer, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 GOOD_QA = {"id": "q7", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 0}]}
+
+
+def test_duplicate_question_ids_are_an_error_naming_the_id(tmp_path):
+    """Predictions are keyed by id: the second question would silently overwrite the first one's answer."""
+    path = tmp_path / "dup.json"
+    second = dict(GOOD_QA, question="Which city?")
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": "Paris.", "qas": [GOOD_QA, second]}]}]}))
+    for is_training in (True, False):
+        with pytest.raises(InputError) as info:
+            squad.read_squad_examples(path, is_training=is_training)
+        assert str(info.value) == f"{path}: data[0].paragraphs[0].qas[1]: question id 'q7' appears twice"
 
 
 @pytest.mark.parametrize(

@@ -253,6 +253,67 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server, prot
         assert tensor.infer(token_request())["start_logits"].shape == (1, 16)
 
 
+def http_infer(server, model: str, inputs: list[dict]) -> tuple[int, dict]:
+    """A raw KServe v2 JSON request: (HTTP status, decoded body), so the status code itself is checked."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://{server.http}/v2/models/{model}/infer", method="POST",
+                                     data=json.dumps({"inputs": inputs}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def text_inputs(question: str, context: str) -> list[dict]:
+    return [{"name": name, "shape": [1, 1], "datatype": "BYTES", "data": [value]}
+            for name, value in (("question", question), ("context", context))]
+
+
+def token_inputs(seq: int, **overrides: int) -> list[dict]:
+    arrays = token_request(seq=seq)
+    for name, value in overrides.items():
+        arrays[name][0, 1] = value
+    return [{"name": name, "shape": list(array.shape), "datatype": "INT64", "data": array.reshape(-1).tolist()}
+            for name, array in arrays.items()]
+
+
+def test_content_errors_are_client_errors_400_not_500(server):
+    """What is wrong with the request itself is the client's fault: HTTP 400 and gRPC INVALID_ARGUMENT."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    question, context = squad_cases()[0]
+    cases = [
+        ("bert_qa", text_inputs("", context), "question is empty"),
+        ("bert_qa", text_inputs(question, " "), "context is empty"),
+        ("bert_qa", text_inputs(question, "x " * MAX_CONTEXT_CHARS), "at most 20000 (max_context_chars)"),
+        ("bert", token_inputs(600), "sequence length 600 is longer than the model allows (512)"),
+        ("bert", token_inputs(16, input_ids=40_000), "input_ids values must lie in [0, 30527]"),
+        ("bert", token_inputs(16, token_type_ids=7), "token_type_ids values must lie in [0, 1]"),
+    ]
+    for model, inputs, message in cases:
+        status, body = http_infer(server, model, inputs)
+        assert (status, message in body.get("error", "")) == (400, True), (model, message, status, body)
+    good_status, good_body = http_infer(server, "bert_qa", text_inputs(question, context))
+    assert good_status == 200 and good_body["outputs"], good_body
+    # The same refusal over gRPC carries INVALID_ARGUMENT.
+    client = grpcclient.InferenceServerClient(server.grpc)
+    arrays = token_request(seq=600)
+    tensors = []
+    for name, array in arrays.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("bert", tensors)
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT", caught.value.status()
+    assert "sequence length 600" in caught.value.message()
+
+
 def test_mixed_batch_rows_are_answered_independently(server):
     """Good and bad requests queued together: the bad one fails, the good ones are still answered."""
     from concurrent.futures import ThreadPoolExecutor

@@ -10,17 +10,8 @@ import pytest
 import torch
 from pretrain_helpers import TINY_MODEL
 
-from modeling import (
-    BertConfig,
-    BertForPreTraining,
-    BertPretrainingCriterion,
-    FlashVarlenAttention,
-    PackedSequences,
-    block_diagonal_attention,
-    masked_positions_from_labels,
-    pack_batch,
-    varlen_attention,
-)
+from bert_kernels import FlashVarlenAttention, PackedSequences, block_diagonal_attention, pack_batch, varlen_attention
+from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
 
 LENGTHS = (32, 25, 12, 32, 9, 20)
 

@@ -67,7 +67,15 @@ def answer_settings(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def check_feature_args(args: argparse.Namespace) -> None:
+    """InputError for windowing flags that cannot work (a stride below 1 would never finish a context)."""
+    from processors.squad import check_window_settings
+
+    check_window_settings(args.max_seq_length, args.doc_stride, args.max_query_length)
+
+
 def feature_settings(args: argparse.Namespace) -> dict[str, int]:
+    check_feature_args(args)
     return dict(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride, max_query_length=args.max_query_length)
 
 
@@ -115,24 +123,14 @@ def first_questions(dataset: list[dict], limit: int | None) -> list[dict]:
 def load_finetuned_model(checkpoint: str | Path, config_file: str | Path | None, task: str,
                          num_labels: int | None = None) -> Any:
     """A fine-tuned QA or classification model in eval mode, loaded strictly (no layer left random)."""
+    import checkpoint_io
     import modeling
 
-    config = modeling.load_config_for_checkpoint(checkpoint, config_file)
+    config = checkpoint_io.load_config_for_checkpoint(checkpoint, config_file)
     if task == "qa":
         model = modeling.BertForQuestionAnswering(config)
     else:
-        labels = num_labels or classifier_size(checkpoint)
+        labels = num_labels or checkpoint_io.num_classifier_labels(checkpoint)
         model = modeling.BertForSequenceClassification(config, labels)
-    modeling.load_checkpoint(model, checkpoint, strict=True)
+    checkpoint_io.load_checkpoint(model, checkpoint, strict=True)
     return model.eval()
-
-
-def classifier_size(checkpoint: str | Path) -> int:
-    """Number of labels of a classification checkpoint, read from its classifier weight."""
-    import modeling
-
-    state = modeling.normalize_state_dict_keys(modeling.read_state_dict(checkpoint))
-    weight = state.get("classifier.weight")
-    if weight is None:
-        raise modeling.CheckpointError(f"{checkpoint}: no classifier.weight (is it a classification checkpoint?)")
-    return int(weight.shape[0])

@@ -21,7 +21,7 @@ sys.path.append(str(Path(__file__).resolve().parent))
 import bert_io  # noqa: E402
 import client_lib  # noqa: E402
 
-from utils import InputError, run_main  # noqa: E402
+from utils import InputError, check_at_least_one, run_main  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tensor = parser.add_argument_group("client-side processing (only for a tensor model)")
     bert_io.add_squad_feature_args(tensor)
     bert_io.add_squad_answer_args(tensor)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    bert_io.check_feature_args(args)
+    check_at_least_one(args.batch_size, "--batch_size")
+    return args
 
 
 def read_context(args: argparse.Namespace) -> str:

@@ -34,6 +34,7 @@ sys.path.append(str(Path(__file__).resolve().parent))
 
 import bert_io  # noqa: E402
 
+from processors.squad import check_window_settings  # noqa: E402
 from utils import InputError, run_main  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -222,6 +223,7 @@ def text_model_config(spec: TextModelSpec) -> str:
         raise InputError("the text model answers questions: it needs a QA tensor model (--task qa)")
     if spec.max_seq_length > spec.tensor.max_sequence:
         raise InputError(f"--max_seq_length {spec.max_seq_length} exceeds the model's {spec.tensor.max_sequence} positions")
+    check_window_settings(spec.max_seq_length, spec.doc_stride, spec.max_query_length)
     input_names, output_names = spec.tensor.io_names()
     config: dict[str, Any] = {
         "name": spec.name,
@@ -366,6 +368,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.device == "gpu" or args.gpus:
             parser.error("--triton-no-cuda contradicts --device gpu / --gpus")
         args.device = "cpu"
+    bert_io.check_feature_args(args)
     return args
 
 

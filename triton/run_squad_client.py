@@ -24,7 +24,7 @@ sys.path.append(str(Path(__file__).resolve().parent))
 import bert_io  # noqa: E402
 import client_lib  # noqa: E402
 
-from utils import InputError, atomic_write_json, run_main  # noqa: E402
+from utils import InputError, atomic_write_json, check_at_least_one, check_output_dir, run_main  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.concurrency = 1
     if args.max_questions is not None and args.max_questions < 1:
         parser.error("--max_questions must be at least 1")
+    bert_io.check_feature_args(args)
+    check_at_least_one(args.batch_size, "--batch_size")
+    check_output_dir(args.output_dir)
     return args
 
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 from conftest import ROOT, script_env, shared_path
 
-from modeling import BertConfig, BertForPreTraining, BertForQuestionAnswering, BertModel, load_checkpoint
+from checkpoint_io import load_checkpoint
+from modeling import BertConfig, BertForPreTraining, BertForQuestionAnswering, BertModel
 from utils import read_dllogger
 
 SCRIPTS = ROOT / "scripts"

@@ -26,6 +26,16 @@ def _parameter(config: dict, key: str, default: str | None = None) -> str:
     return value
 
 
+def bad_request_error(message: str):  # noqa: ANN201 - pb_utils.TritonError
+    """The client's fault: INVALID_ARG, which Triton answers as HTTP 400 / gRPC INVALID_ARGUMENT (not 500).
+
+    Backends older than the error codes (before Triton 23.04) only have the message. The same few lines
+    are in both model files: each is copied alone into its model's folder and cannot import the other.
+    """
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
 def request_error(inputs: dict[str, np.ndarray], limits: dict[str, int]) -> str | None:
     """What is wrong with one request's tensors, or None when they can be run."""
     shapes = {name: tuple(array.shape) for name, array in inputs.items()}
@@ -106,7 +116,7 @@ class TritonPythonModel:
             inputs = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in INPUT_NAMES}
             problem = request_error(inputs, self.limits)
             if problem:
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(problem))
+                responses[index] = pb_utils.InferenceResponse(error=bad_request_error(problem))
             else:
                 runnable.setdefault(inputs["input_ids"].shape[1], []).append((index, inputs))
         for group in runnable.values():

@@ -30,6 +30,16 @@ class BadRequest(ValueError):
     """A request the server refuses, with the reason sent back to the client."""
 
 
+def bad_request_error(message: str):  # noqa: ANN201 - pb_utils.TritonError
+    """The client's fault: INVALID_ARG, which Triton answers as HTTP 400 / gRPC INVALID_ARGUMENT (not 500).
+
+    Backends older than the error codes (before Triton 23.04) only have the message. The same few lines
+    are in both model files: each is copied alone into its model's folder and cannot import the other.
+    """
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
 def _texts(request, name: str) -> list[str]:
     values = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)
     texts = []
@@ -55,6 +65,10 @@ class TritonPythonModel:
         lower = _parameter(config, "do_lower_case") == "true"
         self.tokenizer = FullTokenizer(version_dir / _parameter(config, "vocab_file"), do_lower_case=lower)
         self.windows = {key: int(_parameter(config, key)) for key in ("max_seq_length", "doc_stride", "max_query_length")}
+        try:  # a hand-edited config with doc_stride 0 would make every request window forever
+            squad.check_window_settings(**self.windows)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"model config: {exc}") from None
         self.answers = dict(
             n_best_size=int(_parameter(config, "n_best_size")),
             max_answer_length=int(_parameter(config, "max_answer_length")),
@@ -128,7 +142,7 @@ class TritonPythonModel:
                 examples = self._examples(request)
                 answers, nbest = self._predict(examples)
             except BadRequest as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                responses.append(pb_utils.InferenceResponse(error=bad_request_error(str(exc))))
                 continue
             except Exception as exc:  # noqa: BLE001 - report to the client and keep serving
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"answering failed: {exc}")))

@@ -1,0 +1,403 @@
+"""Device-specific fast paths behind the small interface the model calls.
+
+The model (`modeling.py`) only calls:
+
+* `linear(x, weight, bias)` — F.linear; fp32 on the CPU goes through oneDNN when that backend is on;
+* `dropout(x, p, training)` — inverted dropout; on the CPU with a cheaper mask;
+* `attention(q, k, v, layout, dropout_p)` — multi-head attention over the padded layout (a boolean
+  padding mask or None) or over packed real tokens (`PackedTokens`); `padding_mask` builds the mask;
+* `PackedTokens` and `should_pack` — where the real tokens of a padded batch are, and whether the
+  encoder should run on them only (the CPU);
+* `PackedSequences` and `pack_batch` — a batch packed on the host before it reaches the device (real
+  tokens only from the embeddings on, with the sequences' offsets), and `varlen_attention` over it:
+  FlashAttention's variable-length kernel with dropout on CUDA (`flash_varlen_available`), a
+  block-diagonal SDPA reference elsewhere. Scripts expose the backend choices through `add_kernel_arguments` and
+`configure_kernels`. This module imports torch and utils only.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from utils import InputError
+
+# --------------------------------------------------------------------------------------------
+# Backend choice (flags and environment)
+# --------------------------------------------------------------------------------------------
+
+# fp32 matrix products on the CPU: "onednn" sends them to oneDNN, "aten" leaves them to torch's BLAS
+# (MKL on x86). On AMD Zen CPUs MKL's sgemm takes its generic path and oneDNN's runs about twice as
+# fast (benchmarks/bench_pretraining.py shows both); on Intel CPUs the two are close. "auto" picks
+# oneDNN where torch was built with it on x86-64. BERT_CPU_GEMM in the environment sets the default
+# of --cpu_gemm, so setups written before the flag keep working.
+CPU_GEMM_CHOICES = ("auto", "onednn", "aten")
+CPU_GEMM_ENV = "BERT_CPU_GEMM"
+
+
+def _resolve_cpu_gemm(choice: str, source: str = CPU_GEMM_ENV) -> str:
+    if choice not in CPU_GEMM_CHOICES:
+        raise InputError(f"{source}={choice!r}: choose one of {', '.join(CPU_GEMM_CHOICES)}")
+    onednn_usable = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    if choice == "auto":
+        return "onednn" if onednn_usable and platform.machine().lower() in ("x86_64", "amd64") else "aten"
+    if choice == "onednn" and not onednn_usable:
+        raise InputError(f"{source}=onednn: this torch build has no oneDNN (mkldnn) linear")
+    return choice
+
+
+_cpu_gemm = "unset"
+
+
+def cpu_gemm_backend() -> str:
+    """"onednn" or "aten": which library does fp32 CPU matrix products (resolved on first use)."""
+    global _cpu_gemm
+    if _cpu_gemm == "unset":
+        _cpu_gemm = _resolve_cpu_gemm(os.environ.get(CPU_GEMM_ENV, "auto"))
+    return _cpu_gemm
+
+
+def set_cpu_gemm_backend(choice: str, source: str = CPU_GEMM_ENV) -> str:
+    """Pick the fp32 CPU GEMM library ("auto", "onednn" or "aten"); returns the one in use."""
+    global _cpu_gemm
+    _cpu_gemm = _resolve_cpu_gemm(choice, source)
+    return _cpu_gemm
+
+
+def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
+    """The kernel flags every script that runs the model shares (one argument group)."""
+    g = parser.add_argument_group("kernels")
+    g.add_argument("--cpu_gemm", choices=CPU_GEMM_CHOICES, default=None,
+                   help="library for fp32 matrix products on the CPU: onednn (about 2x faster on AMD Zen), "
+                        "aten (torch's BLAS, MKL on x86) or auto (onednn on x86-64 when torch has it). "
+                        f"Default: the {CPU_GEMM_ENV} environment variable, else auto")
+
+
+def configure_kernels(args: argparse.Namespace) -> None:
+    """Apply the flags of `add_kernel_arguments`; a flag left out keeps the environment's default."""
+    if getattr(args, "cpu_gemm", None) is not None:
+        set_cpu_gemm_backend(args.cpu_gemm, source="--cpu_gemm")
+    else:
+        set_cpu_gemm_backend(os.environ.get(CPU_GEMM_ENV, "auto"), source=CPU_GEMM_ENV)
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
+# --------------------------------------------------------------------------------------------
+# Linear
+# --------------------------------------------------------------------------------------------
+
+def _onednn_matmul_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b.T (+ bias) for 2-D fp32 CPU tensors, in oneDNN; a and b may be transposed views."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """F.linear over [N, in] with all three products (forward, input and weight gradients) in oneDNN."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_matmul_t(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = _onednn_matmul_t(grad, weight.t()) if ctx.needs_input_grad[0] else None
+        grad_w = _onednn_matmul_t(grad.t(), x.t()) if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+def _onednn_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel() > 0
+            and (bias is None or bias.dtype == torch.float32) and not torch.is_autocast_enabled("cpu")
+            and cpu_gemm_backend() == "onednn")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, through oneDNN for fp32 on the CPU when that backend is on (see `cpu_gemm_backend`).
+
+    Autocast (bf16 already goes to oneDNN there), other devices and dtypes, torch.compile (which
+    lowers linears itself) and tracing or export (ONNX, TorchScript: the graph must hold F.linear)
+    take F.linear.
+    """
+    if _tracing() or not _onednn_linear_applies(x, weight, bias):
+        return F.linear(x, weight, bias)
+    if x.dim() == 2:
+        return _OneDNNLinear.apply(x, weight, bias)
+    rows = x.reshape(-1, x.size(-1))
+    return _OneDNNLinear.apply(rows, weight, bias).view(*x.shape[:-1], weight.size(0))
+
+
+# --------------------------------------------------------------------------------------------
+# Dropout
+# --------------------------------------------------------------------------------------------
+
+# CPU dropout masks come from 15-bit lanes of 64-bit random words: four lanes per draw of the
+# generator, where bernoulli_ makes one draw per element and takes most of dropout's time. A lane is
+# dropped when below round(p·2¹⁵), so the rate is p to within 2⁻¹⁶, and survivors are scaled by
+# 1/(1 − that rate) so the expectation is exact.
+_MASK_LEVELS = 1 << 15
+
+
+def _cpu_dropout_scale_mask(x: torch.Tensor, dropped_levels: int) -> torch.Tensor:
+    """0 where dropped, 1/(1 − rate) where kept, in x's dtype and shape, from the default CPU generator;
+    rate = dropped_levels / 2¹⁵."""
+    count = x.numel()
+    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_()  # 63 random bits each
+    lanes = words.view(torch.int16)[:count].view(x.shape)
+    keep = torch.bitwise_and(lanes, _MASK_LEVELS - 1) >= dropped_levels
+    return keep.to(x.dtype).mul_(_MASK_LEVELS / (_MASK_LEVELS - dropped_levels))
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout; on the CPU with a mask from `_cpu_dropout_scale_mask` (about 2x faster than
+    F.dropout there, forward and backward), elsewhere and under tracing F.dropout."""
+    if not training or p == 0.0:
+        return x
+    dropped_levels = round(p * _MASK_LEVELS)
+    if x.device.type != "cpu" or not 0.0 < p < 1.0 or dropped_levels >= _MASK_LEVELS or _tracing():
+        return F.dropout(x, p, training)
+    return x * _cpu_dropout_scale_mask(x, dropped_levels)
+
+
+
+
+# --------------------------------------------------------------------------------------------
+# Attention: one entry point, dispatched by input kind (padded or packed) and device
+# --------------------------------------------------------------------------------------------
+
+
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """[B, S] 1/0 mask → boolean [B, 1, 1, S] for SDPA, or None when nothing is padded."""
+    if attention_mask is None:
+        return None
+    return attention_mask.bool()[:, None, None, :]
+
+
+@dataclass
+class PackedTokens:
+    """Where the real tokens of a padded [B, S] batch are, for layers that run on real tokens only.
+
+    Every per-token operation (linears, LayerNorm, dropout, GELU) then costs nothing for padding;
+    `attention` receives Q/K/V as [T, heads, d].
+    """
+
+    index: torch.Tensor  # [T] flat positions b·S + s of the real tokens
+    mask: torch.Tensor  # boolean [B, 1, 1, S], as `padding_mask` gives
+    batch: int
+    seq: int
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, multiple: int = 64) -> PackedTokens:
+        """Real tokens plus the first few padding positions, up to a multiple of `multiple` tokens:
+        GEMM libraries build a kernel per shape, and a new token count every step would rebuild
+        them every step (15-30% slower GEMMs); padding that rides along is computed and ignored,
+        as in the padded layout."""
+        batch, seq = mask.size(0), mask.size(-1)
+        flat = mask.reshape(-1)
+        index = flat.nonzero().squeeze(1)
+        fill = min((-index.numel()) % multiple, flat.numel() - index.numel())
+        if fill:
+            index = torch.cat([index, (~flat).nonzero().squeeze(1)[:fill]]).sort().values
+        return cls(index, mask, batch, seq)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, S, ...] → [T, ...]"""
+        return x.reshape(self.batch * self.seq, *x.shape[2:]).index_select(0, self.index)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, ...] → [B, S, ...], zeros at the padding"""
+        padded = x.new_zeros(self.batch * self.seq, *x.shape[1:]).index_copy(0, self.index, x)
+        return padded.view(self.batch, self.seq, *x.shape[1:])
+
+
+@dataclass
+class PackedSequences:
+    """Where each sequence's real tokens lie in a packed [T, ...] layout (built on the host, `pack_batch`).
+
+    cu_seqlens: int32 [B + 2]: sequence b holds tokens cu_seqlens[b] : cu_seqlens[b + 1]; the last
+    segment is filler (at least one token) that rounds T up to a bucket, so shapes repeat across steps.
+    max_seqlen: an upper bound of any segment's length (the shard's sequence length): a host int, so
+    the kernel launch needs no device-to-host read. flash: attention runs FlashAttention's varlen
+    kernel (decided on the host: CUDA, fp16/bf16, sm80+, see `flash_varlen_available`), else the
+    block-diagonal reference.
+    """
+
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    position_ids: torch.Tensor  # [T] position of each token in its sequence (0 for filler)
+    first_token: torch.Tensor  # [B] packed index of each sequence's [CLS]
+    flash: bool = False
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> PackedSequences:
+        return PackedSequences(self.cu_seqlens.to(device, non_blocking=non_blocking), self.max_seqlen,
+                               self.position_ids.to(device, non_blocking=non_blocking),
+                               self.first_token.to(device, non_blocking=non_blocking), self.flash)
+
+    def pin_memory(self) -> PackedSequences:
+        return PackedSequences(self.cu_seqlens.pin_memory(), self.max_seqlen, self.position_ids.pin_memory(),
+                               self.first_token.pin_memory(), self.flash)
+
+
+def flash_varlen_available(device: torch.device, precision: str) -> bool:
+    """Whether FlashAttention's variable-length kernel can run for this device and training precision:
+    CUDA sm80+ (Ampere and later) under fp16/bf16 autocast, with torch's flash kernels enabled."""
+    if device.type != "cuda" or precision not in ("fp16", "bf16") or not torch.cuda.is_available():
+        return False
+    if not hasattr(torch.ops.aten, "_flash_attention_forward") or not torch.backends.cuda.flash_sdp_enabled():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+class FlashVarlenAttention(torch.autograd.Function):
+    """aten's FlashAttention-2 forward/backward over packed [T, heads, d] tensors with cu_seqlens.
+
+    Chosen because it keeps attention dropout in torch 2.11 and 2.13 alike (the dropout mask is
+    regenerated in backward from the Philox state the forward returns). The public varlen helper
+    (torch.nn.attention.varlen) fixes dropout at 0; nested jagged tensors through SDPA also reach
+    this kernel but need the batch's max length (a device-to-host read unless carried along) and
+    add wrapper work around every attention call. Arguments are passed positionally up to
+    `return_debug_mask`, plus `scale`: those have had the same meaning in every release since 2.1.
+    Both ops have meta kernels, so torch.compile traces through this function.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                max_seqlen: int, dropout_p: float, scale: float) -> torch.Tensor:
+        out, lse, rng_state, unused, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, rng_state, unused)
+        ctx.max_seqlen, ctx.dropout_p, ctx.scale = max_seqlen, dropout_p, scale
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        q, k, v, out, lse, cu_seqlens, rng_state, unused = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            grad_out.contiguous(), q, k, v, out, lse, cu_seqlens, cu_seqlens, ctx.max_seqlen, ctx.max_seqlen,
+            ctx.dropout_p, False, rng_state, unused, scale=ctx.scale)
+        return dq, dk, dv, None, None, None, None
+
+
+def block_diagonal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                             dropout_p: float, scale: float) -> torch.Tensor:
+    """The same attention through SDPA with a [T, T] block-diagonal mask: each token attends to its
+    own sequence only. The reference the varlen kernel is checked against and the CPU stand-in for
+    tests (O(T²) memory, no host reads, so it also compiles); not a production path."""
+    tokens = torch.arange(q.size(0), device=q.device, dtype=cu_seqlens.dtype)
+    segment = torch.searchsorted(cu_seqlens, tokens, right=True)
+    mask = segment[:, None] == segment[None, :]
+    out = F.scaled_dot_product_attention(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), attn_mask=mask,
+                                         dropout_p=dropout_p, scale=scale)
+    return out[0].transpose(0, 1)
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences,
+                     dropout_p: float) -> torch.Tensor:
+    """Attention within each packed sequence: q, k, v [T, heads, d] → [T, heads, d]."""
+    scale = 1.0 / math.sqrt(q.size(-1))
+    if packed.flash:
+        return FlashVarlenAttention.apply(q, k, v, packed.cu_seqlens, packed.max_seqlen, dropout_p, scale)
+    return block_diagonal_attention(q, k, v, packed.cu_seqlens, dropout_p, scale)
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pack_batch(input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: torch.Tensor,
+               masked_positions: torch.Tensor, bucket: int = 256, flash: bool = False) -> dict[str, Any]:
+    """Host-side packing of one padded micro-batch ([B, S] tensors on the CPU; no device involved).
+
+    Real tokens of row b (the first lengths[b] positions: shards are left-aligned) go to
+    cu[b] : cu[b+1]; a filler segment of ≥ 1 token rounds T up to a multiple of `bucket`, so the
+    token count takes few distinct values (GEMM and compiled kernels are reused across steps).
+    masked_positions [B, P] (positions in each row) become packed indices.
+    """
+    batch, seq = input_ids.shape
+    lengths = input_mask.sum(dim=1)
+    real = int(lengths.sum())
+    total = round_up(real + 1, bucket)
+    cu = torch.zeros(batch + 2, dtype=torch.int32)
+    cu[1 : batch + 1] = torch.cumsum(lengths, 0)
+    cu[batch + 1] = total
+    flat = input_mask.reshape(-1).nonzero().squeeze(1)
+    fill = total - real
+
+    def packed(values: torch.Tensor) -> torch.Tensor:
+        return torch.cat([values.reshape(-1)[flat], values.new_zeros(fill)])
+
+    positions = torch.arange(seq).expand(batch, seq)
+    starts = cu[:batch].to(torch.int64)
+    # Filler prediction slots (label -1) may name padding positions; point them at the row's [CLS]
+    # so every packed index stays inside its own sequence.
+    in_row = torch.where(masked_positions < lengths[:, None], masked_positions, 0)
+    return {"input_ids": packed(input_ids), "segment_ids": packed(segment_ids),
+            "packed": PackedSequences(cu, seq, packed(positions), starts, flash),
+            "masked_positions": in_row + starts[:, None]}
+
+
+def should_pack(x: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """Run the encoder on packed real tokens? On the CPU, when the batch has padding. (On GPUs
+    finding the tokens costs a host sync per step and padding is cheaper there until a variable-length
+    attention kernel lands; traced graphs keep the plain layout.)"""
+    return mask is not None and x.device.type == "cpu" and not _tracing() and not bool(mask.all())
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor | PackedTokens | PackedSequences | None,
+    dropout_p: float,
+) -> torch.Tensor:
+    """Multi-head attention; all attention in the model goes through here.
+
+    Padded: q, k, v are [B, heads, S, d] and `layout` is a boolean [B, 1, 1, S] mask (True where a key
+    may be attended) or None; returns [B, heads, S, d].
+    Packed: q, k, v are [T, heads, d] (the real tokens) and `layout` is their `PackedTokens` (the CPU
+    encoder's packing of a padded batch) or `PackedSequences` (batches packed on the host, attention
+    per sequence: FlashAttention's varlen kernel on CUDA); returns [T, heads, d].
+    """
+    if isinstance(layout, PackedSequences):
+        return varlen_attention(q, k, v, layout, dropout_p)
+    if isinstance(layout, PackedTokens):
+        return packed_attention(q, k, v, layout, dropout_p)
+    return padded_attention(q, k, v, layout, dropout_p)
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedTokens,
+                     dropout_p: float) -> torch.Tensor:
+    """Attention over [T, heads, d] real tokens.
+
+    Variable-length kernels (a CUDA flash attention with the sequences' offsets) belong here, chosen
+    by device. The portable path below scatters Q/K/V back to the padded layout for batched products.
+    """
+    q, k, v = (packed.pad(t).transpose(1, 2) for t in (q, k, v))
+    context = padded_attention(q, k, v, packed.mask, dropout_p)
+    return packed.pack(context.transpose(1, 2))
+
+
+def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     dropout_p: float) -> torch.Tensor:
+    """Attention over [B, heads, S, d] with a boolean key mask.
+
+    With dropout on the CPU, SDPA has no fused kernel and runs its math path anyway; the same math is
+    written out here so the probabilities go through the faster CPU `dropout`. Elsewhere SDPA picks
+    its backend (flash, memory-efficient or math) for the device.
+    """
+    if dropout_p > 0.0 and q.device.type == "cpu" and not _tracing():
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.size(-1)))
+        if mask is not None:
+            scores = scores.masked_fill_(~mask, float("-inf"))
+        return torch.matmul(dropout(scores.softmax(-1), dropout_p, True), v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)

@@ -1,0 +1,259 @@
+"""Checkpoints of a pretraining run: finding, saving, pruning and restoring `ckpt_<step>.pt`.
+
+A `Checkpointer` is built with the objects whose state a checkpoint holds (model, optimizer,
+scheduler, grad scaler) and owns the run's counters (`RunState`). The loop calls three things:
+
+* `restore(...)` once before training: resume from the newest readable checkpoint in the output
+  folder (or `resume_step`'s), start phase 2 from phase 1's last checkpoint, or take the weights
+  (and LAMB moments) of an init checkpoint. It returns this rank's data position as stored — plain
+  data (`{"epoch", "slot", "offset"}`) — or None for a fresh start; the data stream is the caller's.
+* `save(position, epoch_files)` at checkpoint steps (on every rank: positions and RNG states are
+  gathered; rank 0 writes) and `save_unless_current()` at the end.
+* `name_step()`: the step a checkpoint is named after (phase-2 steps are offset by phase 1's end).
+
+File layout (the original's keys plus ours): `model`, `optimizer`, `master params`, `files` (slot
+followed by the epoch's shard order), `epoch`, `scaler`, `scheduler`, `rng` and `data_position`
+(one per rank), `run_state`, `phase`, `config`, `args`. Written to a temp file and renamed; read
+with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+import utils
+from checkpoint_io import load_checkpoint
+from utils import InputError
+
+CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
+
+
+@dataclass
+class RunState:
+    global_step: int = 0  # successful optimizer updates in this phase
+    skipped_steps: int = 0
+    samples_seen: int = 0  # global training samples in this phase (for evaluation cadence)
+    phase: int = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def checkpoint_steps(output_dir: str) -> list[int]:
+    """Steps of the `ckpt_<step>.pt` files in `output_dir`, newest first."""
+    steps = []
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        m = CKPT_PATTERN.match(name)
+        if m:
+            steps.append(int(m.group(1)))
+    return sorted(steps, reverse=True)
+
+
+def read_checkpoint(path: str) -> dict[str, Any] | None:
+    """The checkpoint, or None when the file is damaged (e.g. cut short by a crash)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not a usable checkpoint"
+        print(f"warning: skipping unreadable checkpoint {path}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        print(f"warning: skipping {path}: no 'model' entry", file=sys.stderr)
+        return None
+    return ckpt
+
+
+def find_resume_checkpoint(output_dir: str, resume_step: int) -> tuple[int, dict[str, Any]] | None:
+    """The requested step's checkpoint, or the newest one that loads."""
+    steps = checkpoint_steps(output_dir)
+    if resume_step >= 0:
+        steps = [s for s in steps if s == resume_step]
+        if not steps:
+            raise InputError(f"{output_dir}: no ckpt_{resume_step}.pt to resume from (--resume_step)")
+    for step in steps:
+        ckpt = read_checkpoint(os.path.join(output_dir, f"ckpt_{step}.pt"))
+        if ckpt is not None:
+            return step, ckpt
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Per-rank state
+# --------------------------------------------------------------------------------------------
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def gather_plain(obj: Any) -> list[Any]:
+    """Every rank's `obj` (plain data / tensors) on every rank."""
+    if utils.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * utils.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The checkpointer
+# --------------------------------------------------------------------------------------------
+
+
+class Checkpointer:
+    """Saves and restores one pretraining run in `output_dir` (see the module docstring)."""
+
+    def __init__(self, output_dir: str, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: Any, scaler: torch.amp.GradScaler, env: utils.DistEnv, learning_rate: float,
+                 phase2: bool = False, phase1_end_step: int = 0, keep: int = 3, enabled: bool = True,
+                 metadata: dict[str, Any] | None = None, logger: utils.Logger | None = None):
+        self.output_dir, self.env, self.learning_rate = output_dir, env, learning_rate
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.phase2, self.name_offset = phase2, phase1_end_step if phase2 else 0
+        self.keep, self.enabled = keep, enabled
+        self.metadata = metadata or {}  # stored as is, e.g. {"config": ..., "args": ...}
+        self.logger = logger
+        self.state = RunState(phase=2 if phase2 else 1)
+        self.written: list[str] = []  # files this process wrote (rank 0), oldest first: pruned to `keep`
+        self._last_saved_step = -1  # the same on every rank, so that every rank joins the same saves
+
+    def name_step(self) -> int:
+        return self.state.global_step + self.name_offset
+
+    @property
+    def latest(self) -> str | None:
+        return self.written[-1] if self.written else None
+
+    # ---- restore ------------------------------------------------------------------------------
+
+    def restore(self, *, resume: bool, resume_step: int = -1, init_checkpoint: str | None = None
+                ) -> dict[str, int] | None:
+        """Resume, start phase 2 from phase 1, or initialise from `init_checkpoint`; this rank's data position.
+
+        Checkpoints already in output_dir win over `init_checkpoint`, so a preempted job that is
+        resubmitted with the same command continues where it stopped.
+        """
+        has_checkpoints = bool(checkpoint_steps(self.output_dir))
+        if has_checkpoints and not resume:
+            raise InputError(f"{self.output_dir} already holds checkpoints; pass --resume_from_checkpoint "
+                             "or use another folder")
+        if resume and has_checkpoints:
+            found = find_resume_checkpoint(self.output_dir, resume_step)
+            if found is None:
+                raise InputError(f"{self.output_dir}: no readable checkpoint to resume from")
+            step, ckpt = found
+            return self._resume_from(ckpt, os.path.join(self.output_dir, f"ckpt_{step}.pt"))
+        if init_checkpoint:
+            self._init_from(init_checkpoint)
+        elif self.phase2 and resume:
+            raise InputError(f"{self.output_dir}: phase 2 needs phase 1's checkpoint there (none found)")
+        return None
+
+    def _resume_from(self, ckpt: dict[str, Any], path: str) -> dict[str, int] | None:
+        load_checkpoint(self.model, path, strict=True, state_dict=ckpt["model"])
+        starting_phase2 = self.phase2 and int(ckpt.get("phase", 1)) == 1
+        if "optimizer" in ckpt:
+            self._load_optimizer(ckpt["optimizer"], reset_schedule=starting_phase2)
+        if starting_phase2:
+            print(f"phase 2: starting from phase-1 checkpoint {path} (LR schedule restarts, LAMB moments carried over)")
+            return None
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("scheduler"):
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.state = RunState(**{**asdict(self.state), **ckpt.get("run_state", {}), "phase": self.state.phase})
+        self._last_saved_step = self.name_step()
+        rank = self.env.rank
+        rngs, positions = ckpt.get("rng", []), ckpt.get("data_position", [])
+        if rank < len(rngs):
+            set_rng_state(rngs[rank], self.env.device)
+        print(f"resumed from {path} at step {self.state.global_step}")
+        if rank < len(positions) and len(positions) == self.env.world_size:
+            return dict(positions[rank])
+        print("warning: world size changed since the checkpoint; data order restarts at a fresh epoch", file=sys.stderr)
+        return {"epoch": int(ckpt.get("epoch", 0)) + 1}
+
+    def _init_from(self, path: str) -> None:
+        report = load_checkpoint(self.model, path, strict=True)
+        print(f"init_checkpoint: {report.summary()}")
+        is_torch_file = os.path.isfile(path) and not path.endswith(".safetensors")
+        raw = torch.load(path, map_location="cpu", weights_only=True) if is_torch_file else {}
+        if isinstance(raw, dict) and isinstance(raw.get("optimizer"), dict):
+            self._load_optimizer(raw["optimizer"], reset_schedule=True)
+
+    def _load_optimizer(self, sd: dict[str, Any], reset_schedule: bool) -> None:
+        """Load LAMB state; for a new phase keep the moments but restart the step counter and LR."""
+        if reset_schedule:
+            for group in sd["param_groups"]:
+                group["step"] = 0
+                group["lr"] = self.learning_rate
+                group.pop("initial_lr", None)
+        try:
+            self.optimizer.load_state_dict(sd)
+        except (ValueError, KeyError) as exc:
+            raise InputError(f"optimizer state does not fit this model: {exc}") from None
+        if reset_schedule:
+            for group in self.optimizer.param_groups:
+                group["initial_lr"] = self.learning_rate
+            self.scheduler.base_lrs = [self.learning_rate for _ in self.optimizer.param_groups]
+
+    # ---- save ---------------------------------------------------------------------------------
+
+    def save(self, position: dict[str, int], epoch_files: list[str]) -> None:
+        """Write `ckpt_<name_step>.pt` (call on every rank). `position` is this rank's data position;
+        `epoch_files` the shard order of its epoch (rank 0's goes into the original's `files` entry)."""
+        if not self.enabled:
+            return
+        positions = gather_plain(dict(position))
+        rngs = gather_plain(rng_state(self.env.device))
+        step = self.name_step()
+        self._last_saved_step = step
+        if not self.env.is_main:
+            return
+        path = os.path.join(self.output_dir, f"ckpt_{step}.pt")
+        ckpt = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "master params": [p.detach() for p in self.model.parameters()],
+            "files": [positions[0]["slot"]] + list(epoch_files),
+            "epoch": positions[0]["epoch"],
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rngs,
+            "data_position": positions,
+            "run_state": asdict(self.state),
+            "phase": self.state.phase,
+            **self.metadata,
+        }
+        if self.logger is not None:
+            self.logger.log("PARAMETER", {"checkpoint_step": step})
+        utils.atomic_torch_save(ckpt, path)
+        self.written.append(path)
+        self._prune()
+
+    def save_unless_current(self, position: dict[str, int], epoch_files: list[str]) -> None:
+        """Save at the end of a run unless this step's checkpoint exists already (same answer on every rank)."""
+        if self._last_saved_step != self.name_step():
+            self.save(position, epoch_files)
+
+    def _prune(self) -> None:
+        while self.keep > 0 and len(self.written) > self.keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.written.pop(0))

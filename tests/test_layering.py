@@ -1,0 +1,73 @@
+"""The layering rule, read from the source (ast): core modules import no script and nothing from `data/`,
+each imports only the rooms below it, and the module-level imports between project modules form no cycle."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+# core module -> the project modules it may import (anything else of the project is a script or data/)
+ALLOWED = {
+    "utils": set(),
+    "bert_kernels": {"utils"},
+    "modeling": {"bert_kernels", "utils", "checkpoint_io"},  # checkpoint_io only lazily: see test below
+    "checkpoint_io": {"modeling", "utils"},
+    "tokenization": {"utils"},
+    "optimization": {"schedulers", "utils"},
+    "schedulers": {"utils"},
+    "checkpointing": {"checkpoint_io", "utils"},
+    "training": {"utils"},
+    "flops": {"modeling"},  # type hints only
+}
+
+
+def project_modules() -> set[str]:
+    """Top-level names that resolve to this repository: its .py files and packages (data, processors, ...)."""
+    names = {p.stem for p in ROOT.glob("*.py")}
+    names |= {p.name for p in ROOT.iterdir() if p.is_dir() and any(p.glob("*.py"))}
+    return names
+
+
+def imports_of(path: Path, module_level_only: bool = False) -> set[str]:
+    """Top-level package names imported by a file (every import, or only those run at import time)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(ALLOWED))
+def test_core_module_imports_only_the_rooms_below_it(module):
+    ours = imports_of(ROOT / f"{module}.py") & project_modules()
+    assert ours <= ALLOWED[module], f"{module}.py imports {sorted(ours - ALLOWED[module])}"
+
+
+def test_modeling_reaches_checkpoint_io_only_on_first_use():
+    """`modeling.load_checkpoint` stays importable, but modeling must load without checkpoint_io."""
+    assert "checkpoint_io" not in imports_of(ROOT / "modeling.py", module_level_only=True)
+
+
+def test_no_import_cycle_between_project_modules():
+    project = project_modules()
+    graph = {p.stem: imports_of(p, module_level_only=True) & project for p in ROOT.glob("*.py")}
+
+    finished: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(node):] + [node]))
+        if node in finished:
+            return
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt, path + [node])
+        finished.add(node)
+
+    for start in sorted(graph):
+        visit(start, [])

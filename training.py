@@ -1,0 +1,194 @@
+"""Training plumbing shared by the pretraining Trainer (`run_pretraining.py`) and the fine-tuning loop
+(`finetuning.py`): the fp16 grad scaler, DDP wrapping and its no-sync context, the progress bar,
+"main process first", and where feature caches go.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from utils import DistEnv, barrier
+
+COMPATIBILITY_GROUP = "accepted for compatibility with the original (no effect)"  # argparse group title
+LOSS_SCALE_HELP = ("fp16 loss scaling: 0 = dynamic (starts high, halves on overflow, doubles after 2000 clean "
+                   "steps); a positive value = this static scale, never changed (overflowing steps are skipped)")
+
+
+# --------------------------------------------------------------------------------------------
+# Loss scaling
+# --------------------------------------------------------------------------------------------
+
+
+def make_grad_scaler(precision: str, device: torch.device, loss_scale: float = 0.0,
+                     init_scale: float = 2.0**16) -> torch.amp.GradScaler:
+    """The GradScaler of `--loss_scale`: enabled for fp16 only (a disabled scaler passes everything through).
+
+    0 = dynamic scaling starting at `init_scale`; > 0 = a static scale that never grows or shrinks
+    (a step whose gradients overflow is still skipped).
+    """
+    enabled = precision == "fp16"
+    if loss_scale > 0:
+        scaler = torch.amp.GradScaler(device.type, init_scale=loss_scale, enabled=enabled)
+        # The constructor insists on factors that move the scale; a static scale is factors of 1.
+        scaler.set_growth_factor(1.0)
+        scaler.set_backoff_factor(1.0)
+        return scaler
+    return torch.amp.GradScaler(device.type, init_scale=init_scale, growth_interval=2000, enabled=enabled)
+
+
+# --------------------------------------------------------------------------------------------
+# Data parallelism
+# --------------------------------------------------------------------------------------------
+
+
+def wrap_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
+    """`model` in DistributedDataParallel when several processes train; the model itself otherwise."""
+    if not env.distributed:
+        return model
+    device_ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def broadcast_parameters(model: nn.Module) -> None:
+    """Rank 0's weights on every rank (for the manual all-reduce path, which has no DDP wrapper to do it)."""
+    for p in model.parameters():
+        dist.broadcast(p.data, 0)
+
+
+def ddp_module(model: nn.Module) -> DistributedDataParallel | None:
+    """The DistributedDataParallel inside `model`, also when `torch.compile` wrapped it; None if there is none."""
+    while not isinstance(model, DistributedDataParallel):
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule keeps the original here
+        if not isinstance(inner, nn.Module):
+            return None
+        model = inner
+    return model
+
+
+def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Skip DDP's gradient all-reduce for this backward unless `sync` (the last micro-batch of an update).
+
+    Reaches the DDP module through a `torch.compile` wrapper: otherwise every micro-batch would be reduced.
+    """
+    ddp = ddp_module(model)
+    return ddp.no_sync() if ddp is not None and not sync else contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------------------------
+# Process coordination and progress
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def main_process_first(is_main: bool, enabled: bool = True) -> Iterator[None]:
+    """Rank 0 runs the body first (e.g. builds and caches features); the other ranks then run it (read the cache).
+
+    Every rank must enter it (`enabled` False: no waiting, for code that only some ranks run).
+    """
+    if enabled and not is_main:
+        barrier()
+    yield
+    if enabled and is_main:
+        barrier()
+
+
+def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool, desc: str, total: int | None = None,
+                 initial: int = 0, unit: str = "it") -> Any:
+    """A tqdm bar on stderr; when disabled, the iterable itself (None without one)."""
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# Feature caches (fine-tuning)
+# --------------------------------------------------------------------------------------------
+
+
+def feature_cache_dir(cache_dir: str | None, default: str | os.PathLike, skip_cache: bool) -> Path | None:
+    """`cache_dir` (created), else `default`; None (no cache) when that folder is not writable."""
+    folder = Path(cache_dir) if cache_dir else Path(default)
+    if cache_dir:
+        folder.mkdir(parents=True, exist_ok=True)
+    if not skip_cache and not os.access(folder, os.W_OK):
+        print(f"warning: {folder} is not writable; features are not cached (use --cache_dir)", flush=True)
+        return None
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient all-reduce after accumulation (the original's --allreduce_post_accumulation)
+# --------------------------------------------------------------------------------------------
+
+
+def allreduce_post_accumulation(grads: list[torch.Tensor], divisor: int, fp16: bool) -> None:
+    """One flat all-reduce of `grads`, leaving their mean over ranks × micro-steps in place.
+
+    The gradients hold loss-scaled sums over the micro-steps; they are divided by `divisor` in their
+    own (fp32) precision before the fp16 cast, as the original's scaling copy does. Casting first
+    overflowed: a scaled sum over 64 micro-steps exceeds fp16's 65504 long before the mean does.
+    """
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat.div_(divisor)
+    wire = flat.to(torch.float16) if fp16 else flat
+    dist.all_reduce(wire)
+    if wire is not flat:
+        flat.copy_(wire)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+# --------------------------------------------------------------------------------------------
+# Compilation and host-to-device batches
+# --------------------------------------------------------------------------------------------
+
+COMPILE_BACKEND_ENV = "BERT_COMPILE_BACKEND"
+
+
+def compile_module(module: nn.Module) -> nn.Module:
+    """torch.compile with inductor, or the dynamo backend named by BERT_COMPILE_BACKEND (e.g. "eager"
+    or "aot_eager": graph capture without code generation, for tests and dry runs on slow machines)."""
+    return torch.compile(module, backend=os.environ.get(COMPILE_BACKEND_ENV, "inductor"))
+
+
+class DeviceBatches:
+    """Micro-batches prepared on the host and put on the device without the host waiting for it.
+
+    `step(k)` yields the k micro-batches of one optimizer step. Each raw batch from `source` goes
+    through `prepare` on the host (a dict of integer tensors and plain values); its tensors are
+    gathered into one pinned buffer, copied with non_blocking and split again on the device (views
+    with the original shapes and dtypes), so the host never blocks on the copy. Micro-batch i + 1 is
+    prepared while the device runs micro-batch i (its kernels are queued when the generator resumes);
+    nothing past the step's k-th micro-batch is read, so the source's position at a checkpoint is exact.
+    """
+
+    def __init__(self, source: Iterable[Any], prepare: Any, device: torch.device):
+        self.source = iter(source)
+        self.prepare, self.device = prepare, device
+
+    def step(self, count: int) -> Iterator[dict[str, Any]]:
+        for _ in range(count):
+            host = self.prepare(next(self.source))
+            yield host if self.device.type == "cpu" else self.to_device(host)
+
+    def to_device(self, host: dict[str, Any]) -> dict[str, Any]:
+        names = [k for k, v in host.items() if isinstance(v, torch.Tensor)]
+        parts = [host[k] for k in names]
+        sizes = [p.numel() for p in parts]
+        buffer = torch.empty(sum(sizes), dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        torch.cat([p.reshape(-1).to(torch.int64) for p in parts], out=buffer)
+        flat = buffer.to(self.device, non_blocking=True).split(sizes)
+        return {**host, **{k: v.view(p.shape).to(p.dtype) for k, v, p in zip(names, flat, parts, strict=True)}}
