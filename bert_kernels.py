@@ -324,12 +324,15 @@ def pack_batch(input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: t
     Real tokens of row b (the first lengths[b] positions: shards are left-aligned) go to
     cu[b] : cu[b+1]; a filler segment of ≥ 1 token rounds T up to a multiple of `bucket`, so the
     token count takes few distinct values (GEMM and compiled kernels are reused across steps).
-    masked_positions [B, P] (positions in each row) become packed indices.
+    The bucket is capped at the sequence length, so the filler is never longer than `max_seqlen`:
+    FlashAttention computes only max_seqlen rows of a segment, and uncomputed filler rows would hold
+    garbage that reaches the weight gradients (0 · NaN). masked_positions [B, P] (positions in each
+    row) become packed indices.
     """
     batch, seq = input_ids.shape
     lengths = input_mask.sum(dim=1)
     real = int(lengths.sum())
-    total = round_up(real + 1, bucket)
+    total = round_up(real + 1, min(bucket, seq))
     cu = torch.zeros(batch + 2, dtype=torch.int32)
     cu[1 : batch + 1] = torch.cumsum(lengths, 0)
     cu[batch + 1] = total

@@ -96,7 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "FlashAttention's varlen kernel runs (sm80+, fp16/bf16); on = always (elsewhere with a "
                         "reference attention, for testing); off = padded batches (the CPU still packs its layers)")
     p.add_argument("--pack_bucket", type=int, default=512,
-                   help="packed token counts are rounded up to a multiple of this (few distinct shapes)")
+                   help="packed token counts are rounded up to a multiple of this, at most the sequence length "
+                        "(few distinct shapes, so kernels are reused)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--tensorboard_dir", default=None, help="also write TensorBoard scalars here")
     p.add_argument("--loss_curve", default=None, help="PNG loss curve written at the end (default: next to --json-summary)")
@@ -187,6 +188,7 @@ class Trainer:
         position = DataPosition(**stored) if stored is not None else None
         self.stream = ShardStream(self.files, env.rank, env.world_size, self.micro_batch, self.max_pred, args.seed,
                                   position)
+        self.flash_attention = flash_varlen_available(env.device, self.precision)
         self.packed = self._use_packed_batches()
         self.forward_model = self._wrap_model()
         self.compiled = args.compile == "on" or (args.compile == "auto" and env.device.type == "cuda")
@@ -219,7 +221,7 @@ class Trainer:
             if args.unpad == "on":
                 raise InputError("--unpad on needs the masked-only MLM head (drop --no_dense_seq_output)")
             return False
-        return args.unpad == "on" or flash_varlen_available(self.env.device, self.precision)
+        return args.unpad == "on" or self.flash_attention
 
     def _prepare_batch(self, batch: list[torch.Tensor]) -> dict[str, Any]:
         """Host-side work on one micro-batch (CPU tensors): FLOP count, masked positions, packing."""
@@ -231,8 +233,8 @@ class Trainer:
         if not self.packed:
             return {"input_ids": input_ids, "segment_ids": segment_ids, "input_mask": input_mask,
                     "positions": positions, "labels": labels, "nsp_labels": nsp_labels}
-        flash = flash_varlen_available(self.env.device, self.precision)
-        packed = pack_batch(input_ids, segment_ids, input_mask, positions, self.args.pack_bucket, flash=flash)
+        packed = pack_batch(input_ids, segment_ids, input_mask, positions, self.args.pack_bucket,
+                            flash=self.flash_attention)
         seqs: PackedSequences = packed["packed"]
         return {"input_ids": packed["input_ids"], "segment_ids": packed["segment_ids"],
                 "positions": packed["masked_positions"], "labels": labels, "nsp_labels": nsp_labels,

@@ -34,9 +34,10 @@ def test_pack_batch_layout():
     ids, types, mask, positions, _, _ = padded_batch()
     packed = pack_batch(ids, types, mask, positions, bucket=64)
     seqs: PackedSequences = packed["packed"]
+    assert not seqs.flash
     real = sum(LENGTHS)
     total = packed["input_ids"].numel()
-    assert total % 64 == 0 and total > real and total - real <= 64
+    assert total % 32 == 0 and total > real and total - real <= 32, "bucket 64 is capped at the length 32"
     assert seqs.cu_seqlens.dtype == torch.int32
     assert seqs.cu_seqlens.tolist() == [0, 32, 57, 69, 101, 110, 130, total]
     assert seqs.max_seqlen == 32
@@ -47,6 +48,7 @@ def test_pack_batch_layout():
         assert seqs.position_ids[start : start + length].tolist() == list(range(length))
         assert seqs.first_token[row] == start
     assert (packed["input_ids"][real:] == 0).all() and (seqs.position_ids[real:] == 0).all()
+    assert total - real <= seqs.max_seqlen, "the filler segment fits FlashAttention's max_seqlen"
     mlm = packed["masked_positions"]
     starts, ends = seqs.cu_seqlens[:-2, None], seqs.cu_seqlens[1:-1, None]
     assert ((mlm >= starts) & (mlm < ends)).all(), "every prediction slot stays inside its own sequence"
