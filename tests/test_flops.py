@@ -1,9 +1,19 @@
-"""Bug 4: MFU's peak table is keyed by exact GPU names and by precision."""
+"""FLOPs and MFU: the peak table keyed by exact GPU names and by precision (bug 4), FLOPs on real tokens."""
 from __future__ import annotations
 
 import pytest
+import torch
+from pretrain_helpers import TINY_MODEL
 
-from flops import GPU_PEAK_TFLOPS, peak_flops
+from flops import (
+    GPU_PEAK_TFLOPS,
+    FlopsCounter,
+    model_flops_utilization,
+    peak_flops,
+    training_flops,
+    training_flops_per_sequence,
+)
+from modeling import BertConfig
 
 
 @pytest.mark.parametrize(("name", "precision", "tflops"), [
@@ -38,3 +48,32 @@ def test_every_peak_orders_precisions_as_the_hardware_does():
             assert peaks["bf16"] == peaks["fp16"] > peaks["tf32"] >= peaks["fp32"], name
         else:
             assert peaks["fp16"] > peaks["fp32"] and "bf16" not in peaks, name
+
+
+def _config() -> BertConfig:
+    return BertConfig.from_dict(TINY_MODEL)
+
+
+def test_real_token_flops_are_the_per_sequence_flops_of_the_real_lengths():
+    config, lengths = _config(), torch.tensor([128, 37, 90, 5])
+    expected = sum(training_flops_per_sequence(config, int(n), 20) for n in lengths)
+    assert training_flops(config, lengths, 20) == pytest.approx(expected, rel=1e-12)
+    expected_all = sum(training_flops_per_sequence(config, int(n), None) for n in lengths)
+    assert training_flops(config, lengths, None) == pytest.approx(expected_all, rel=1e-12)
+
+
+def test_counter_separates_real_and_padded_work_and_resets():
+    config = _config()
+    counter = FlopsCounter(config, masked=20, seq_len=128)
+    mask = (torch.arange(128)[None] < torch.tensor([128, 64])[:, None]).long()
+    counter.add(mask)
+    work = counter.take()
+    assert (work.real_tokens, work.padded_tokens) == (192, 256)
+    assert work.padded_flops == pytest.approx(2 * training_flops_per_sequence(config, 128, 20))
+    assert work.real_flops == pytest.approx(training_flops_per_sequence(config, 128, 20)
+                                            + training_flops_per_sequence(config, 64, 20))
+    assert counter.take().real_flops == 0.0
+
+
+def test_mfu_is_omitted_off_cuda():
+    assert model_flops_utilization(1e15, 1.0, torch.device("cpu"), "bf16") is None
