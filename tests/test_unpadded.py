@@ -6,12 +6,18 @@ itself (shapes, autograd wiring) is checked on meta tensors.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
-from pretrain_helpers import TINY_MODEL
+from conftest import ROOT, script_env
+from pretrain_helpers import TINY_MODEL, write_config
 
 from bert_kernels import FlashVarlenAttention, PackedSequences, block_diagonal_attention, pack_batch, varlen_attention
+from data.synthetic_shards import write_synthetic_shard
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
+from utils import read_dllogger
 
 LENGTHS = (32, 25, 12, 32, 9, 20)
 
@@ -134,3 +140,33 @@ def test_block_diagonal_attention_keeps_sequences_apart_and_keeps_dropout():
         torch.testing.assert_close(plain[start:end], alone)
     dropped = block_diagonal_attention(q, k, v, cu, 0.5, 8**-0.5)
     assert not torch.allclose(plain, dropped)
+
+
+def _pretrain(tmp_path, name: str, extra: list[str]) -> dict[int, float]:
+    """Step losses of a 3-step tiny run_pretraining.py on the CPU (dropout off) with these extra flags."""
+    data = tmp_path / "data"
+    if not data.is_dir():
+        data.mkdir()
+        write_synthetic_shard(data / "synthetic_training_0.hdf5", rows=64, seq_len=64, max_pred=10, profile="wikitext_512")
+        write_config(tmp_path / "tiny.json", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    out = tmp_path / name
+    cmd = [sys.executable, str(ROOT / "run_pretraining.py"), "--do_train", "--disable_progress_bar",
+           f"--input_dir={data}", f"--config_file={tmp_path / 'tiny.json'}", f"--output_dir={out}",
+           f"--json-summary={out / 'dllogger.json'}", "--train_batch_size=8", "--gradient_accumulation_steps=2",
+           "--max_steps=3", "--learning_rate=1e-3", "--max_seq_length=64", "--max_predictions_per_seq=10",
+           "--precision=fp32", "--skip_checkpoint", "--log_freq=1", "--device=cpu", *extra]
+    env = {**script_env(), "OMP_NUM_THREADS": "1", "BERT_COMPILE_BACKEND": "eager"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return {r["step"][1]: r["data"]["step_loss"] for r in read_dllogger(out / "dllogger.json")
+            if isinstance(r.get("step"), list) and len(r["step"]) == 2 and "step_loss" in r["data"]}
+
+
+def test_run_pretraining_packed_and_compiled_equals_padded(tmp_path):
+    """The whole Trainer path (host packing, DeviceBatches, the compiled model-and-loss region) against
+    padded batches: same losses step by step (dropout off, fp32, so the two layouts compute the same)."""
+    padded = _pretrain(tmp_path, "padded", ["--unpad=off", "--compile=off"])
+    packed = _pretrain(tmp_path, "packed", ["--unpad=on", "--compile=on", "--pack_bucket=32"])
+    assert sorted(padded) == sorted(packed) == [1, 2, 3]
+    for step, loss in padded.items():
+        assert packed[step] == pytest.approx(loss, rel=1e-5), step
