@@ -297,14 +297,21 @@ def probe_sdpa(device: torch.device, config: dict[str, Any], phase: Phase) -> di
     result: dict[str, Any] = {"shape": list(q.shape), "dtype": str(dtype)}
     for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
         backend = getattr(SDPBackend, name, None)
+        if backend is None:
+            result[name.lower()] = "not in this torch"
+            continue
         for label, attn_mask in (("padding_mask", mask), ("no_mask", None)):
             try:
                 with sdpa_kernel(backend):
                     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=0.1)
                     out.sum().backward()
                 result[f"{name.lower()}/{label}"] = "ok"
-            except RuntimeError as exc:
-                result[f"{name.lower()}/{label}"] = "refused: " + str(exc).splitlines()[0][:120]
+            except Exception as exc:  # noqa: BLE001 - a refusal is the answer being recorded
+                result[f"{name.lower()}/{label}"] = "refused: " + (str(exc).splitlines() or [""])[0][:120]
+    result["flash_varlen_for_packed_batches"] = flash_varlen_available(device, "bf16")
+    for op in ("_flash_attention_forward", "_flash_attention_backward"):
+        packet = getattr(torch.ops.aten, op, None)
+        result[f"schema{op}"] = str(packet.default._schema) if packet is not None else "missing"
     result["default_kernels"] = _default_sdpa_kernels(q, k, v, mask, device)
     return result
 

@@ -191,3 +191,62 @@ def test_post_accumulation_allreduce_on_device_tensors(tmp_path):
     assert all(g.device == grads[0].device for g in grads)
     torch.testing.assert_close(grads[0], torch.full((1000,), 2000.0, device=DEVICE))
     torch.testing.assert_close(grads[1], torch.full((3, 5), -1000.0, device=DEVICE))
+
+
+def test_flash_varlen_attention_matches_the_reference_and_keeps_dropout():
+    """FlashAttention's varlen kernel (bf16 on CUDA; the reference itself elsewhere) against the
+    block-diagonal SDPA reference, forward and backward at dropout 0; with dropout 0.1 it differs, its
+    gradients are finite and a replay with the same RNG state gives the same output."""
+    from bert_kernels import PackedSequences, block_diagonal_attention, flash_varlen_available, varlen_attention
+
+    flash = flash_varlen_available(DEVICE, "bf16")
+    dtype = torch.bfloat16 if flash else torch.float32
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 100, 101, 228, 300, 384], dtype=torch.int32, device=DEVICE)
+    packed = PackedSequences(cu, 128, torch.zeros(384, dtype=torch.long, device=DEVICE),
+                             cu[:-2].long(), flash)
+    q, k, v = (torch.randn(384, 4, 64, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3))
+    out = varlen_attention(q, k, v, packed, 0.0)
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    ref = block_diagonal_attention(*(t.float() for t in (q, k, v)), cu, 0.0, 64**-0.5)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    tolerance = {"rtol": 2e-2, "atol": 2e-2} if flash else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(out.float(), ref, **tolerance)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.float(), want.float(), **tolerance)
+
+    state = torch.cuda.get_rng_state(DEVICE) if DEVICE.type == "cuda" else torch.get_rng_state()
+    dropped = varlen_attention(q, k, v, packed, 0.1)
+    if DEVICE.type == "cuda":
+        torch.cuda.set_rng_state(state, DEVICE)
+    else:
+        torch.set_rng_state(state)
+    replayed = varlen_attention(q, k, v, packed, 0.1)
+    assert not torch.allclose(dropped.float(), out.float(), atol=1e-3)
+    torch.testing.assert_close(dropped, replayed)
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(dropped.float().sum(), (q, k, v)))
+
+
+def test_packed_cuda_model_matches_padded_model():
+    """The packed model on the device (flash under bf16 autocast where it runs) against the padded one."""
+    from bert_kernels import flash_varlen_available, pack_batch
+
+    config = BertConfig.from_dict({**TINY_MODEL, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    torch.manual_seed(0)
+    model = BertForPreTraining(config).to(DEVICE).train()
+    model.bert.encoder.unpad = False
+    criterion = BertPretrainingCriterion(config.padded_vocab_size)
+    ids, types, mask, positions, labels, nsp = _tiny_batch(config)
+    flash = flash_varlen_available(DEVICE, "bf16")
+    packed = pack_batch(ids, types, mask, positions, 64, flash=flash)
+    precision = "bf16" if flash else "fp32"
+    losses = []
+    for inputs in ((ids, types, mask, positions, None), (packed["input_ids"], packed["segment_ids"], None,
+                                                          packed["masked_positions"], packed["packed"])):
+        moved = [t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in inputs[:4]]
+        seqs = inputs[4].to(DEVICE) if inputs[4] is not None else None
+        with utils.autocast_context(precision, DEVICE):
+            scores, nsp_scores = model(*moved, packed=seqs) if seqs is not None else model(*moved)
+            losses.append(criterion(scores, nsp_scores, labels.to(DEVICE), nsp.to(DEVICE))[0].float())
+    tolerance = 2e-2 if flash else 1e-5
+    torch.testing.assert_close(losses[1], losses[0], rtol=tolerance, atol=tolerance)
