@@ -142,7 +142,8 @@ def _pretrain(out: Path, data: Path, config: Path, extra: list[str]) -> subproce
            f"--json-summary={out / 'dllogger.json'}", "--train_batch_size=8", "--gradient_accumulation_steps=2",
            "--max_steps=4", "--learning_rate=5e-3", "--warmup_proportion=0.25", "--max_seq_length=64",
            "--max_predictions_per_seq=10", "--precision=fp16", "--init_loss_scale=1024", "--seed=3",
-           "--num_steps_per_checkpoint=2", "--log_freq=1", f"--device={DEVICE.type}", *extra]
+           "--num_steps_per_checkpoint=2", "--log_freq=1", f"--device={DEVICE.type}",
+           "--compile=off", *extra]  # compiled rows are benchmarks/bench_gpu.py's (compiling costs ~30 s a run)
     proc = subprocess.run(cmd, env=script_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
