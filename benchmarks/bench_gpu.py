@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -414,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
                 if trainer is not None:
                     trainer.stream.close()
                 del trainer
+                if row.compiled:  # dynamo's caches keep the compiled model (and its ~5 GB of state) alive
+                    torch._dynamo.reset()
+                gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     out.write("done", seconds=round(time.perf_counter() - start, 1))
