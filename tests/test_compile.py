@@ -87,3 +87,53 @@ def test_compiled_equals_eager_on_cpu(layout):
     assert grads_c.keys() == grads_e.keys()
     for name, grad in grads_e.items():
         torch.testing.assert_close(grads_c[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+MICRO_STEPS, ACCUMULATION = 6, 3
+
+
+def _count_allreduces_through_compiled_loss(rank: int, world: int, init_file: str, out: dict) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    import training
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        module = loss_module(dropout=0.0)
+        ddp = DistributedDataParallel(module.model)
+        calls = []
+
+        def counting_hook(state, bucket):
+            calls.append(bucket.index())
+            fut = dist.all_reduce(bucket.buffer().div_(world), async_op=True).get_future()
+            return fut.then(lambda f: f.value()[0])
+
+        ddp.register_comm_hook(None, counting_hook)
+        step = torch.compile(PretrainingLoss(ddp, module.criterion), backend="eager")
+        for micro in range(MICRO_STEPS):
+            with training.gradient_sync(ddp, sync=(micro + 1) % ACCUMULATION == 0):
+                loss, _, _ = step(*padded_args(seed=rank * 100 + micro))
+                loss.backward()
+        grad = ddp.module.cls.predictions.bias.grad.clone()
+        gathered = [torch.zeros_like(grad) for _ in range(world)]
+        dist.all_gather(gathered, grad)
+        out[rank] = (len(set(calls)), len(calls), all(torch.equal(g, gathered[0]) for g in gathered))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_compiled_model_and_loss_around_ddp_reduce_once_per_update(tmp_path):
+    """The Trainer's arrangement (the compiled region wraps DDP, no_sync set outside it): 2 gloo ranks,
+    3 micro-batches per update, 2 updates → gradients reduced only on the updates' last micro-batch."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_count_allreduces_through_compiled_loss, args=(2, str(tmp_path / "rendezvous"), out), nprocs=2,
+                 join=True)
+        results = dict(out)
+    for rank in (0, 1):
+        buckets, calls, synced = results[rank]
+        assert buckets >= 1 and calls == buckets * (MICRO_STEPS // ACCUMULATION), results
+        assert synced, "both ranks hold the same reduced gradients"
