@@ -7,11 +7,11 @@ The model (`modeling.py`) only calls:
 * `attention(q, k, v, layout, dropout_p)` — multi-head attention over the padded layout (a boolean
   padding mask or None) or over packed real tokens (`PackedTokens`); `padding_mask` builds the mask;
 * `PackedTokens` and `should_pack` — where the real tokens of a padded batch are, and whether the
-  encoder should run on them only.
-
-Faster attention for other devices (a CUDA variable-length flash attention next) plugs into
-`packed_attention` / `padded_attention`: the dispatch by device and input kind is there, and nothing in
-the model changes. Scripts expose the backend choices through `add_kernel_arguments` and
+  encoder should run on them only (the CPU);
+* `PackedSequences` and `pack_batch` — a batch packed on the host before it reaches the device (real
+  tokens only from the embeddings on, with the sequences' offsets), and `varlen_attention` over it:
+  FlashAttention's variable-length kernel with dropout on CUDA (`flash_varlen_available`), a
+  block-diagonal SDPA reference elsewhere. Scripts expose the backend choices through `add_kernel_arguments` and
 `configure_kernels`. This module imports torch and utils only.
 """
 from __future__ import annotations
@@ -223,6 +223,135 @@ class PackedTokens:
         return padded.view(self.batch, self.seq, *x.shape[1:])
 
 
+@dataclass
+class PackedSequences:
+    """Where each sequence's real tokens lie in a packed [T, ...] layout (built on the host, `pack_batch`).
+
+    cu_seqlens: int32 [B + 2]: sequence b holds tokens cu_seqlens[b] : cu_seqlens[b + 1]; the last
+    segment is filler (at least one token) that rounds T up to a bucket, so shapes repeat across steps.
+    max_seqlen: an upper bound of any segment's length (the shard's sequence length): a host int, so
+    the kernel launch needs no device-to-host read. flash: attention runs FlashAttention's varlen
+    kernel (decided on the host: CUDA, fp16/bf16, sm80+, see `flash_varlen_available`), else the
+    block-diagonal reference.
+    """
+
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    position_ids: torch.Tensor  # [T] position of each token in its sequence (0 for filler)
+    first_token: torch.Tensor  # [B] packed index of each sequence's [CLS]
+    flash: bool = False
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> PackedSequences:
+        return PackedSequences(self.cu_seqlens.to(device, non_blocking=non_blocking), self.max_seqlen,
+                               self.position_ids.to(device, non_blocking=non_blocking),
+                               self.first_token.to(device, non_blocking=non_blocking), self.flash)
+
+    def pin_memory(self) -> PackedSequences:
+        return PackedSequences(self.cu_seqlens.pin_memory(), self.max_seqlen, self.position_ids.pin_memory(),
+                               self.first_token.pin_memory(), self.flash)
+
+
+def flash_varlen_available(device: torch.device, precision: str) -> bool:
+    """Whether FlashAttention's variable-length kernel can run for this device and training precision:
+    CUDA sm80+ (Ampere and later) under fp16/bf16 autocast, with torch's flash kernels enabled."""
+    if device.type != "cuda" or precision not in ("fp16", "bf16") or not torch.cuda.is_available():
+        return False
+    if not hasattr(torch.ops.aten, "_flash_attention_forward") or not torch.backends.cuda.flash_sdp_enabled():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+class FlashVarlenAttention(torch.autograd.Function):
+    """aten's FlashAttention-2 forward/backward over packed [T, heads, d] tensors with cu_seqlens.
+
+    Chosen because it keeps attention dropout in torch 2.11 and 2.13 alike (the dropout mask is
+    regenerated in backward from the Philox state the forward returns). The public varlen helper
+    (torch.nn.attention.varlen) fixes dropout at 0; nested jagged tensors through SDPA also reach
+    this kernel but need the batch's max length (a device-to-host read unless carried along) and
+    add wrapper work around every attention call. Arguments are passed positionally up to
+    `return_debug_mask`, plus `scale`: those have had the same meaning in every release since 2.1.
+    Both ops have meta kernels, so torch.compile traces through this function.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                max_seqlen: int, dropout_p: float, scale: float) -> torch.Tensor:
+        out, lse, rng_state, unused, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, rng_state, unused)
+        ctx.max_seqlen, ctx.dropout_p, ctx.scale = max_seqlen, dropout_p, scale
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        q, k, v, out, lse, cu_seqlens, rng_state, unused = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            grad_out.contiguous(), q, k, v, out, lse, cu_seqlens, cu_seqlens, ctx.max_seqlen, ctx.max_seqlen,
+            ctx.dropout_p, False, rng_state, unused, scale=ctx.scale)
+        return dq, dk, dv, None, None, None, None
+
+
+def block_diagonal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                             dropout_p: float, scale: float) -> torch.Tensor:
+    """The same attention through SDPA with a [T, T] block-diagonal mask: each token attends to its
+    own sequence only. The reference the varlen kernel is checked against and the CPU stand-in for
+    tests (O(T²) memory, no host reads, so it also compiles); not a production path."""
+    tokens = torch.arange(q.size(0), device=q.device, dtype=cu_seqlens.dtype)
+    segment = torch.searchsorted(cu_seqlens, tokens, right=True)
+    mask = segment[:, None] == segment[None, :]
+    out = F.scaled_dot_product_attention(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), attn_mask=mask,
+                                         dropout_p=dropout_p, scale=scale)
+    return out[0].transpose(0, 1)
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences,
+                     dropout_p: float) -> torch.Tensor:
+    """Attention within each packed sequence: q, k, v [T, heads, d] → [T, heads, d]."""
+    scale = 1.0 / math.sqrt(q.size(-1))
+    if packed.flash:
+        return FlashVarlenAttention.apply(q, k, v, packed.cu_seqlens, packed.max_seqlen, dropout_p, scale)
+    return block_diagonal_attention(q, k, v, packed.cu_seqlens, dropout_p, scale)
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pack_batch(input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: torch.Tensor,
+               masked_positions: torch.Tensor, bucket: int = 256, flash: bool = False) -> dict[str, Any]:
+    """Host-side packing of one padded micro-batch ([B, S] tensors on the CPU; no device involved).
+
+    Real tokens of row b (the first lengths[b] positions: shards are left-aligned) go to
+    cu[b] : cu[b+1]; a filler segment of ≥ 1 token rounds T up to a multiple of `bucket`, so the
+    token count takes few distinct values (GEMM and compiled kernels are reused across steps).
+    The bucket is capped at the sequence length, so the filler is never longer than `max_seqlen`:
+    FlashAttention computes only max_seqlen rows of a segment, and uncomputed filler rows would hold
+    garbage that reaches the weight gradients (0 · NaN). masked_positions [B, P] (positions in each
+    row) become packed indices.
+    """
+    batch, seq = input_ids.shape
+    lengths = input_mask.sum(dim=1)
+    real = int(lengths.sum())
+    total = round_up(real + 1, min(bucket, seq))
+    cu = torch.zeros(batch + 2, dtype=torch.int32)
+    cu[1 : batch + 1] = torch.cumsum(lengths, 0)
+    cu[batch + 1] = total
+    flat = input_mask.reshape(-1).nonzero().squeeze(1)
+    fill = total - real
+
+    def packed(values: torch.Tensor) -> torch.Tensor:
+        return torch.cat([values.reshape(-1)[flat], values.new_zeros(fill)])
+
+    positions = torch.arange(seq).expand(batch, seq)
+    starts = cu[:batch].to(torch.int64)
+    # Filler prediction slots (label -1) may name padding positions; point them at the row's [CLS]
+    # so every packed index stays inside its own sequence.
+    in_row = torch.where(masked_positions < lengths[:, None], masked_positions, 0)
+    return {"input_ids": packed(input_ids), "segment_ids": packed(segment_ids),
+            "packed": PackedSequences(cu, seq, packed(positions), starts, flash),
+            "masked_positions": in_row + starts[:, None]}
+
+
 def should_pack(x: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """Run the encoder on packed real tokens? On the CPU, when the batch has padding. (On GPUs
     finding the tokens costs a host sync per step and padding is cheaper there until a variable-length
@@ -231,15 +360,19 @@ def should_pack(x: torch.Tensor, mask: torch.Tensor | None) -> bool:
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor | PackedTokens | None, dropout_p: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor | PackedTokens | PackedSequences | None,
+    dropout_p: float,
 ) -> torch.Tensor:
     """Multi-head attention; all attention in the model goes through here.
 
     Padded: q, k, v are [B, heads, S, d] and `layout` is a boolean [B, 1, 1, S] mask (True where a key
     may be attended) or None; returns [B, heads, S, d].
-    Packed: q, k, v are [T, heads, d] (the real tokens) and `layout` is their `PackedTokens`; returns
-    [T, heads, d].
+    Packed: q, k, v are [T, heads, d] (the real tokens) and `layout` is their `PackedTokens` (the CPU
+    encoder's packing of a padded batch) or `PackedSequences` (batches packed on the host, attention
+    per sequence: FlashAttention's varlen kernel on CUDA); returns [T, heads, d].
     """
+    if isinstance(layout, PackedSequences):
+        return varlen_attention(q, k, v, layout, dropout_p)
     if isinstance(layout, PackedTokens):
         return packed_attention(q, k, v, layout, dropout_p)
     return padded_attention(q, k, v, layout, dropout_p)

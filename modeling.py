@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bert_kernels import PackedTokens, attention, dropout, linear, padding_mask, should_pack
+from bert_kernels import PackedSequences, PackedTokens, attention, dropout, linear, padding_mask, should_pack
 from utils import InputError
 
 REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -184,8 +184,10 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=1e-12)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.size(1), device=input_ids.device)
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, S] ids → [B, S, H]; or packed [T] ids with their `position_ids` → [T, H]."""
+        positions = torch.arange(input_ids.size(1), device=input_ids.device) if position_ids is None else position_ids
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))
 
@@ -200,7 +202,7 @@ class BertSelfAttention(nn.Module):
         self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
         # One GEMM for Q, K and V; the parameters stay separate so state-dict names match the original.
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
@@ -209,7 +211,7 @@ class BertSelfAttention(nn.Module):
         # Q, K and V are views of the one product, split by `unbind`: its backward writes the three
         # gradients into one buffer (indexing qkv[0], qkv[1], qkv[2] would run three select backwards,
         # each zero-filling a full-size buffer).
-        if isinstance(mask, PackedTokens):  # x is [T, hidden]: real tokens only
+        if isinstance(mask, (PackedTokens, PackedSequences)):  # x is [T, hidden]: real tokens only
             q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)
             return attention(q, k, v, mask, dropout_p).flatten(1)
         b, s = qkv.shape[:2]
@@ -241,7 +243,7 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
         return self.output(self.self(x, mask), x)
 
 
@@ -266,7 +268,7 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
         attended = self.attention(x, mask)
         return self.output(self.intermediate(attended), attended)
 
@@ -286,14 +288,16 @@ class BertEncoder(nn.Module):
         self.pack_multiple = 64  # see PackedTokens.from_mask
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, output_all_encoded_layers: bool = False
+        self, x: torch.Tensor, mask: torch.Tensor | PackedSequences | None, output_all_encoded_layers: bool = False
     ) -> list[torch.Tensor]:
+        if isinstance(mask, PackedSequences):  # x is already [T, H]: real tokens only, end to end
+            return self._run(x, mask, output_all_encoded_layers)
         if self.unpad and self.training and should_pack(x, mask):
             packed = PackedTokens.from_mask(mask, self.pack_multiple)
             return [packed.pad(out) for out in self._run(packed.pack(x), packed, output_all_encoded_layers)]
         return self._run(x, mask, output_all_encoded_layers)
 
-    def _run(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | None,
+    def _run(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None,
              output_all_encoded_layers: bool) -> list[torch.Tensor]:
         if self.checkpoint_activations and self.training and torch.is_grad_enabled():
             return [self._forward_checkpointed(x, mask)]
@@ -304,12 +308,12 @@ class BertEncoder(nn.Module):
                 outputs.append(x)
         return outputs if output_all_encoded_layers else [x]
 
-    def _forward_checkpointed(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | None) -> torch.Tensor:
+    def _forward_checkpointed(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
         """Recompute activations in chunks of ceil(sqrt(L)) layers, as the original does."""
         chunk = max(1, math.ceil(math.sqrt(len(self.layer))))
 
         def run(start: int, end: int):
-            def fn(hidden: torch.Tensor, m: torch.Tensor | PackedTokens | None) -> torch.Tensor:
+            def fn(hidden: torch.Tensor, m: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
                 for layer in self.layer[start:end]:
                     hidden = layer(hidden, m)
                 return hidden
@@ -328,6 +332,10 @@ class BertPooler(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.dense_act(hidden[:, 0])
+
+    def pool_packed(self, hidden: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
+        """Packed [T, H] → [B, H] from each sequence's first token ([CLS])."""
+        return self.dense_act(hidden.index_select(0, packed.first_token))
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -412,11 +420,18 @@ class BertModel(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         output_all_encoded_layers: bool | None = None,
+        packed: PackedSequences | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """With `packed`, input_ids and token_type_ids are packed [T] (see `bert_kernels.pack_batch`),
+        attention_mask is unused, and the encoded layers are [T, H]."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if output_all_encoded_layers is None:
             output_all_encoded_layers = self.config.output_all_encoded_layers
+        if packed is not None:
+            x = self.embeddings(input_ids, token_type_ids, packed.position_ids)
+            encoded = self.encoder(x, packed, output_all_encoded_layers)
+            return encoded, self.pooler.pool_packed(encoded[-1], packed)
         x = self.embeddings(input_ids, token_type_ids)
         encoded = self.encoder(x, padding_mask(attention_mask), output_all_encoded_layers)
         return encoded, self.pooler(encoded[-1])
@@ -457,10 +472,17 @@ class BertForPreTraining(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         masked_lm_positions: torch.Tensor | None = None,
+        packed: PackedSequences | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        encoded, pooled = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False)
+        """With `packed` (ids packed [T], see `bert_kernels.pack_batch`), masked_lm_positions [B, P] are
+        packed indices and must be given."""
+        encoded, pooled = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False,
+                                    packed=packed)
         sequence = encoded[-1]
-        if masked_lm_positions is not None:
+        if packed is not None:
+            # [T, H] at [B, P] packed indices → [B, P, H] (index_select: its backward is one index_add)
+            sequence = sequence.index_select(0, masked_lm_positions.reshape(-1)).view(*masked_lm_positions.shape, -1)
+        elif masked_lm_positions is not None:
             sequence = gather_positions(sequence, masked_lm_positions)
         return self.cls(sequence, pooled)
 

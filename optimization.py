@@ -153,8 +153,8 @@ class Lamb(_Fp32StateMixin, Optimizer):
 
     foreach=True updates all same-device, same-dtype tensors of a group together; its temporaries
     are then the size of that whole bucket. foreach=False goes tensor by tensor (same results, less
-    peak memory, more kernel launches). fused (None = on the CPU wherever it applies: fp32
-    parameters, bias correction and grad averaging on; True also on CUDA) computes the Adam
+    peak memory, more kernel launches). fused (None = wherever it applies: fp32 CPU or CUDA
+    parameters, bias correction and grad averaging on; see `fused_lamb_setting`) computes the Adam
     direction with torch's fused Adam kernel: about half the passes over memory, a persistent update
     buffer the size of the parameters, and `.grad` is left pre-normalised. Results agree with the
     other paths to float rounding.
@@ -212,13 +212,13 @@ class Lamb(_Fp32StateMixin, Optimizer):
 
     def _use_fused(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
         """The fused path covers fp32 tensors on CPU/CUDA with bias correction and grad averaging (the
-        pretraining settings); anything else, or fused=False, takes the foreach path. fused=None picks
-        it on the CPU only: on CUDA it is opt-in (fused=True) until it has been timed on a GPU."""
+        pretraining settings). fused=None ("auto") takes it wherever it applies, CPU and CUDA;
+        fused=False never; fused=True insists and raises where it does not apply."""
         eligible = (hasattr(torch, "_fused_adamw_") and group["foreach"] and group["bias_correction"]
                     and group["grad_averaging"]
                     and all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params))
         if self.fused is None:
-            return eligible and all(p.device.type == "cpu" for p in params)
+            return eligible
         if self.fused and not eligible:
             raise ValueError("fused LAMB needs foreach, bias_correction, grad_averaging and fp32 CPU/CUDA parameters")
         return self.fused
@@ -329,6 +329,17 @@ def _global_grad_norm(grads: list[torch.Tensor]) -> float:
     if not partial_norms:
         return 0.0
     return float(torch.linalg.vector_norm(torch.stack(partial_norms)))
+
+
+FUSED_LAMB_CHOICES = ("auto", "on", "off")
+
+
+def fused_lamb_setting(choice: str) -> bool | None:
+    """`--fused_lamb {auto,on,off}` as `Lamb(fused=...)`: auto (None) = the fused kernel wherever torch
+    has it for the parameters (CPU and CUDA), on = always (error where it cannot), off = foreach."""
+    if choice not in FUSED_LAMB_CHOICES:
+        raise InputError(f"--fused_lamb: unknown value {choice!r}; choose from {', '.join(FUSED_LAMB_CHOICES)}")
+    return {"auto": None, "on": True, "off": False}[choice]
 
 
 def _apex_fused_lamb() -> type[Optimizer] | None:

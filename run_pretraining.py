@@ -27,14 +27,17 @@ import torch.distributed as dist
 
 import training
 import utils
-from bert_kernels import add_kernel_arguments, configure_kernels
+from bert_kernels import PackedSequences, add_kernel_arguments, configure_kernels, flash_varlen_available, pack_batch
 from checkpointing import Checkpointer, RunState
 from data.pretraining_dataset import DataPosition, ShardStream, check_shard_shapes, epoch_file_order, list_shards
-from flops import model_flops_utilization
+from flops import FlopsCounter, model_flops_utilization
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
-from optimization import build_lamb, pretraining_param_groups
+from optimization import FUSED_LAMB_CHOICES, build_lamb, fused_lamb_setting, pretraining_param_groups
 from schedulers import build_scheduler
 from utils import InputError
+
+COMPILE_CHOICES = ("auto", "on", "off")
+UNPAD_CHOICES = ("auto", "on", "off")
 
 # --------------------------------------------------------------------------------------------
 # Arguments
@@ -82,7 +85,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--use_nvlamb", action="store_true", help="apply the LAMB trust ratio to every tensor")
     p.add_argument("--no_dense_seq_output", dest="dense_seq_output", action="store_false",
                    help="compute MLM logits at every position instead of only the masked ones")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
+                   help="torch.compile the model and the loss as one region: auto = on CUDA only "
+                        "(a plain --compile = on)")
+    p.add_argument("--no_compile", dest="compile", action="store_const", const="off", help="same as --compile off")
+    p.add_argument("--fused_lamb", choices=FUSED_LAMB_CHOICES, default="auto",
+                   help="LAMB's Adam direction with torch's fused kernel: auto = wherever it applies (CPU and CUDA)")
+    p.add_argument("--unpad", choices=UNPAD_CHOICES, default="auto",
+                   help="packed batches, real tokens only from the embeddings on: auto = on CUDA where "
+                        "FlashAttention's varlen kernel runs (sm80+, fp16/bf16); on = always (elsewhere with a "
+                        "reference attention, for testing); off = padded batches (the CPU still packs its layers)")
+    p.add_argument("--pack_bucket", type=int, default=512,
+                   help="packed token counts are rounded up to a multiple of this, at most the sequence length "
+                        "(few distinct shapes, so kernels are reused)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--tensorboard_dir", default=None, help="also write TensorBoard scalars here")
     p.add_argument("--loss_curve", default=None, help="PNG loss curve written at the end (default: next to --json-summary)")
@@ -113,6 +128,8 @@ def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
         )
     if not Path(args.input_dir).is_dir():
         raise InputError(f"--input_dir: not a folder: {args.input_dir}")
+    if args.pack_bucket < 1:
+        raise InputError(f"--pack_bucket must be >= 1, got {args.pack_bucket}")
     if args.eval_every_samples and not args.eval_dir:
         raise InputError("--eval_every_samples needs --eval_dir")
     args.max_steps = int(args.max_steps)
@@ -155,7 +172,8 @@ class Trainer:
         if args.checkpoint_activations:
             self.model.enable_activation_checkpointing(True)
         self.criterion = BertPretrainingCriterion(self.config.padded_vocab_size)
-        self.optimizer = build_lamb(pretraining_param_groups(self.model), lr=args.learning_rate, use_nvlamb=args.use_nvlamb)
+        self.optimizer = build_lamb(pretraining_param_groups(self.model), lr=args.learning_rate,
+                                    use_nvlamb=args.use_nvlamb, fused=fused_lamb_setting(args.fused_lamb))
         self.scheduler = build_scheduler(args.lr_scheduler, self.optimizer, args.warmup_proportion, args.max_steps)
         self.scaler = training.make_grad_scaler(self.precision, env.device, args.loss_scale, float(args.init_loss_scale))
         self.checkpointer = Checkpointer(
@@ -170,7 +188,15 @@ class Trainer:
         position = DataPosition(**stored) if stored is not None else None
         self.stream = ShardStream(self.files, env.rank, env.world_size, self.micro_batch, self.max_pred, args.seed,
                                   position)
+        self.flash_attention = flash_varlen_available(env.device, self.precision)
+        self.packed = self._use_packed_batches()
         self.forward_model = self._wrap_model()
+        self.compiled = args.compile == "on" or (args.compile == "auto" and env.device.type == "cuda")
+        self.loss_fn: torch.nn.Module = PretrainingLoss(self.forward_model, self.criterion)
+        if self.compiled:
+            self.loss_fn = training.compile_module(self.loss_fn)
+        self.batches = training.DeviceBatches(self.stream, self._prepare_batch, env.device)
+        self.flops = FlopsCounter(self.config, self.max_pred if args.dense_seq_output else None, self.seq_len)
 
     @property
     def state(self) -> RunState:
@@ -184,37 +210,58 @@ class Trainer:
                 training.broadcast_parameters(self.model)
             else:
                 model = training.wrap_ddp(self.model, self.env)
-        if self.args.compile:
-            model = torch.compile(model)
         return model
 
-    # ---- one optimizer step ----------------------------------------------------------------
+    def _use_packed_batches(self) -> bool:
+        """Packed batches (see bert_kernels.pack_batch) when --unpad asks for them and they apply."""
+        args = self.args
+        if args.unpad == "off":
+            return False
+        if not args.dense_seq_output:
+            if args.unpad == "on":
+                raise InputError("--unpad on needs the masked-only MLM head (drop --no_dense_seq_output)")
+            return False
+        return args.unpad == "on" or self.flash_attention
 
-    def micro_step(self, batch: list[torch.Tensor], sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward and backward of one micro-batch; returns (loss, mlm, nsp) of the micro-batch."""
-        input_ids, segment_ids, input_mask, labels, nsp_labels = (t.to(self.env.device, non_blocking=True) for t in batch)
+    def _prepare_batch(self, batch: list[torch.Tensor]) -> dict[str, Any]:
+        """Host-side work on one micro-batch (CPU tensors): FLOP count, masked positions, packing."""
+        input_ids, segment_ids, input_mask, labels, nsp_labels = batch
+        self.flops.add(input_mask)
         positions = None
         if self.args.dense_seq_output:
             positions, labels = masked_positions_from_labels(labels, self.max_pred)
+        if not self.packed:
+            return {"input_ids": input_ids, "segment_ids": segment_ids, "input_mask": input_mask,
+                    "positions": positions, "labels": labels, "nsp_labels": nsp_labels}
+        packed = pack_batch(input_ids, segment_ids, input_mask, positions, self.args.pack_bucket,
+                            flash=self.flash_attention)
+        seqs: PackedSequences = packed["packed"]
+        return {"input_ids": packed["input_ids"], "segment_ids": packed["segment_ids"],
+                "positions": packed["masked_positions"], "labels": labels, "nsp_labels": nsp_labels,
+                "cu_seqlens": seqs.cu_seqlens, "position_ids": seqs.position_ids, "first_token": seqs.first_token,
+                "max_seqlen": seqs.max_seqlen, "flash": seqs.flash}
+
+    # ---- one optimizer step ----------------------------------------------------------------
+
+    def micro_step(self, batch: dict[str, Any], sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward and backward of one micro-batch already on the device (`training.DeviceBatches`);
+        returns (loss, mlm, nsp) as device tensors: nothing here waits for the device."""
+        packed = None
+        if "cu_seqlens" in batch:
+            packed = PackedSequences(batch["cu_seqlens"], batch["max_seqlen"], batch["position_ids"],
+                                     batch["first_token"], batch["flash"])
         with training.gradient_sync(self.forward_model, sync), utils.autocast_context(self.precision, self.env.device):
-            scores, nsp_scores = self.forward_model(input_ids, segment_ids, input_mask, positions)
-            loss, mlm, nsp = self.criterion(scores, nsp_scores, labels, nsp_labels)
+            loss, mlm, nsp = self.loss_fn(batch["input_ids"], batch["segment_ids"], batch.get("input_mask"),
+                                          batch["positions"], batch["labels"], batch["nsp_labels"], packed)
             # The manual all-reduce path divides once at reduction time; DDP averages over ranks itself.
             scaled = loss if self.args.allreduce_post_accumulation else loss / self.accum
             self.scaler.scale(scaled).backward()
         return loss.detach(), mlm.detach(), nsp.detach()
 
     def allreduce_gradients(self) -> None:
-        """The original's post-accumulation all-reduce: one flat buffer, mean over ranks and micro-steps."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        dtype = torch.float16 if self.args.allreduce_post_accumulation_fp16 else torch.float32
-        flat = torch.cat([g.reshape(-1).to(dtype) for g in grads])
-        flat.div_(self.env.world_size * self.accum)
-        dist.all_reduce(flat)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        training.allreduce_post_accumulation(grads, self.env.world_size * self.accum,
+                                             self.args.allreduce_post_accumulation_fp16)
 
     def optimizer_step(self) -> bool:
         """Scheduler then LAMB (the original's order). False when fp16 overflow skipped the update."""
@@ -252,11 +299,11 @@ class Trainer:
                                          total=steps_target, initial=self.state.global_step, unit="step")
         train_start = self.train_start_time = time.time()  # also the origin of seconds_to_target
         log_start, log_samples = train_start, 0
-        batches = iter(self.stream)
         self.logger.log("PARAMETER", {"train_start": True, "batch_size_per_gpu": self.micro_batch,
                                       "learning_rate": args.learning_rate, "precision": self.precision})
         while self.state.global_step < steps_target and not self.stop_requested:
-            losses = [self.micro_step(next(batches), sync=(i == self.accum - 1)) for i in range(self.accum)]
+            losses = [self.micro_step(batch, sync=(i == self.accum - 1))
+                      for i, batch in enumerate(self.batches.step(self.accum))]
             applied = self.optimizer_step()
             attempted += 1
             self.state.samples_seen += global_batch
@@ -268,7 +315,7 @@ class Trainer:
                 progress.update(1 if applied else 0)
             if applied and self.state.global_step % args.log_freq == 0:
                 elapsed = time.time() - log_start
-                history = self._log_step(window, mlm_window, step_loss, log_samples / max(elapsed, 1e-9))
+                history = self._log_step(window, mlm_window, step_loss, log_samples / max(elapsed, 1e-9), elapsed)
                 window, mlm_window, log_start, log_samples = [], [], time.time(), 0
             if self._evaluation_due() and self._evaluate():
                 break
@@ -322,7 +369,9 @@ class Trainer:
 
     # ---- logging -----------------------------------------------------------------------------
 
-    def _log_step(self, window, mlm_window, step_loss, seq_per_s: float) -> dict[str, float]:
+    def _log_step(self, window, mlm_window, step_loss, seq_per_s: float, seconds: float = 0.0) -> dict[str, float]:
+        """Log the window's losses; MFU ("mfu": on real tokens, "mfu_padded": as the padded layout
+        computes) over the `seconds` the window took, on CUDA with a known peak."""
         record = {
             "average_loss": torch.stack(window).mean().item(),
             "step_loss": float(step_loss),
@@ -331,10 +380,11 @@ class Trainer:
             "loss_scale": self.scaler.get_scale() if self.scaler.is_enabled() else 1.0,
             "seq_per_s": seq_per_s,
         }
-        masked = self.max_pred if self.args.dense_seq_output else None
-        mfu = model_flops_utilization(self.config, self.env.device, seq_per_s / self.env.world_size, self.seq_len, masked)
-        if mfu is not None:
-            record["mfu"] = mfu
+        work = self.flops.take()
+        for key, flops in (("mfu", work.real_flops), ("mfu_padded", work.padded_flops)):
+            mfu = model_flops_utilization(flops, seconds, self.env.device, self.precision)
+            if mfu is not None:
+                record[key] = mfu
         self._log(record, prefix="train")
         return record
 
@@ -355,6 +405,23 @@ class Trainer:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             flag = t.item()
         return bool(flag)
+
+
+class PretrainingLoss(torch.nn.Module):
+    """Model and loss as one module, so that torch.compile sees them as one region."""
+
+    def __init__(self, model: torch.nn.Module, criterion: torch.nn.Module):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: torch.Tensor | None,
+                positions: torch.Tensor | None, labels: torch.Tensor, nsp_labels: torch.Tensor,
+                packed: PackedSequences | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if packed is None:
+            scores, nsp_scores = self.model(input_ids, segment_ids, input_mask, positions)
+        else:
+            scores, nsp_scores = self.model(input_ids, segment_ids, None, positions, packed=packed)
+        return self.criterion(scores, nsp_scores, labels, nsp_labels)
 
 
 def plain_args(args: argparse.Namespace) -> dict[str, Any]:

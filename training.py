@@ -125,3 +125,70 @@ def feature_cache_dir(cache_dir: str | None, default: str | os.PathLike, skip_ca
         print(f"warning: {folder} is not writable; features are not cached (use --cache_dir)", flush=True)
         return None
     return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient all-reduce after accumulation (the original's --allreduce_post_accumulation)
+# --------------------------------------------------------------------------------------------
+
+
+def allreduce_post_accumulation(grads: list[torch.Tensor], divisor: int, fp16: bool) -> None:
+    """One flat all-reduce of `grads`, leaving their mean over ranks × micro-steps in place.
+
+    The gradients hold loss-scaled sums over the micro-steps; they are divided by `divisor` in their
+    own (fp32) precision before the fp16 cast, as the original's scaling copy does. Casting first
+    overflowed: a scaled sum over 64 micro-steps exceeds fp16's 65504 long before the mean does.
+    """
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat.div_(divisor)
+    wire = flat.to(torch.float16) if fp16 else flat
+    dist.all_reduce(wire)
+    if wire is not flat:
+        flat.copy_(wire)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+# --------------------------------------------------------------------------------------------
+# Compilation and host-to-device batches
+# --------------------------------------------------------------------------------------------
+
+COMPILE_BACKEND_ENV = "BERT_COMPILE_BACKEND"
+
+
+def compile_module(module: nn.Module) -> nn.Module:
+    """torch.compile with inductor, or the dynamo backend named by BERT_COMPILE_BACKEND (e.g. "eager"
+    or "aot_eager": graph capture without code generation, for tests and dry runs on slow machines)."""
+    return torch.compile(module, backend=os.environ.get(COMPILE_BACKEND_ENV, "inductor"))
+
+
+class DeviceBatches:
+    """Micro-batches prepared on the host and put on the device without the host waiting for it.
+
+    `step(k)` yields the k micro-batches of one optimizer step. Each raw batch from `source` goes
+    through `prepare` on the host (a dict of integer tensors and plain values); its tensors are
+    gathered into one pinned buffer, copied with non_blocking and split again on the device (views
+    with the original shapes and dtypes), so the host never blocks on the copy. Micro-batch i + 1 is
+    prepared while the device runs micro-batch i (its kernels are queued when the generator resumes);
+    nothing past the step's k-th micro-batch is read, so the source's position at a checkpoint is exact.
+    """
+
+    def __init__(self, source: Iterable[Any], prepare: Any, device: torch.device):
+        self.source = iter(source)
+        self.prepare, self.device = prepare, device
+
+    def step(self, count: int) -> Iterator[dict[str, Any]]:
+        for _ in range(count):
+            host = self.prepare(next(self.source))
+            yield host if self.device.type == "cpu" else self.to_device(host)
+
+    def to_device(self, host: dict[str, Any]) -> dict[str, Any]:
+        names = [k for k, v in host.items() if isinstance(v, torch.Tensor)]
+        parts = [host[k] for k in names]
+        sizes = [p.numel() for p in parts]
+        buffer = torch.empty(sum(sizes), dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        torch.cat([p.reshape(-1).to(torch.int64) for p in parts], out=buffer)
+        flat = buffer.to(self.device, non_blocking=True).split(sizes)
+        return {**host, **{k: v.view(p.shape).to(p.dtype) for k, v, p in zip(names, flat, parts, strict=True)}}

@@ -85,13 +85,26 @@ def init_distributed(device: str | None = None) -> DistEnv:
     if world_size > 1 and not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
-        dist.init_process_group(
-            backend="nccl" if dev.type == "cuda" else "gloo",
-            rank=rank,
-            world_size=world_size,
-            timeout=_dt.timedelta(minutes=30),
-        )
+        dist.init_process_group(**process_group_options(dev, rank, world_size))
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+
+
+def process_group_options(device: torch.device, rank: int, world_size: int) -> dict[str, Any]:
+    """Arguments of `init_process_group` for this rank: NCCL bound to its GPU, or gloo on the CPU.
+
+    `device_id` binds the NCCL communicator to this rank's GPU when the group is created, so a
+    barrier or collective never guesses the device (torch warns "using GPU 0 ... device under
+    current context" without it, and ranks can then deadlock on the wrong GPU).
+    """
+    options: dict[str, Any] = {
+        "backend": "nccl" if device.type == "cuda" else "gloo",
+        "rank": rank,
+        "world_size": world_size,
+        "timeout": _dt.timedelta(minutes=30),
+    }
+    if device.type == "cuda":
+        options["device_id"] = device
+    return options
 
 
 def _dist():
@@ -178,11 +191,23 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
 
 
 def apply_tf32(precision: str) -> None:
+    """TF32 tensor-core math for fp32 matmuls and convolutions when precision is tf32, IEEE fp32 otherwise.
+
+    Matmuls: `set_float32_matmul_precision("high")` is what sets `torch.backends.cuda.matmul.
+    fp32_precision` to "tf32" on torch ≥ 2.9 (the legacy `allow_tf32` flag before). Setting that
+    attribute directly instead leaves torch's legacy precision out of step with it, and then
+    `torch.get_float32_matmul_precision()` raises — inductor calls it when compiling. Convolutions:
+    cuDNN's `conv`/`rnn` `fp32_precision` where torch has them, the deprecated `allow_tf32` before.
+    """
     import torch
 
     enabled = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    cudnn = torch.backends.cudnn
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        cudnn.conv.fp32_precision = cudnn.rnn.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        cudnn.allow_tf32 = enabled
 
 
 # --------------------------------------------------------------------------------------------

@@ -129,12 +129,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def mfu(config: BertConfig, seq: int, max_pred: int, seq_per_s: float, device: torch.device) -> str:
-    from flops import model_flops_utilization
+def mfu(config: BertConfig, seq: int, max_pred: int, seq_per_s: float, device: torch.device, precision: str) -> str:
+    from flops import model_flops_utilization, training_flops_per_sequence
 
     if device.type != "cuda":
         return "-"
-    value = model_flops_utilization(config, device, seq_per_s, seq, max_pred)
+    value = model_flops_utilization(training_flops_per_sequence(config, seq, max_pred) * seq_per_s, 1.0, device, precision)
     return f"{value:.1%}" if value is not None else "?"
 
 
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             del contenders
             fill = float(batch["attention_mask"].float().mean())
             rows.append((shape, precision, batch_size, fill, ours_sps, aten_sps, hf_sps,
-                         mfu(config, seq, args.max_pred, ours_sps, device)))
+                         mfu(config, seq, args.max_pred, ours_sps, device, precision)))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     data = f"rows of {args.shard}" if args.shard else "synthetic phase-1-like rows"
     print(f"\nPretraining step (fwd+bwd+optimizer), seq {seq}, {args.max_pred} predictions, {data}, "

@@ -1,23 +1,70 @@
 #!/usr/bin/env bash
-# One script for a lent GPU: the test suite on CUDA, then BERT-large phase-1 and phase-2 pretraining
-# throughput and MFU in bf16 (ours, and ours vs transformers at BERT-base).
-#   bash benchmarks/gpu.sh [OUT_DIR]      (expects a venv at .venv or python3 with the requirements)
+# One prepared command for a lent GPU (at most 7 minutes): the card and versions, tests/test_cuda.py,
+# then BERT-large phase-1/phase-2 pretraining rows from benchmarks/bench_gpu.py. Everything goes to
+# OUT/gpu.jsonl as JSON lines, written as it is measured, so a run cut short keeps what it has.
+#
+#   bash benchmarks/gpu.sh OUT             # on the GPU machine
+#   bash benchmarks/gpu.sh OUT --dry-run   # anywhere: tiny model on the CPU (tests/test_gpu_script.py)
+#
+# Python: $PYTHON, else .venv/bin/python, else python3. A folder .gpu_deps (e.g. pytest installed
+# with `pip install --target .gpu_deps pytest`) is put on PYTHONPATH for machines without pytest.
+# GPU_SH_BUDGET_S [400]: seconds for the whole script; the benchmark gets what the tests leave.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
-OUT=${1:-results/gpu}
+
+OUT=${1:?usage: bash benchmarks/gpu.sh OUT [--dry-run]}
+DRY_RUN=${2:-}
+if [ -n "$DRY_RUN" ] && [ "$DRY_RUN" != "--dry-run" ]; then
+  echo "error: unknown option '$DRY_RUN' (only --dry-run)" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] && PY=.venv/bin/python
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+JSONL=$OUT/gpu.jsonl
+BUDGET_S=${GPU_SH_BUDGET_S:-400}
+START=$SECONDS
 
-echo "== test suite (CUDA visible; scripts pick the GPU by default) =="
-timeout 300 "$PY" -m pytest -q -x -m "not slow" tests 2>&1 | tail -15 | tee "$OUT/tests.txt"
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+if [ -d .gpu_deps ]; then
+  export PYTHONPATH="$PWD/.gpu_deps${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
-echo "== BERT-large phase 1 (seq 128, 20 predictions) and phase 2 (seq 512, 80), bf16 =="
-"$PY" benchmarks/bench_pretraining.py --device cuda --shapes large --precisions bf16 --seq 128 --max_pred 20 \
-  --batch 64 --steps 10 --warmup 3 --skip_hf 2>&1 | tail -3 | tee "$OUT/large_phase1.txt"
-"$PY" benchmarks/bench_pretraining.py --device cuda --shapes large --precisions bf16 --seq 512 --max_pred 80 \
-  --batch 16 --steps 10 --warmup 3 --skip_hf 2>&1 | tail -3 | tee "$OUT/large_phase2.txt"
-echo "== ours vs transformers, BERT-base seq 128, bf16 =="
-"$PY" benchmarks/bench_pretraining.py --device cuda --shapes base --precisions bf16 --batch 64 --steps 10 \
-  --warmup 3 2>&1 | tail -3 | tee "$OUT/base_vs_hf.txt"
+# emit KIND KEY VALUE [KEY VALUE ...]: one JSON line (values as strings), through Python for quoting.
+emit() {
+  "$PY" - "$JSONL" "$@" <<'EOF'
+import json, sys, time
+path, kind, *pairs = sys.argv[1:]
+record = {"kind": kind, "time": round(time.time(), 3), **dict(zip(pairs[0::2], pairs[1::2]))}
+with open(path, "a", encoding="utf-8") as fh:
+    fh.write(json.dumps(record) + "\n")
+print(json.dumps(record), flush=True)
+EOF
+}
+
+if command -v nvidia-smi >/dev/null 2>&1; then
+  emit nvidia-smi query "$(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit \
+    --format=csv,noheader 2>&1 | head -n 4)"
+else
+  emit nvidia-smi query "not available"
+fi
+
+# tests/test_cuda.py (skips itself without CUDA); at most 120 s.
+if "$PY" -c "import pytest" >/dev/null 2>&1; then
+  timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py >"$OUT/test_cuda.txt" 2>&1
+  rc=$?
+  emit tests file tests/test_cuda.py rc "$rc" summary "$(tail -n 1 "$OUT/test_cuda.txt")" \
+    failures "$(grep -E '^(FAILED|ERROR)' "$OUT/test_cuda.txt" | head -n 10)"
+else
+  emit tests file tests/test_cuda.py rc "not run" summary "pytest is not installed for $PY (see docs/gpu.md: .gpu_deps)"
+fi
+
+left=$(( BUDGET_S - (SECONDS - START) ))
+bench_args=(--out "$JSONL" --budget_s "$(( left - 20 ))")
+[ -n "$DRY_RUN" ] && bench_args+=(--dry-run)
+timeout "$left" "$PY" benchmarks/bench_gpu.py "${bench_args[@]}" >"$OUT/bench_gpu.log" 2>&1
+rc=$?
+emit finished script benchmarks/gpu.sh bench_rc "$rc" seconds "$(( SECONDS - START ))"
+exit 0

@@ -226,6 +226,36 @@ def _have(program: str) -> bool:
     return any(os.access(os.path.join(d, program), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep))
 
 
+def _run_sub_dry_run(env_extra: dict[str, str]) -> list[list[str]]:
+    """run.sub's srun commands (RUN_SUB_DRY_RUN=1 prints them instead of running them), split into words."""
+    import shlex
+
+    env = {**script_env(), "RUN_SUB_DRY_RUN": "1", "MASTER_ADDR": "127.0.0.1", **env_extra}
+    proc = subprocess.run(["bash", str(ROOT / "run.sub")], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [shlex.split(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("phase", ["1", "2"])
+def test_run_sub_mounts_both_phases_data_into_the_container(tmp_path, phase):
+    """Bug 3: the container saw only the code and checkpoint folders, so training found no shards."""
+    folders = {name: str(tmp_path / name) for name in ("code", "ckpt", "p1", "p2", "cfg")}
+    cmds = _run_sub_dry_run({"CONT": "nvcr.io/example/bert:1", "PHASE": phase, "CODEDIR": folders["code"],
+                             "CHECKPOINTDIR": folders["ckpt"], "DATADIR": folders["p1"], "DATADIR_PHASE2": folders["p2"],
+                             "BERT_CONFIG": folders["cfg"] + "/bert_config.json", "CONT_MOUNTS": "/scratch:/scratch"})
+    train = cmds[-1]
+    mounts = next(a.split("=", 1)[1] for a in train if a.startswith("--container-mounts=")).split(",")
+    assert mounts == [f"{d}:{d}" for d in folders.values()] + ["/scratch:/scratch"]
+    assert "--container-image=nvcr.io/example/bert:1" in train
+    assert f"--input_dir={folders['p1' if phase == '1' else 'p2']}" in train
+
+
+def test_run_sub_without_container_passes_no_mounts(tmp_path):
+    cmds = _run_sub_dry_run({"CODEDIR": str(ROOT), "CHECKPOINTDIR": str(tmp_path)})
+    assert cmds[0][:1] == ["srun"] and cmds[0][-3:] == ["mkdir", "-p", str(tmp_path)]
+    assert not any(a.startswith("--container") for a in cmds[-1])
+
+
 @pytest.mark.slow
 def test_run_sub_on_real_slurm(corpus, tmp_path, slurm_cluster):  # noqa: F811
     """sbatch run.sub for a 2-task tiny pretraining run on a real single-node Slurm (gloo, bind.sh per task)."""
