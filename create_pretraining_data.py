@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 import tokenization
+from data.pretraining_dataset import SHARD_DTYPES
 from utils import InputError, atomic_path, run_main
 
 try:
@@ -55,18 +56,6 @@ except ImportError:  # the same functions then run as plain Python: identical ou
     def njit(*args, **kwargs):
         return args[0] if args and callable(args[0]) else (lambda function: function)
 
-# Dataset name -> stored dtype, in the original's order. Shapes: [N, S] for the first three,
-# [N, M] for the two masked-LM arrays, [N] for the labels.
-SHARD_DTYPES: dict[str, type[np.integer]] = {
-    "input_ids": np.int32,
-    "input_mask": np.int8,
-    "segment_ids": np.int8,
-    "masked_lm_positions": np.int32,
-    "masked_lm_ids": np.int32,
-    "next_sentence_labels": np.int8,
-}
-SEQUENCE_KEYS = ("input_ids", "input_mask", "segment_ids")
-PREDICTION_KEYS = ("masked_lm_positions", "masked_lm_ids")
 REQUIRED_TOKENS = ("[CLS]", "[SEP]", "[MASK]")
 _TOKENIZE_BLOCK = 20_000  # lines per encoder call: bounds the memory of the split words at a time
 _CHUNK_BYTES = 1 << 17  # target size of one HDF5 chunk (whole rows)

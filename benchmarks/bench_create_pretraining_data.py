@@ -31,7 +31,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "data"))  # the data/ modules import each other by bare name, as bertPrep runs them
 
 from utils import InputError, run_main  # noqa: E402
 

@@ -15,9 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from download_utils import InputError
-
-from utils import atomic_path
+from utils import InputError, atomic_path
 
 
 def run_wikiextractor(dump: str | os.PathLike, output_dir: str | os.PathLike, n_processes: int) -> None:

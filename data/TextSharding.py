@@ -29,11 +29,9 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from download_utils import InputError
-from sentence_split import canonical_method, split_sentences
-from TextFormatting import read_text_lenient
-
-from utils import atomic_path
+from data.sentence_split import canonical_method, split_sentences
+from data.TextFormatting import read_text_lenient
+from utils import InputError, atomic_path
 
 DOCUMENTS_PER_TASK = 64
 

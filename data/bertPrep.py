@@ -26,16 +26,13 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+if __name__ == "__main__":  # run as `python data/bertPrep.py`: the project's modules live one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.sentence_split import ALIASES, METHODS  # noqa: E402
+from utils import InputError, run_main  # noqa: E402
+
 DATA_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = DATA_DIR.parent
-for _path in (str(DATA_DIR), str(PROJECT_ROOT)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from download_utils import InputError  # noqa: E402
-from sentence_split import ALIASES, METHODS  # noqa: E402
-
-from utils import run_main  # noqa: E402
 
 ACTIONS = ("download", "text_formatting", "sharding", "create_vocab", "create_hdf5_files", "create_tfrecord_files")
 DOWNLOADABLE = (
@@ -88,7 +85,7 @@ def layout_for(args: argparse.Namespace) -> Layout:
 
 
 def action_download(args: argparse.Namespace, layout: Layout) -> None:
-    from Downloader import Downloader
+    from data.Downloader import Downloader
 
     if args.dataset not in DOWNLOADABLE:
         raise InputError(f"--action download: no downloader for {args.dataset!r}; choose from {', '.join(DOWNLOADABLE)}")
@@ -114,7 +111,7 @@ def _wikipedia_dump(layout: Layout, name: str) -> Path:
 
 
 def _extract_wikipedia(args: argparse.Namespace, layout: Layout, name: str) -> Path:
-    from TextFormatting import run_wikiextractor
+    from data.TextFormatting import run_wikiextractor
 
     out = layout.extracted / name
     marker = out / ".extraction_complete"
@@ -129,7 +126,7 @@ def _extract_wikipedia(args: argparse.Namespace, layout: Layout, name: str) -> P
 
 
 def format_corpus(args: argparse.Namespace, layout: Layout, part: str) -> Path:
-    import TextFormatting
+    from data import TextFormatting
 
     output = layout.formatted / FORMATTED_NAMES[part]
     if part.startswith("wikicorpus_"):
@@ -171,7 +168,7 @@ def shard_prefix(args: argparse.Namespace, layout: Layout) -> Path:
 
 
 def action_sharding(args: argparse.Namespace, layout: Layout) -> None:
-    from TextSharding import Sharding
+    from data.TextSharding import Sharding
 
     inputs = corpus_inputs(args, layout)
     missing = [str(p) for p in inputs if not p.is_file()]
@@ -202,7 +199,7 @@ def text_shards(args: argparse.Namespace, layout: Layout, splits: tuple[str, ...
 
 
 def action_create_vocab(args: argparse.Namespace, layout: Layout) -> None:
-    from create_vocab import create_vocab
+    from data.create_vocab import create_vocab
 
     inputs = [Path(p) for p in args.input_files.split(",") if p] if args.input_files else \
         text_shards(args, layout, splits=("training",))

@@ -19,13 +19,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, script_env, shared_path
 
-sys.path.insert(0, str(ROOT / "data"))
-
-import demo_corpus  # noqa: E402
-import sentence_split  # noqa: E402
-import TextSharding  # noqa: E402
-from create_vocab import build_vocab, google_layout_head  # noqa: E402
-from download_utils import InputError  # noqa: E402
+from data import TextSharding, demo_corpus, sentence_split
+from data.create_vocab import build_vocab, google_layout_head
+from utils import InputError
 
 BERTPREP = ROOT / "data" / "bertPrep.py"
 SMALL_SHARDS = ["--n_training_shards", "4", "--n_test_shards", "2"]
@@ -432,7 +428,7 @@ def prep_cli(working_dir: Path, *args: str) -> None:
 
 
 def prep_in_process(working_dir: Path, *args: str) -> None:
-    import bertPrep
+    from data import bertPrep
 
     bertPrep.main(["--working_dir", str(working_dir), *args])
 
@@ -505,3 +501,20 @@ def test_create_datasets_from_start_offline_reports_the_wikipedia_host(tmp_path)
     assert result.returncode == 2
     assert "error: cannot reach dumps.wikimedia.org" in result.stderr
     assert not list((tmp_path / "download").rglob("*.bz2"))
+
+
+def test_data_modules_import_without_touching_sys_path_or_scripts():
+    """Importing any data/ module leaves sys.path alone and pulls in no top-level script (issue 11)."""
+    code = (
+        "import sys, pkgutil, importlib\n"
+        "before = list(sys.path)\n"
+        "names = [m.name for m in pkgutil.iter_modules(['data'])]\n"
+        "for name in names: importlib.import_module('data.' + name)\n"
+        "assert sys.path == before, 'sys.path changed'\n"
+        "scripts = {'create_pretraining_data', 'run_pretraining', 'run_squad', 'run_glue', 'run_swag', 'inference'}\n"
+        "assert not scripts & set(sys.modules), scripts & set(sys.modules)\n"
+        "print(len(names))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=script_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 15
