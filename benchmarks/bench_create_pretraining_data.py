@@ -75,7 +75,7 @@ def write_sentence_file(documents: list[list[str]], output: Path, split) -> None
 
 
 def prepare_text(data_dir: Path, workdir: Path) -> list[Path]:
-    from sentence_split import get_splitter
+    from data.sentence_split import get_splitter
 
     wikitext = data_dir / "corpus" / "wikitext-2-raw" / "wiki.test.raw"
     books = [data_dir / "corpus" / "gutenberg" / name for name in BOOKS]
