@@ -451,3 +451,49 @@ def test_runs_uncompiled_without_numba_with_identical_output(tmp_path, sample_te
     with h5py.File(output, "r") as shard:
         ours = {key: shard[key][()] for key in shard}
     assert_same_arrays(ours, reference_arrays(sample_text, uncased_vocab, dupe_factor=1, do_whole_word_mask=True))
+
+
+TRICKY_TEXT = (
+    "First line of doc one.\r\nSecond\tline  with\u00a0nbsp and\u3000ideographic space.\r"
+    "Lone CR ended the line before; Hamlet, (hamlet) HAMLET's \"quoted\" words.\n"
+    "\u00a0\u2003 \n"  # only spaces: a blank line, so a document break
+    "a\x0bb c\x85d e\u2028f whole-line keys\n"
+    "\x1c\x1d\n"  # only str.isspace characters: blank too
+    "中文字符 and Ελληνικά ΣΟΦΟΣ naïve café Ω \ufffd\x01\x7f\n"
+    "\x01\x02\n"  # characters the tokenizer drops: neither a sentence nor a break
+    + "x" * 150 + " long word and [MASK] [SEP] literal\n\n\n"
+    "Last document without a final newline"
+)
+
+
+def naive_corpus(text: str, tokenizer) -> tuple[list[list[int]], list[int]]:
+    """Sentence ids and each sentence's document number, the obvious way (what read_corpus must equal)."""
+    sentences, documents, document = [], [], 0
+    for line in cpd.text_lines(text):
+        line = line.strip()
+        if not line:
+            document += 1
+            continue
+        ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(line))
+        if ids:
+            sentences.append(ids)
+            documents.append(document)
+    return sentences, documents
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 22, 40])
+def test_byte_level_reader_equals_line_by_line_tokenizing(tmp_path, uncased_vocab, monkeypatch, block_bytes):
+    """The compiled splitter (lines, str.strip, str.split, whole-line keys) and its word table, in small
+    blocks and with tables that must grow many times, equal text_lines + the tokenizer line by line."""
+    monkeypatch.setattr(cpd, "_LINE_BLOCK_BYTES", block_bytes)
+    path = tmp_path / "tricky.txt"
+    path.write_bytes((TRICKY_TEXT * 20).encode("utf-8"))
+    tokenizer = tokenization.FullTokenizer(uncased_vocab, fast=False)
+    encoder = cpd.WordCachedEncoder(tokenizer, initial_words=2)
+    corpus = cpd.read_corpus([path], tokenizer, encoder)
+    sentences, documents = naive_corpus(TRICKY_TEXT * 20, tokenizer)
+    offsets = corpus.sentence_offsets
+    assert [corpus.tokens[offsets[s]:offsets[s + 1]].tolist() for s in range(corpus.num_sentences)] == sentences
+    firsts = corpus.document_sentences[:-1].tolist()
+    assert firsts == [s for s in range(len(documents)) if s == 0 or documents[s] != documents[s - 1]]
+    assert encoder.num_words < 60  # each distinct word stored once, however often it appears
