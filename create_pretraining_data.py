@@ -288,6 +288,8 @@ class WordCachedEncoder:
         """
         if not word.isascii():
             return (word,)
+        if word.isalnum():  # most words: no punctuation to split off
+            return (word.lower() if self.lower_case else word,)
         core = word.strip(string.punctuation)
         if not core:
             return tuple(word)
@@ -330,7 +332,8 @@ class WordCachedEncoder:
         new_keys = [key for key in dict.fromkeys(chain.from_iterable(keys_per_word)) if key not in key_ids]
         if new_keys:
             key_ids.update(zip(new_keys, self._tokenize_keys(new_keys), strict=True))
-        new_ids = [list(chain.from_iterable(map(key_ids.__getitem__, keys))) for keys in keys_per_word]
+        new_ids = [key_ids[keys[0]] if len(keys) == 1 else list(chain.from_iterable(map(key_ids.__getitem__, keys)))
+                   for keys in keys_per_word]
         lengths = np.fromiter(map(len, new_ids), dtype=np.int64, count=len(new_ids))
         self._offsets = np.concatenate([self._offsets, self._offsets[-1] + np.cumsum(lengths)])
         new_flat = np.fromiter(chain.from_iterable(new_ids), dtype=np.int32, count=int(lengths.sum()))
