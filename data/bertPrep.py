@@ -20,16 +20,16 @@ import os
 import re
 import shutil
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 if __name__ == "__main__":  # run as `python data/bertPrep.py`: the project's modules live one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.sentence_split import ALIASES, METHODS  # noqa: E402
+from data.workers import stop_workers_on_sigterm, worker_pool  # noqa: E402
 from utils import InputError, run_main  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent
@@ -130,7 +130,7 @@ def format_corpus(args: argparse.Namespace, layout: Layout, part: str) -> Path:
 
     output = layout.formatted / FORMATTED_NAMES[part]
     if part.startswith("wikicorpus_"):
-        count = TextFormatting.format_wikipedia(_extract_wikipedia(args, layout, part), output)
+        count = TextFormatting.format_wikipedia(_extract_wikipedia(args, layout, part), output, args.n_processes)
     elif part == "bookscorpus":
         count = TextFormatting.format_books(layout.download / "bookscorpus", output)
     else:  # demo: already one sentence per line
@@ -238,11 +238,6 @@ def hdf5_jobs(args: argparse.Namespace, layout: Layout, vocab_file: Path) -> tup
     return jobs, done
 
 
-def _worker_init() -> None:
-    # Each worker is one of several processes already; the Rust tokenizer's own threads would oversubscribe.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-
-
 def run_hdf5_jobs(jobs: list[dict], n_processes: int) -> list[str]:
     """Run every job; return 'shard: reason' for each failure (the others still complete).
 
@@ -258,7 +253,7 @@ def run_hdf5_jobs(jobs: list[dict], n_processes: int) -> list[str]:
             failure = _failure_of(name, lambda job=job: _make_hdf5(job))
             failures += [failure] if failure else []
         return sorted(failures)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
+    with worker_pool(workers, "spawn") as pool:
         futures = {pool.submit(_make_hdf5, job): name for name, job in zip(names, jobs, strict=True)}
         for future in tqdm(as_completed(futures), total=len(futures), desc="hdf5 shards", unit="shard"):
             failure = _failure_of(futures[future], future.result)
@@ -344,6 +339,8 @@ ACTION_FUNCTIONS = {
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if __name__ == "__main__":  # the command, not a caller importing main: a SIGTERM stops its workers too
+        stop_workers_on_sigterm()
     if args.action == "create_tfrecord_files":
         raise InputError("create_tfrecord_files is not supported (TensorFlow format); use create_hdf5_files")
     layout = layout_for(args)

@@ -518,3 +518,87 @@ def test_data_modules_import_without_touching_sys_path_or_scripts():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=script_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) >= 15
+
+
+def test_wikipedia_formatting_on_several_workers_equals_one(tmp_path):
+    """Each WikiExtractor file is formatted on a worker; the output equals a one-process run's, in file order."""
+    from data import TextFormatting
+
+    articles = wikitext_articles(12)
+    extracted = tmp_path / "extracted"
+    for index in range(5):
+        folder = extracted / ("AA" if index < 3 else "AB")
+        folder.mkdir(parents=True, exist_ok=True)
+        docs = [f'<doc id="{index}{k}" url="x" title="T{k}">\nTitle {k}\n\n{article}\n</doc>\n'
+                for k, article in enumerate(articles[index::5])]
+        (folder / f"wiki_{index:02d}").write_text("".join(docs), encoding="utf-8")
+    one = TextFormatting.format_wikipedia(extracted, tmp_path / "one.txt", n_processes=1)
+    many = TextFormatting.format_wikipedia(extracted, tmp_path / "many.txt", n_processes=3)
+    assert one == many == 12
+    text = (tmp_path / "many.txt").read_text(encoding="utf-8")
+    assert text == (tmp_path / "one.txt").read_text(encoding="utf-8")
+    assert text.split("\n\n")[0] == " ".join(articles[0].split())  # AA/wiki_00's first article comes first
+    assert [p.name for p in tmp_path.iterdir()] and not list(tmp_path.glob(".tmp*"))
+
+
+# ---------------------------------------------------------------- workers die with bertPrep
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in (b"Z", b"X")  # a zombie waiting for a reaper holds no memory
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("stage", ["sharding", "create_hdf5_files"])
+@pytest.mark.parametrize("signum", [15, 9], ids=["SIGTERM", "SIGKILL"])
+def test_no_worker_outlives_a_killed_bertprep(tmp_path, stage, signum):
+    """Kill bertPrep.py while its worker pool runs a real parallel stage: every worker is gone within seconds."""
+    import os
+    import time
+
+    source = tmp_path / "wiki.txt"
+    source.write_text("".join(a + "\n\n" for a in wikitext_articles()) * 4, encoding="utf-8")
+    common = ["--dataset", "mini", *SMALL_SHARDS, "--input_files", str(source), "--n_processes", "2"]
+    if stage == "create_hdf5_files":
+        ok(run_prep(tmp_path, "--action", "sharding", "--segmentation_method", "regex", *common))
+        common += ["--vocab_file", str(shared_path("vocab", "bert-base-uncased-vocab.txt")),
+                   "--max_seq_length", "128", "--max_predictions_per_seq", "20", "--dupe_factor", "5"]
+    process = subprocess.Popen([sys.executable, str(BERTPREP), "--working_dir", str(tmp_path), "--action", stage,
+                                *common], env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := _descendants(process.pid)) < 2 and process.poll() is None:
+            assert time.monotonic() < deadline, "the pool never started"
+            time.sleep(0.05)
+        assert process.poll() is None, "the stage finished before it could be killed"
+        time.sleep(1.0)  # let the workers get to work
+        workers = _descendants(process.pid)
+        os.kill(process.pid, signum)
+        assert process.wait(timeout=10) == (-signum if signum == 9 else 128 + signum)
+        deadline = time.monotonic() + 5
+        while (alive := {pid for pid in workers if _alive(pid)}) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive, f"workers still running after the parent died: {alive}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
