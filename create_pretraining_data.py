@@ -27,6 +27,7 @@ import contextlib
 import functools
 import gc
 import glob
+import hashlib
 import os
 import random
 import string
@@ -982,8 +983,10 @@ def _chunk_rows(array_: np.ndarray) -> int:
     return max(1, min(len(array_), _CHUNK_BYTES // max(1, array_[:1].nbytes)))
 
 
-def write_shard(arrays: dict[str, np.ndarray], output_file: str | os.PathLike) -> None:
-    """Write the six gzip datasets to a temp file beside `output_file`, then rename it into place.
+def write_shard(arrays: dict[str, np.ndarray], output_file: str | os.PathLike,
+                settings: dict[str, str | int | float | bool] | None = None) -> None:
+    """Write the six gzip datasets (and `settings` as file attributes) to a temp file beside `output_file`,
+    then rename it into place.
 
     Datasets use HDF5's byte-shuffle filter before gzip (level 1): about 10% smaller than the
     original's plain level-4 gzip and twice as fast to write; every HDF5 reader, the original's
@@ -994,6 +997,7 @@ def write_shard(arrays: dict[str, np.ndarray], output_file: str | os.PathLike) -
     import h5py
 
     with atomic_path(output_file) as tmp, h5py.File(tmp, "w") as shard, ThreadPoolExecutor(_WRITE_THREADS) as pool:
+        shard.attrs.update(settings or {})  # readers that look only at the datasets (the original's) ignore them
         for key, dtype in SHARD_DTYPES.items():
             data = np.ascontiguousarray(arrays[key], dtype=dtype)
             rows = _chunk_rows(data)
@@ -1013,6 +1017,51 @@ def _filtered_chunk(data: np.ndarray, first: int, rows: int) -> bytes:
         chunk = np.concatenate([chunk, np.zeros((rows - len(chunk), *data.shape[1:]), dtype=data.dtype)])
     shuffled = chunk.reshape(-1).view(np.uint8).reshape(-1, data.itemsize).T  # byte j of every value together
     return deflate(shuffled.tobytes(), _GZIP_LEVEL)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shard_settings(input_files: Sequence[Path], vocab_file: str | os.PathLike, do_lower_case: bool,
+                   options: InstanceOptions, random_seed: int) -> dict[str, str | int | float | bool]:
+    """Everything a shard's contents depend on, stored as its HDF5 attributes: a rerun can tell whether a
+    shard on disk is the one it would make."""
+    return {
+        "input_sha256": ",".join(file_sha256(path) for path in input_files),
+        "vocab_sha256": file_sha256(vocab_file),
+        "do_lower_case": bool(do_lower_case),
+        "do_whole_word_mask": bool(options.do_whole_word_mask),
+        "max_seq_length": int(options.max_seq_length),
+        "max_predictions_per_seq": int(options.max_predictions_per_seq),
+        "masked_lm_prob": float(options.masked_lm_prob),
+        "short_seq_prob": float(options.short_seq_prob),
+        "dupe_factor": int(options.dupe_factor),
+        "random_seed": int(random_seed),
+    }
+
+
+def check_shard_settings(path: str | os.PathLike, expected: dict[str, str | int | float | bool]) -> None:
+    """Raise InputError naming the shard and the first setting it was made with that differs from `expected`."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as shard:
+            recorded = {key: shard.attrs[key] for key in expected if key in shard.attrs}
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable HDF5 file ({exc}); delete it to remake it") from None
+    for key, value in expected.items():
+        if key not in recorded:
+            raise InputError(f"{path}: records no '{key}' setting (made by another tool or version); "
+                             "delete it to remake it")
+        have = recorded[key].item() if hasattr(recorded[key], "item") else recorded[key]
+        if have != value:
+            raise InputError(f"{path}: made with {key}={have!r}, this run asks for {key}={value!r}; "
+                             "use another output folder or delete the shard")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1071,7 +1120,7 @@ def create_hdf5_from_text(
         print(f"warning: {described}: only one document (no blank line between documents), so no pair can "
               "have a random next sentence: every next_sentence_label is 0", file=sys.stderr)
     arrays = create_instance_arrays(corpus, vocab, options, random_seed)
-    write_shard(arrays, output_file)
+    write_shard(arrays, output_file, shard_settings(paths, vocab_file, do_lower_case, options, random_seed))
     return ShardSummary(
         output_file=str(output_file),
         instances=len(arrays["next_sentence_labels"]),

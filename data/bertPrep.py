@@ -30,7 +30,7 @@ if __name__ == "__main__":  # run as `python data/bertPrep.py`: the project's mo
 
 from data.sentence_split import ALIASES, METHODS  # noqa: E402
 from data.workers import stop_workers_on_sigterm, worker_pool  # noqa: E402
-from utils import InputError, run_main  # noqa: E402
+from utils import InputError, atomic_write_text, run_main  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent
 
@@ -174,13 +174,41 @@ def action_sharding(args: argparse.Namespace, layout: Layout) -> None:
     missing = [str(p) for p in inputs if not p.is_file()]
     if missing:
         raise InputError(f"sharding: input not found: {', '.join(missing)} (run --action text_formatting first)")
+    folder = shard_prefix(args, layout).parent
+    clear_stage_done(folder, "sharding")  # shards rewritten from here on are a new, unfinished set
     Sharding(inputs, shard_prefix(args, layout), args.n_training_shards, args.n_test_shards,
              args.fraction_test_set, args.segmentation_method, args.n_processes, args.random_seed).run()
+    mark_stage_done(folder, "sharding")
+
+
+# A stage that finishes writes `.<stage>_complete` into its output folder (atomically, last); the next
+# stage refuses a folder without it, so an interrupted stage is never taken for a finished one.
+
+
+def _stage_marker(folder: Path, stage: str) -> Path:
+    return folder / f".{stage}_complete"
+
+
+def mark_stage_done(folder: Path, stage: str) -> None:
+    atomic_write_text(_stage_marker(folder, stage), "done\n")
+
+
+def clear_stage_done(folder: Path, stage: str) -> None:
+    _stage_marker(folder, stage).unlink(missing_ok=True)
+
+
+def require_stage_done(folder: Path, stage: str, rerun: str) -> None:
+    if not _stage_marker(folder, stage).exists():
+        raise InputError(f"{folder}: the {stage} stage did not finish there (no {_stage_marker(folder, stage).name}); "
+                         f"run {rerun} first")
 
 
 def text_shards(args: argparse.Namespace, layout: Layout, splits: tuple[str, ...] = ("training", "test")) -> list[Path]:
     """The dataset's shard files, training then test, each in numeric order."""
     prefix = shard_prefix(args, layout)
+    if prefix.parent.is_dir():
+        require_stage_done(prefix.parent, "sharding", "--action sharding with the same "
+                           "--n_training_shards/--n_test_shards/--fraction_test_set")
     shards = []
     for split in splits:
         pattern = re.compile(rf"^{re.escape(prefix.name)}_{split}_(\d+)\.txt$")
@@ -221,20 +249,31 @@ def _make_hdf5(job: dict) -> str:
 
 
 def hdf5_jobs(args: argparse.Namespace, layout: Layout, vocab_file: Path) -> tuple[list[dict], int]:
-    """Jobs for the shards whose HDF5 file does not exist yet, and how many were already done."""
+    """Jobs for the shards whose HDF5 file does not exist yet, and how many were already done.
+
+    A shard already there is kept only when it records the settings this run would make it with
+    (text, vocab, casing, masking, lengths, probabilities, dupe factor, seed); otherwise InputError.
+    """
+    import create_pretraining_data as cpd
+
     jobs, done = [], 0
     for shard in text_shards(args, layout):
         output = layout.hdf5 / args.dataset / (shard.stem + ".hdf5")
-        if output.exists():
-            done += 1
-            continue
-        jobs.append(dict(
+        job = dict(
             input_files=[str(shard)], output_file=str(output), vocab_file=str(vocab_file),
             do_lower_case=args.do_lower_case > 0, max_seq_length=args.max_seq_length,
             max_predictions_per_seq=args.max_predictions_per_seq, masked_lm_prob=args.masked_lm_prob,
             short_seq_prob=args.short_seq_prob, dupe_factor=args.dupe_factor, random_seed=args.random_seed,
             do_whole_word_mask=args.do_whole_word_mask > 0,
-        ))
+        )
+        if output.exists():
+            options = cpd.InstanceOptions(args.max_seq_length, args.max_predictions_per_seq, args.masked_lm_prob,
+                                          args.short_seq_prob, args.dupe_factor, args.do_whole_word_mask > 0)
+            cpd.check_shard_settings(output, cpd.shard_settings([shard], vocab_file, args.do_lower_case > 0,
+                                                                options, args.random_seed))
+            done += 1
+            continue
+        jobs.append(job)
     return jobs, done
 
 
@@ -280,12 +319,15 @@ def action_create_hdf5_files(args: argparse.Namespace, layout: Layout) -> None:
         raise InputError(f"--vocab_file {vocab_file}: not found")
     jobs, done = hdf5_jobs(args, layout, vocab_file)
     print(f"{len(jobs)} shard(s) to convert, {done} already complete -> {layout.hdf5 / args.dataset}", flush=True)
+    (layout.hdf5 / args.dataset).mkdir(parents=True, exist_ok=True)
+    clear_stage_done(layout.hdf5 / args.dataset, "create_hdf5_files")
     failures = run_hdf5_jobs(jobs, args.n_processes) if jobs else []
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr, flush=True)
     if failures:
         names = ", ".join(f.split(":", 1)[0] for f in failures)
         raise InputError(f"{len(failures)} of {len(jobs)} shard(s) failed: {names}; fix and re-run (done shards are skipped)")
+    mark_stage_done(layout.hdf5 / args.dataset, "create_hdf5_files")
 
 
 # --------------------------------------------------------------------------------------------

@@ -602,3 +602,90 @@ def test_no_worker_outlives_a_killed_bertprep(tmp_path, stage, signum):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# ---------------------------------------------------------------- settings recorded in shards, finished stages
+
+
+HDF5_COMMON = ["--max_seq_length", "64", "--max_predictions_per_seq", "10", "--dupe_factor", "1"]
+HDF5_FOLDER = "hdf5_lower_case_1_seq_len_64_max_pred_10_masked_lm_prob_0.15_random_seed_12345_dupe_factor_1"
+
+
+def _sharded_mini(tmp_path: Path) -> list[str]:
+    source = tmp_path / "wiki.txt"
+    source.write_text("".join(a + "\n\n" for a in wikitext_articles(8)), encoding="utf-8")
+    common = ["--dataset", "mini", *SMALL_SHARDS, "--n_processes", "1", "--input_files", str(source)]
+    ok(run_prep(tmp_path, "--action", "sharding", "--segmentation_method", "regex", *common))
+    return common
+
+
+def test_shards_record_their_settings_and_a_rerun_with_other_settings_is_a_one_line_error(tmp_path):
+    import create_pretraining_data as cpd
+
+    vocab = shared_path("vocab", "bert-base-uncased-vocab.txt")
+    common = [*_sharded_mini(tmp_path), *HDF5_COMMON]
+    ok(run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file", str(vocab)))
+    out = tmp_path / HDF5_FOLDER / "mini"
+    assert (out / ".create_hdf5_files_complete").exists()
+    text_shard = tmp_path / "sharded_training_shards_4_test_shards_2_fraction_0.1" / "mini" / "mini_training_0.txt"
+    with h5py.File(out / "mini_training_0.hdf5", "r") as shard:
+        recorded = {key: value.item() if hasattr(value, "item") else value for key, value in shard.attrs.items()}
+    assert recorded == {
+        "input_sha256": hashlib.sha256(text_shard.read_bytes()).hexdigest(),
+        "vocab_sha256": hashlib.sha256(vocab.read_bytes()).hexdigest(), "do_lower_case": True,
+        "do_whole_word_mask": False, "max_seq_length": 64, "max_predictions_per_seq": 10, "masked_lm_prob": 0.15,
+        "short_seq_prob": 0.1, "dupe_factor": 1, "random_seed": 12345}
+
+    # The same settings: every shard is kept. Settings the folder name does not show: a clear error.
+    assert "0 shard(s) to convert, 6 already complete" in ok(
+        run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file", str(vocab))).stdout
+    error = one_line_error(run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file", str(vocab),
+                                    "--do_whole_word_mask", "1"))
+    assert "mini_training_0.hdf5: made with do_whole_word_mask=False, this run asks for do_whole_word_mask=True" in error
+    error = one_line_error(run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file", str(vocab),
+                                    "--short_seq_prob", "0.2"))
+    assert "short_seq_prob=0.1, this run asks for short_seq_prob=0.2" in error
+    other_vocab = tmp_path / "vocab.txt"
+    other_vocab.write_text(vocab.read_text(encoding="utf-8") + "extra\n", encoding="utf-8")
+    error = one_line_error(run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file",
+                                    str(other_vocab)))
+    assert "made with vocab_sha256=" in error
+    # A shard made by another tool (no attributes) is not taken for one of ours.
+    arrays = cpd.create_instance_arrays(cpd.read_corpus([text_shard], cpd.load_tokenizer(str(vocab), True)),
+                                        cpd.VocabIds.from_tokenizer(cpd.load_tokenizer(str(vocab), True), vocab),
+                                        cpd.InstanceOptions(64, 10, 0.15, 0.1, 1), 12345)
+    cpd.write_shard(arrays, out / "mini_training_0.hdf5")
+    error = one_line_error(run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file", str(vocab)))
+    assert "mini_training_0.hdf5: records no 'input_sha256' setting" in error
+
+
+def test_hdf5_stage_refuses_an_interrupted_sharding(tmp_path):
+    """Sharding killed part-way leaves no completion marker; create_hdf5_files and create_vocab then refuse."""
+    import os
+    import time
+
+    common = _sharded_mini(tmp_path)
+    folder = tmp_path / "sharded_training_shards_4_test_shards_2_fraction_0.1" / "mini"
+    assert (folder / ".sharding_complete").exists()
+    big = tmp_path / "big.txt"
+    big.write_text("".join(a + "\n\n" for a in wikitext_articles()) * 4, encoding="utf-8")
+    rerun = [arg if arg != str(tmp_path / "wiki.txt") else str(big) for arg in common]
+    process = subprocess.Popen([sys.executable, str(BERTPREP), "--working_dir", str(tmp_path), "--action", "sharding",
+                                *rerun], env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while (folder / ".sharding_complete").exists() and process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert process.poll() is None, "sharding finished before it could be interrupted"
+        os.kill(process.pid, 9)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    vocab = shared_path("vocab", "bert-base-uncased-vocab.txt")
+    error = one_line_error(run_prep(tmp_path, "--action", "create_hdf5_files", *common, *HDF5_COMMON,
+                                    "--vocab_file", str(vocab)))
+    assert "mini: the sharding stage did not finish there (no .sharding_complete); run --action sharding" in error
+    assert not (tmp_path / HDF5_FOLDER).exists()
