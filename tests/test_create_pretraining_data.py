@@ -282,7 +282,10 @@ def test_hdf5_layout_is_the_originals(tmp_path, sample_text, uncased_vocab):
                 "next_sentence_labels": ("int8", None)}
     with h5py.File(output, "r") as shard:
         assert sorted(shard.keys()) == sorted(expected)
-        assert not shard.attrs.keys()
+        # Only the settings as file attributes (readers of the datasets, the original's among them, ignore them).
+        assert sorted(shard.attrs) == sorted(["input_sha256", "vocab_sha256", "do_lower_case", "do_whole_word_mask",
+                                              "max_seq_length", "max_predictions_per_seq", "masked_lm_prob",
+                                              "short_seq_prob", "dupe_factor", "random_seed"])
         for key, (dtype, width) in expected.items():
             dataset = shard[key]
             assert dataset.dtype == np.dtype(dtype), key
