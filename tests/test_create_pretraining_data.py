@@ -462,7 +462,7 @@ TRICKY_TEXT = (
     "\u00a0\u2003 \n"  # only spaces: a blank line, so a document break
     "a\x0bb c\x85d e\u2028f whole-line keys\n"
     "\x1c\x1d\n"  # only str.isspace characters: blank too
-    "中文字符 and Ελληνικά ΣΟΦΟΣ naïve café Ω \ufffd\x01\x7f\n"
+    "中文字符 and Ελληνικά ΣΟΦΟΣ naïve café Ω \ufffd\x01\x7f \U0001f600emoji 𝔘nicode\u2003\ufeffbom\n"
     "\x01\x02\n"  # characters the tokenizer drops: neither a sentence nor a break
     + "x" * 150 + " long word and [MASK] [SEP] literal\n\n\n"
     "Last document without a final newline"
