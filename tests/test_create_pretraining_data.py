@@ -1,7 +1,6 @@
 """create_pretraining_data.py: exact parity with the reference port, instance invariants, format, bad input."""
 from __future__ import annotations
 
-import importlib.util
 import random
 import re
 import subprocess
@@ -10,7 +9,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, script_env, shared_path
+from conftest import ROOT, load_benchmark, script_env, shared_path
 
 import create_pretraining_data as cpd
 import tokenization
@@ -20,16 +19,7 @@ SETTINGS = dict(max_seq_length=128, max_predictions_per_seq=20, masked_lm_prob=0
                 dupe_factor=10, random_seed=12345, do_whole_word_mask=False, do_lower_case=True)
 
 
-def _load_reference():
-    spec = importlib.util.spec_from_file_location(
-        "reference_create_pretraining_data", ROOT / "benchmarks" / "reference_create_pretraining_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-reference = _load_reference()
+reference = load_benchmark("reference_create_pretraining_data")
 
 
 @pytest.fixture(scope="module")

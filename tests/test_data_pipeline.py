@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, script_env, shared_path
+from conftest import ROOT, load_benchmark, script_env, shared_path
 
 from data import TextSharding, demo_corpus, sentence_split
 from data.create_vocab import build_vocab, google_layout_head
@@ -102,21 +102,7 @@ def test_unknown_segmentation_method_is_a_clear_error():
 
 # ---------------------------------------------------------------- Wikipedia through WikiExtractor
 
-WIKI_DUMP = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10" xml:lang="en">
-  <siteinfo>
-    <sitename>Wikipedia</sitename>
-    <dbname>enwiki</dbname>
-    <base>https://en.wikipedia.org/wiki/Main_Page</base>
-    <generator>MediaWiki 1.42.0-wmf.5</generator>
-    <case>first-letter</case>
-    <namespaces>
-      <namespace key="0" case="first-letter" />
-      <namespace key="1" case="first-letter">Talk</namespace>
-      <namespace key="10" case="first-letter">Template</namespace>
-      <namespace key="14" case="first-letter">Category</namespace>
-    </namespaces>
-  </siteinfo>
-  <page>
+WIKI_DUMP = load_benchmark("bench_data_pipeline").SITEINFO + """  <page>
     <title>AccessibleComputing</title>
     <ns>0</ns>
     <id>10</id>
