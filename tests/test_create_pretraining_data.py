@@ -490,3 +490,8 @@ def test_byte_level_reader_equals_line_by_line_tokenizing(tmp_path, uncased_voca
     firsts = corpus.document_sentences[:-1].tolist()
     assert firsts == [s for s in range(len(documents)) if s == 0 or documents[s] != documents[s - 1]]
     assert encoder.num_words < 60  # each distinct word stored once, however often it appears
+
+
+def test_split_spaces_are_exactly_what_str_split_splits_at():
+    assert set(cpd.SPLIT_SPACES) == {chr(cp) for cp in range(0x110000) if chr(cp).isspace()}
+    assert set(cpd.WHOLE_LINE_SPACES) == set("\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\u2029")
