@@ -28,22 +28,22 @@ import contextlib
 import functools
 import gc
 import glob
+import hashlib
 import os
 import random
-import re
 import string
 import sys
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from itertools import chain
+from itertools import chain, pairwise
 from pathlib import Path
 
 import numpy as np
 
 import tokenization
+from data.pretraining_dataset import SHARD_DTYPES
 from utils import InputError, atomic_path, run_main
 
 try:
@@ -56,20 +56,12 @@ except ImportError:  # the same functions then run as plain Python: identical ou
     def njit(*args, **kwargs):
         return args[0] if args and callable(args[0]) else (lambda function: function)
 
-# Dataset name -> stored dtype, in the original's order. Shapes: [N, S] for the first three,
-# [N, M] for the two masked-LM arrays, [N] for the labels.
-SHARD_DTYPES: dict[str, type[np.integer]] = {
-    "input_ids": np.int32,
-    "input_mask": np.int8,
-    "segment_ids": np.int8,
-    "masked_lm_positions": np.int32,
-    "masked_lm_ids": np.int32,
-    "next_sentence_labels": np.int8,
-}
-SEQUENCE_KEYS = ("input_ids", "input_mask", "segment_ids")
-PREDICTION_KEYS = ("masked_lm_positions", "masked_lm_ids")
+try:  # ISA-L's deflate: valid zlib streams (any HDF5 reader decodes them) about 3x faster than zlib's
+    from isal.isal_zlib import compress as deflate
+except ImportError:
+    from zlib import compress as deflate
+
 REQUIRED_TOKENS = ("[CLS]", "[SEP]", "[MASK]")
-_TOKENIZE_BLOCK = 20_000  # lines per encoder call: bounds the memory of the split words at a time
 _CHUNK_BYTES = 1 << 17  # target size of one HDF5 chunk (whole rows)
 _GZIP_LEVEL = 1  # after byte shuffling, level 1 is both smaller and faster than the original's level 4
 _WRITE_THREADS = min(4, os.cpu_count() or 1)
@@ -144,7 +136,20 @@ def read_text(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        first_bad = exc.start
+        return _decode_non_utf8(path, data, exc.start)
+
+
+def read_utf8(path: Path) -> bytes:
+    """The file's text as UTF-8 bytes, decoded as `read_text` does (the bytes themselves when they are UTF-8)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _decode_non_utf8(path, data, exc.start).encode("utf-8")
+    return data
+
+
+def _decode_non_utf8(path: Path, data: bytes, first_bad: int) -> str:
     for encoding in ("cp1252", "latin-1"):
         try:
             text = data.decode(encoding)
@@ -182,47 +187,99 @@ class Corpus:
         return len(self.sentence_offsets) - 1
 
 
-# Characters that str.split() treats as whitespace but BERT's tokenizer does not (it deletes them or
-# keeps them inside a word); a line holding one is tokenized whole instead of word by word.
-_NOT_BERT_WHITESPACE = re.compile("[\x0b\x0c\x1c-\x1f\x85\u2028\u2029]")
+# The characters str.split() splits words at (str.isspace). Those BERT's tokenizer does not treat as
+# whitespace (it deletes them or keeps them inside a word) make their line one word, tokenized whole.
+SPLIT_SPACES = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+                "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+WHOLE_LINE_SPACES = "".join(char for char in SPLIT_SPACES if not tokenization._is_whitespace(char))
+_SPACE, _WHOLE_LINE_SPACE = 1, 2
+
+
+def _space_kinds() -> np.ndarray:
+    """Per code point below the last space's: 0 (not a space), _SPACE or _WHOLE_LINE_SPACE."""
+    kinds = np.zeros(max(map(ord, SPLIT_SPACES)) + 1, dtype=np.int8)
+    for char in SPLIT_SPACES:
+        kinds[ord(char)] = _WHOLE_LINE_SPACE if char in WHOLE_LINE_SPACES else _SPACE
+    return kinds
+
+
+_SPACE_KINDS = _space_kinds()
+_LINE_BLOCK_BYTES = 1 << 22  # text tokenized at a time: bounds the per-word arrays
 
 
 class WordCachedEncoder:
-    """Token ids of text lines, tokenizing each distinct word once.
+    """Token ids of UTF-8 text lines, tokenizing each distinct word once.
 
     BERT's tokenizer splits text at whitespace first and everything after that (cleaning,
     lower-casing, accent stripping, punctuation and CJK splitting, WordPiece) stays inside one
-    word, so a line's ids are its words' ids in order, and lines are assembled from a word cache
-    with numpy. New words reach the tokenizer in one batch call per block of lines, reduced
-    further (see `_cache_keys`) so that "Hamlet," and "(hamlet" cost one tokenizer call. The cache
-    lives as long as the encoder: a process making many shards learns its words once.
+    word, so a line's ids are its words' ids in order. A compiled pass splits the raw bytes into
+    lines and words exactly as `text_lines`, `str.strip` and `str.split` would and finds each
+    word in a hash table of known words (no Python object per word: that per-word work was most
+    of the time); the ids are then gathered with numpy. New words reach the tokenizer in one call
+    per block of text, reduced further (see `_cache_keys`) so that "Hamlet," and "(hamlet" cost
+    one tokenizer call. The cache lives as long as the encoder: a process making many shards
+    learns its words once.
     """
 
-    def __init__(self, tokenizer: tokenization.FullTokenizer, max_words: int = 4_000_000):
+    def __init__(self, tokenizer: tokenization.FullTokenizer, max_words: int = 4_000_000,
+                 initial_words: int = 1 << 15):
         self.tokenizer = tokenizer
         self.lower_case = bool(getattr(tokenizer, "do_lower_case", False))
         self.max_words = max_words
+        self.initial_words = initial_words  # a power of 2; the tables double as they fill
         self._clear()
 
     def _clear(self) -> None:
-        self.word_index: dict[str, int] = {}
+        words = self.initial_words
+        self._slots = np.full(2 * words, -1, dtype=np.int64)  # open addressing: word id or -1
+        self._hashes = np.zeros(words, dtype=np.int64)  # per word id
+        self._word_bytes = np.zeros(32 * words, dtype=np.uint8)  # every known word's UTF-8, one after another
+        self._word_offsets = np.zeros(words + 1, dtype=np.int64)
+        self._fill = np.zeros(2, dtype=np.int64)  # words known, bytes of _word_bytes used
         self._flat = np.zeros(0, dtype=np.int32)  # every known word's ids, one after another
         self._offsets = np.zeros(1, dtype=np.int64)  # word i holds _flat[_offsets[i]:_offsets[i + 1]]
         self._key_ids: dict[str, list[int]] = {}
 
+    @property
+    def num_words(self) -> int:
+        return int(self._fill[0])
+
     def encode(self, lines: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(ids of all lines one after another as int32, number of ids per line); lines are non-empty."""
-        if len(self.word_index) > self.max_words:  # bound the memory of a long-lived encoder
+        """(ids of all lines one after another as int32, number of ids per line); lines hold no line break."""
+        tokens, lengths, _ = self.encode_text("\n".join(lines).encode("utf-8"))
+        if len(lengths) != len(lines):
+            raise ValueError("encode: a line holds a line break (\\n or \\r)")
+        return tokens, lengths
+
+    def encode_text(self, data: bytes, final: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids as int32, ids per line, whether the line holds text) for UTF-8 `data`, lines as `text_lines`
+        makes them. A `final` block's text after its last line break is a line; other blocks end with one."""
+        if self.num_words > self.max_words:  # bound the memory of a long-lived encoder
             self._clear()
-        if any(map(_NOT_BERT_WHITESPACE.search, lines)):
-            words_per_line = [[line] if _NOT_BERT_WHITESPACE.search(line) else line.split() for line in lines]
-        else:
-            words_per_line = [line.split() for line in lines]
-        words = list(chain.from_iterable(words_per_line))
-        self._learn(words)
-        word_ids = np.fromiter(map(self.word_index.__getitem__, words), dtype=np.int64, count=len(words))
-        words_per_line_count = np.fromiter(map(len, words_per_line), dtype=np.int64, count=len(lines))
-        return _gather_words(self._flat, self._offsets, word_ids, words_per_line_count)
+        buffer = np.frombuffer(data, dtype=np.uint8)
+        starts, ends, words_per_line = _split_words(buffer, _SPACE_KINDS, final)
+        word_ids = np.empty(len(starts), dtype=np.int64)
+        known, done = self.num_words, 0
+        while done < len(starts):
+            done = _find_or_add_words(buffer, starts, ends, done, word_ids, self._slots, self._hashes,
+                                      self._word_bytes, self._word_offsets, self._fill)
+            if done < len(starts):
+                self._grow(int(ends[done] - starts[done]))
+        self._learn(known)
+        tokens, lengths = _gather_words(self._flat, self._offsets, word_ids, words_per_line)
+        return tokens, lengths, words_per_line > 0
+
+    def _grow(self, word_bytes: int) -> None:
+        """Double whichever table is full (the compiled pass stops before overflowing one)."""
+        words, used = int(self._fill[0]), int(self._fill[1])
+        if used + word_bytes > len(self._word_bytes):
+            self._word_bytes = _grown(self._word_bytes, max(2 * len(self._word_bytes), used + word_bytes))
+        if words + 2 > len(self._word_offsets):
+            self._word_offsets = _grown(self._word_offsets, 2 * len(self._word_offsets))
+            self._hashes = _grown(self._hashes, len(self._word_offsets) - 1)
+        if 2 * (words + 1) > len(self._slots):
+            self._slots = np.full(2 * len(self._slots), -1, dtype=np.int64)
+            _rehash(self._slots, self._hashes, words)
 
     def _cache_keys(self, word: str) -> tuple[str, ...]:
         """Texts whose tokens, joined, are the word's tokens.
@@ -233,6 +290,8 @@ class WordCachedEncoder:
         """
         if not word.isascii():
             return (word,)
+        if word.isalnum():  # most words: no punctuation to split off
+            return (word.lower() if self.lower_case else word,)
         core = word.strip(string.punctuation)
         if not core:
             return tuple(word)
@@ -241,22 +300,172 @@ class WordCachedEncoder:
         start = len(word) - len(word.lstrip(string.punctuation))
         return (*word[:start], core.lower() if self.lower_case else core, *word[start + len(core):])
 
-    def _learn(self, words: list[str]) -> None:
-        index = self.word_index
-        new_words = list(set(words).difference(index))  # order does not matter: only ids are looked up
-        if not new_words:
+    def _tokenize_keys(self, keys: list[str]) -> list[list[int]]:
+        """Ids of each key. Most keys are ASCII letters and digits (lower-cased already when the tokenizer
+        lower-cases): the basic tokenizer leaves such a key one word as it is, so it goes straight to
+        WordPiece (a vocab hit is its own id). The other keys take the whole tokenizer."""
+        vocab = self.tokenizer.vocab
+        wordpiece = self.tokenizer.wordpiece_tokenizer
+        long_word = wordpiece.max_input_chars_per_word
+        ids: list[list[int] | None] = [None] * len(keys)
+        others = []
+        for index, key in enumerate(keys):
+            if not (key.isascii() and key.isalnum()):
+                others.append(index)
+            elif len(key) <= long_word and key in vocab:
+                ids[index] = [vocab[key]]
+            else:
+                ids[index] = [vocab[piece] for piece in wordpiece.tokenize_word(key)]
+        for index, key_ids in zip(others, self.tokenizer.encode_batch_ids([keys[i] for i in others]), strict=True):
+            ids[index] = key_ids
+        return ids  # type: ignore[return-value]
+
+    def _learn(self, first_new: int) -> None:
+        """Tokenize the words the table took in since it knew `first_new` words (their ids follow on)."""
+        count = self.num_words - first_new
+        if not count:
             return
+        offsets = self._word_offsets[first_new:first_new + count + 1].tolist()
+        raw = self._word_bytes[offsets[0]:offsets[-1]].tobytes()
+        base = offsets[0]
+        new_words = [raw[start - base:end - base].decode("utf-8") for start, end in pairwise(offsets)]
         keys_per_word = [self._cache_keys(word) for word in new_words]
         key_ids = self._key_ids
         new_keys = [key for key in dict.fromkeys(chain.from_iterable(keys_per_word)) if key not in key_ids]
         if new_keys:
-            key_ids.update(zip(new_keys, self.tokenizer.encode_batch_ids(new_keys), strict=True))
-        new_ids = [list(chain.from_iterable(map(key_ids.__getitem__, keys))) for keys in keys_per_word]
-        index.update(zip(new_words, range(len(index), len(index) + len(new_words)), strict=True))
+            key_ids.update(zip(new_keys, self._tokenize_keys(new_keys), strict=True))
+        new_ids = [key_ids[keys[0]] if len(keys) == 1 else list(chain.from_iterable(map(key_ids.__getitem__, keys)))
+                   for keys in keys_per_word]
         lengths = np.fromiter(map(len, new_ids), dtype=np.int64, count=len(new_ids))
         self._offsets = np.concatenate([self._offsets, self._offsets[-1] + np.cumsum(lengths)])
         new_flat = np.fromiter(chain.from_iterable(new_ids), dtype=np.int32, count=int(lengths.sum()))
         self._flat = np.concatenate([self._flat, new_flat])
+
+
+@njit(cache=True)
+def _split_words(buffer, space_kinds, final):
+    """Word byte ranges and words per line of UTF-8 text.
+
+    Lines end at \\n, \\r\\n or \\r (`text_lines`); words are separated by `space_kinds` code points
+    (`str.split`); a line holding a _WHOLE_LINE_SPACE is one word from its first to its last
+    non-space (`str.strip`). Text after the last line break is a line only in a `final` block.
+    """
+    size = len(buffer)
+    starts = np.empty(size // 2 + 1, dtype=np.int64)
+    ends = np.empty(size // 2 + 1, dtype=np.int64)
+    words_per_line = np.empty(size + 1, dtype=np.int64)
+    words, lines, line_first, whole_line, in_word = 0, 0, 0, False, False
+    i = 0
+    while i <= size:
+        if i == size:
+            if not final:
+                break
+            byte = 10  # the end of the text ends its last line
+        else:
+            byte = int(buffer[i])
+        if byte == 10 or byte == 13:
+            if in_word:
+                ends[words] = i
+                words += 1
+                in_word = False
+            if whole_line and words - line_first > 1:
+                ends[line_first] = ends[words - 1]
+                words = line_first + 1
+            words_per_line[lines] = words - line_first
+            lines += 1
+            line_first, whole_line = words, False
+            if byte == 13 and i + 1 < size and buffer[i + 1] == 10:
+                i += 1
+            i += 1
+            continue
+        code_point, length = _code_point(buffer, i, byte)
+        kind = space_kinds[code_point] if code_point < len(space_kinds) else 0
+        if kind != 0:
+            if in_word:
+                ends[words] = i
+                words += 1
+                in_word = False
+            if kind == 2:  # _WHOLE_LINE_SPACE
+                whole_line = True
+        elif not in_word:
+            starts[words] = i
+            in_word = True
+        i += length
+    return starts[:words].copy(), ends[:words].copy(), words_per_line[:lines].copy()
+
+
+@njit(cache=True)
+def _code_point(buffer, i, lead):
+    """(code point, bytes) of the UTF-8 sequence starting at buffer[i] with byte `lead` (valid UTF-8)."""
+    if lead < 0x80:
+        return lead, 1
+    if lead < 0xE0:
+        return ((lead & 0x1F) << 6) | (int(buffer[i + 1]) & 0x3F), 2
+    if lead < 0xF0:
+        return ((lead & 0x0F) << 12) | ((int(buffer[i + 1]) & 0x3F) << 6) | (int(buffer[i + 2]) & 0x3F), 3
+    return (((lead & 0x07) << 18) | ((int(buffer[i + 1]) & 0x3F) << 12) | ((int(buffer[i + 2]) & 0x3F) << 6)
+            | (int(buffer[i + 3]) & 0x3F)), 4
+
+
+@njit(cache=True)
+def _word_hash(buffer, start, end):
+    """FNV-1a over the bytes, kept to 63 bits (the same with and without numba)."""
+    value = 1469598103934665603
+    for i in range(start, end):
+        value = ((value ^ int(buffer[i])) * 1099511628211) & 0x7FFFFFFFFFFFFFFF
+    return value
+
+
+@njit(cache=True)
+def _find_or_add_words(buffer, starts, ends, first, word_ids, slots, hashes, word_bytes, word_offsets, fill):
+    """Word ids of words first.. (new words get the next ids, in order of first appearance). Returns the
+    index of the first word not done: len(starts), or a new word that does not fit (grow and call again)."""
+    mask = len(slots) - 1
+    for word in range(first, len(starts)):
+        start, end = starts[word], ends[word]
+        value = _word_hash(buffer, start, end)
+        slot = value & mask
+        found = -1
+        while slots[slot] >= 0:
+            candidate = slots[slot]
+            if hashes[candidate] == value and _same_bytes(buffer, start, end, word_bytes, word_offsets[candidate],
+                                                          word_offsets[candidate + 1]):
+                found = candidate
+                break
+            slot = (slot + 1) & mask
+        if found < 0:
+            known, used = fill[0], fill[1]
+            if (2 * (known + 1) > len(slots) or known + 2 > len(word_offsets)
+                    or used + (end - start) > len(word_bytes)):
+                return word
+            word_bytes[used:used + end - start] = buffer[start:end]
+            word_offsets[known + 1] = used + end - start
+            hashes[known] = value
+            slots[slot] = known
+            fill[0], fill[1] = known + 1, used + end - start
+            found = known
+        word_ids[word] = found
+    return len(starts)
+
+
+@njit(cache=True)
+def _same_bytes(buffer, start, end, word_bytes, word_start, word_end):
+    if end - start != word_end - word_start:
+        return False
+    for offset in range(end - start):  # noqa: SIM110 (a loop numba compiles; all() over a generator it does not)
+        if buffer[start + offset] != word_bytes[word_start + offset]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _rehash(slots, hashes, words):
+    mask = len(slots) - 1
+    for word in range(words):
+        slot = hashes[word] & mask
+        while slots[slot] >= 0:
+            slot = (slot + 1) & mask
+        slots[slot] = word
 
 
 @njit(cache=True)
@@ -316,20 +525,31 @@ def _gc_paused() -> Iterator[None]:
 
 def _read_file(path: Path, encoder: WordCachedEncoder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, ids per sentence, document block per sentence) of one file; sentences without ids dropped."""
-    lines = [line.strip() for line in text_lines(read_text(path))]
-    texts = [line for line in lines if line]
-    token_blocks, length_blocks = [], []
-    for start in range(0, len(texts), _TOKENIZE_BLOCK):
-        block_tokens, block_lengths = encoder.encode(texts[start:start + _TOKENIZE_BLOCK])
+    data = read_utf8(path)
+    token_blocks, length_blocks, text_blocks = [], [], []
+    for block, final in _line_blocks(data, _LINE_BLOCK_BYTES):
+        block_tokens, block_lengths, block_is_text = encoder.encode_text(block, final)
         token_blocks.append(block_tokens)
         length_blocks.append(block_lengths)
-    lengths = np.concatenate(length_blocks) if length_blocks else np.zeros(0, dtype=np.int64)
-    is_text = np.fromiter(map(bool, lines), dtype=np.bool_, count=len(lines))
+        text_blocks.append(block_is_text)
+    lengths, is_text = np.concatenate(length_blocks), np.concatenate(text_blocks)
     blocks = np.cumsum(~is_text)[is_text]  # blank lines before a sentence: equal for one document's sentences
     # A line of characters the tokenizer drops is neither a sentence nor a document break.
+    lengths = lengths[is_text]
     has_ids = lengths > 0
-    tokens = np.concatenate(token_blocks) if token_blocks else np.zeros(0, dtype=np.int32)
-    return tokens, lengths[has_ids], blocks[has_ids]
+    return np.concatenate(token_blocks), lengths[has_ids], blocks[has_ids]
+
+
+def _line_blocks(data: bytes, block_bytes: int) -> Iterator[tuple[bytes, bool]]:
+    """`data` in pieces of about `block_bytes` that end just after a \\n (the last piece: the rest, final)."""
+    start = 0
+    while len(data) - start > block_bytes:
+        end = data.find(b"\n", start + block_bytes) + 1
+        if end == 0:
+            break
+        yield data[start:end], False
+        start = end
+    yield data[start:], True
 
 
 # --------------------------------------------------------------------------------------------
@@ -764,18 +984,21 @@ def _chunk_rows(array_: np.ndarray) -> int:
     return max(1, min(len(array_), _CHUNK_BYTES // max(1, array_[:1].nbytes)))
 
 
-def write_shard(arrays: dict[str, np.ndarray], output_file: str | os.PathLike) -> None:
-    """Write the six gzip datasets to a temp file beside `output_file`, then rename it into place.
+def write_shard(arrays: dict[str, np.ndarray], output_file: str | os.PathLike,
+                settings: dict[str, str | int | float | bool] | None = None) -> None:
+    """Write the six gzip datasets (and `settings` as file attributes) to a temp file beside `output_file`,
+    then rename it into place.
 
     Datasets use HDF5's byte-shuffle filter before gzip (level 1): about 10% smaller than the
     original's plain level-4 gzip and twice as fast to write; every HDF5 reader, the original's
     loader included, decodes it transparently. Chunks (whole rows) are filtered on a few threads
-    (zlib releases the GIL) and stored with direct chunk writes, byte for byte what the filters
-    would have stored.
+    (deflate releases the GIL; ISA-L's when installed) and stored with direct chunk writes, what
+    HDF5's own filters would store up to the deflate encoder's choices (the decoded arrays are the same).
     """
     import h5py
 
     with atomic_path(output_file) as tmp, h5py.File(tmp, "w") as shard, ThreadPoolExecutor(_WRITE_THREADS) as pool:
+        shard.attrs.update(settings or {})  # readers that look only at the datasets (the original's) ignore them
         for key, dtype in SHARD_DTYPES.items():
             data = np.ascontiguousarray(arrays[key], dtype=dtype)
             rows = _chunk_rows(data)
@@ -794,7 +1017,52 @@ def _filtered_chunk(data: np.ndarray, first: int, rows: int) -> bytes:
     if len(chunk) < rows:
         chunk = np.concatenate([chunk, np.zeros((rows - len(chunk), *data.shape[1:]), dtype=data.dtype)])
     shuffled = chunk.reshape(-1).view(np.uint8).reshape(-1, data.itemsize).T  # byte j of every value together
-    return zlib.compress(shuffled.tobytes(), _GZIP_LEVEL)
+    return deflate(shuffled.tobytes(), _GZIP_LEVEL)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shard_settings(input_files: Sequence[Path], vocab_file: str | os.PathLike, do_lower_case: bool,
+                   options: InstanceOptions, random_seed: int) -> dict[str, str | int | float | bool]:
+    """Everything a shard's contents depend on, stored as its HDF5 attributes: a rerun can tell whether a
+    shard on disk is the one it would make."""
+    return {
+        "input_sha256": ",".join(file_sha256(path) for path in input_files),
+        "vocab_sha256": file_sha256(vocab_file),
+        "do_lower_case": bool(do_lower_case),
+        "do_whole_word_mask": bool(options.do_whole_word_mask),
+        "max_seq_length": int(options.max_seq_length),
+        "max_predictions_per_seq": int(options.max_predictions_per_seq),
+        "masked_lm_prob": float(options.masked_lm_prob),
+        "short_seq_prob": float(options.short_seq_prob),
+        "dupe_factor": int(options.dupe_factor),
+        "random_seed": int(random_seed),
+    }
+
+
+def check_shard_settings(path: str | os.PathLike, expected: dict[str, str | int | float | bool]) -> None:
+    """Raise InputError naming the shard and the first setting it was made with that differs from `expected`."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as shard:
+            recorded = {key: shard.attrs[key] for key in expected if key in shard.attrs}
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable HDF5 file ({exc}); delete it to remake it") from None
+    for key, value in expected.items():
+        if key not in recorded:
+            raise InputError(f"{path}: records no '{key}' setting (made by another tool or version); "
+                             "delete it to remake it")
+        have = recorded[key].item() if hasattr(recorded[key], "item") else recorded[key]
+        if have != value:
+            raise InputError(f"{path}: made with {key}={have!r}, this run asks for {key}={value!r}; "
+                             "use another output folder or delete the shard")
 
 
 # --------------------------------------------------------------------------------------------
@@ -853,7 +1121,7 @@ def create_hdf5_from_text(
         print(f"warning: {described}: only one document (no blank line between documents), so no pair can "
               "have a random next sentence: every next_sentence_label is 0", file=sys.stderr)
     arrays = create_instance_arrays(corpus, vocab, options, random_seed)
-    write_shard(arrays, output_file)
+    write_shard(arrays, output_file, shard_settings(paths, vocab_file, do_lower_case, options, random_seed))
     return ShardSummary(
         output_file=str(output_file),
         instances=len(arrays["next_sentence_labels"]),

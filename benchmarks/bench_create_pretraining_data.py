@@ -31,7 +31,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "data"))  # the data/ modules import each other by bare name, as bertPrep runs them
 
 from utils import InputError, run_main  # noqa: E402
 
@@ -76,7 +75,7 @@ def write_sentence_file(documents: list[list[str]], output: Path, split) -> None
 
 
 def prepare_text(data_dir: Path, workdir: Path) -> list[Path]:
-    from sentence_split import get_splitter
+    from data.sentence_split import get_splitter
 
     wikitext = data_dir / "corpus" / "wikitext-2-raw" / "wiki.test.raw"
     books = [data_dir / "corpus" / "gutenberg" / name for name in BOOKS]

@@ -14,8 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from download_utils import DownloadError
-
+from data.download_utils import DownloadError
 from utils import atomic_path
 
 DEFAULT_SCRAPER_REPO = "/workspace/bookcorpus"

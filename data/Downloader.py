@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from BooksDownloader import BooksDownloader
-from download_utils import DownloadError
-from GLUEDownloader import GLUEDownloader
-from GooglePretrainedWeightDownloader import GooglePretrainedWeightDownloader
-from SquadDownloader import SquadDownloader
-from WikiDownloader import WikiDownloader
+from data.BooksDownloader import BooksDownloader
+from data.download_utils import DownloadError
+from data.GLUEDownloader import GLUEDownloader
+from data.GooglePretrainedWeightDownloader import GooglePretrainedWeightDownloader
+from data.SquadDownloader import SquadDownloader
+from data.WikiDownloader import WikiDownloader
 
 # What `--dataset all` fetches (the original's list, with all of GLUE instead of two tasks).
 ALL_DATASETS = ("wikicorpus_en", "bookscorpus", "google_pretrained_weights", "squad", "glue")
@@ -52,7 +52,7 @@ class Downloader:
         elif name in GLUE_SINGLE_TASKS:
             GLUEDownloader(self.save_path / "glue").download([GLUE_SINGLE_TASKS[name]])
         elif name == "demo":
-            from demo_corpus import write_demo_corpus
+            from data.demo_corpus import write_demo_corpus
 
             write_demo_corpus(self.save_path / "demo" / "demo_corpus.txt")
         else:

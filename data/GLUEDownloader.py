@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from download_utils import Checksum, DownloadError, download, extract_zip
-
+from data.download_utils import Checksum, DownloadError, download, extract_zip
 from utils import InputError, atomic_path
 
 GLUE_ROOT = "https://dl.fbaipublicfiles.com/glue/data"

@@ -4,8 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from download_utils import download, extract_zip, file_digest
-
+from data.download_utils import download, extract_zip, file_digest
 from utils import InputError
 
 STORAGE = "https://storage.googleapis.com/bert_models"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from download_utils import Checksum, DownloadError, download
+from data.download_utils import Checksum, DownloadError, download
 
 SQUAD_ROOT = "https://rajpurkar.github.io/SQuAD-explorer/dataset"
 CODALAB = "https://worksheets.codalab.org/rest/bundles"

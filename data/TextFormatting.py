@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import codecs
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from download_utils import InputError
-
-from utils import atomic_path
+from data.workers import die_with_parent, worker_pool
+from utils import InputError, atomic_path
 
 
 def run_wikiextractor(dump: str | os.PathLike, output_dir: str | os.PathLike, n_processes: int) -> None:
@@ -36,7 +37,7 @@ def run_wikiextractor(dump: str | os.PathLike, output_dir: str | os.PathLike, n_
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"running {' '.join(command)} (log: {log_path})", flush=True)
     with open(log_path, "w", encoding="utf-8") as log:
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False, preexec_fn=die_with_parent)
     if result.returncode != 0:
         raise InputError(f"WikiExtractor failed on {dump} (exit {result.returncode}: {_last_line(log_path)}); "
                          f"a truncated or damaged dump? delete it and download again (log: {log_path})")
@@ -141,11 +142,44 @@ def _write_documents(documents: Iterable[str], out: TextIO) -> int:
     return count
 
 
-def format_wikipedia(extracted_dir: str | os.PathLike, output: str | os.PathLike) -> int:
+def format_wikipedia(extracted_dir: str | os.PathLike, output: str | os.PathLike, n_processes: int = 1) -> int:
+    """WikiExtractor's files -> one article per line, each file on a worker; written atomically, in file order."""
     files = extracted_files(extracted_dir)
     if not files:
         raise InputError(f"{extracted_dir}: no WikiExtractor output (AA/wiki_00 ...); run it first")
-    return write_one_document_per_line(iter_wiki_articles(files), output)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    parts = Path(tempfile.mkdtemp(prefix=".tmp-formatting-", dir=output.parent))
+    jobs = [(path, parts / f"{index:06d}.txt") for index, path in enumerate(files)]
+    try:
+        with atomic_path(output) as tmp, open(tmp, "wb") as out:
+            count = 0
+            for part, part_count in _map_in_order(_format_wiki_file, jobs, n_processes):
+                with open(part, "rb") as formatted:  # in file order, so the output equals a serial run's
+                    shutil.copyfileobj(formatted, out, 1 << 20)
+                part.unlink()
+                count += part_count
+        if count == 0:
+            output.unlink()
+            raise InputError(f"{output}: no documents were found in the input; nothing written")
+        return count
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
+
+
+def _format_wiki_file(job: tuple[Path, Path]) -> tuple[Path, int]:
+    source, part = job
+    with open(part, "w", encoding="utf-8") as out:
+        return part, _write_documents(iter_wiki_articles([source]), out)
+
+
+def _map_in_order(function, jobs: list, n_processes: int) -> Iterator:
+    """`function` over `jobs`, results in order: on a pool of workers when more than one is asked for."""
+    if n_processes <= 1 or len(jobs) <= 1:
+        yield from map(function, jobs)
+        return
+    with worker_pool(min(n_processes, len(jobs))) as pool:
+        yield from pool.map(function, jobs)
 
 
 def format_books(books_dir: str | os.PathLike, output: str | os.PathLike) -> int:

@@ -24,16 +24,14 @@ import sys
 import tempfile
 from array import array
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from download_utils import InputError
-from sentence_split import canonical_method, split_sentences
-from TextFormatting import read_text_lenient
-
-from utils import atomic_path
+from data.sentence_split import canonical_method, split_sentences
+from data.TextFormatting import read_text_lenient
+from data.workers import worker_pool
+from utils import InputError, atomic_path
 
 DOCUMENTS_PER_TASK = 64
 
@@ -88,7 +86,7 @@ def _segmented(documents: Iterator[str], method: str, n_processes: int) -> Itera
         for batch in _batches(documents, DOCUMENTS_PER_TASK):
             yield from _split_batch((method, batch))
         return
-    with ProcessPoolExecutor(max_workers=n_processes) as pool:
+    with worker_pool(n_processes) as pool:
         window = n_processes * 4
         tasks = ((method, batch) for batch in _batches(documents, DOCUMENTS_PER_TASK))
         while True:

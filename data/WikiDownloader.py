@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from download_utils import Checksum, DownloadError, download, fetch_bytes
+from data.download_utils import Checksum, DownloadError, download, fetch_bytes
 
 DUMP_ROOT = "https://dumps.wikimedia.org"
 LANGUAGES = ("en", "zh")

@@ -20,22 +20,19 @@ import os
 import re
 import shutil
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
+if __name__ == "__main__":  # run as `python data/bertPrep.py`: the project's modules live one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.sentence_split import ALIASES, METHODS  # noqa: E402
+from data.workers import stop_workers_on_sigterm, worker_pool  # noqa: E402
+from utils import InputError, atomic_write_text, run_main  # noqa: E402
+
 DATA_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = DATA_DIR.parent
-for _path in (str(DATA_DIR), str(PROJECT_ROOT)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from download_utils import InputError  # noqa: E402
-from sentence_split import ALIASES, METHODS  # noqa: E402
-
-from utils import run_main  # noqa: E402
 
 ACTIONS = ("download", "text_formatting", "sharding", "create_vocab", "create_hdf5_files", "create_tfrecord_files")
 DOWNLOADABLE = (
@@ -88,7 +85,7 @@ def layout_for(args: argparse.Namespace) -> Layout:
 
 
 def action_download(args: argparse.Namespace, layout: Layout) -> None:
-    from Downloader import Downloader
+    from data.Downloader import Downloader
 
     if args.dataset not in DOWNLOADABLE:
         raise InputError(f"--action download: no downloader for {args.dataset!r}; choose from {', '.join(DOWNLOADABLE)}")
@@ -114,7 +111,7 @@ def _wikipedia_dump(layout: Layout, name: str) -> Path:
 
 
 def _extract_wikipedia(args: argparse.Namespace, layout: Layout, name: str) -> Path:
-    from TextFormatting import run_wikiextractor
+    from data.TextFormatting import run_wikiextractor
 
     out = layout.extracted / name
     marker = out / ".extraction_complete"
@@ -129,11 +126,11 @@ def _extract_wikipedia(args: argparse.Namespace, layout: Layout, name: str) -> P
 
 
 def format_corpus(args: argparse.Namespace, layout: Layout, part: str) -> Path:
-    import TextFormatting
+    from data import TextFormatting
 
     output = layout.formatted / FORMATTED_NAMES[part]
     if part.startswith("wikicorpus_"):
-        count = TextFormatting.format_wikipedia(_extract_wikipedia(args, layout, part), output)
+        count = TextFormatting.format_wikipedia(_extract_wikipedia(args, layout, part), output, args.n_processes)
     elif part == "bookscorpus":
         count = TextFormatting.format_books(layout.download / "bookscorpus", output)
     else:  # demo: already one sentence per line
@@ -171,19 +168,47 @@ def shard_prefix(args: argparse.Namespace, layout: Layout) -> Path:
 
 
 def action_sharding(args: argparse.Namespace, layout: Layout) -> None:
-    from TextSharding import Sharding
+    from data.TextSharding import Sharding
 
     inputs = corpus_inputs(args, layout)
     missing = [str(p) for p in inputs if not p.is_file()]
     if missing:
         raise InputError(f"sharding: input not found: {', '.join(missing)} (run --action text_formatting first)")
+    folder = shard_prefix(args, layout).parent
+    clear_stage_done(folder, "sharding")  # shards rewritten from here on are a new, unfinished set
     Sharding(inputs, shard_prefix(args, layout), args.n_training_shards, args.n_test_shards,
              args.fraction_test_set, args.segmentation_method, args.n_processes, args.random_seed).run()
+    mark_stage_done(folder, "sharding")
+
+
+# A stage that finishes writes `.<stage>_complete` into its output folder (atomically, last); the next
+# stage refuses a folder without it, so an interrupted stage is never taken for a finished one.
+
+
+def _stage_marker(folder: Path, stage: str) -> Path:
+    return folder / f".{stage}_complete"
+
+
+def mark_stage_done(folder: Path, stage: str) -> None:
+    atomic_write_text(_stage_marker(folder, stage), "done\n")
+
+
+def clear_stage_done(folder: Path, stage: str) -> None:
+    _stage_marker(folder, stage).unlink(missing_ok=True)
+
+
+def require_stage_done(folder: Path, stage: str, rerun: str) -> None:
+    if not _stage_marker(folder, stage).exists():
+        raise InputError(f"{folder}: the {stage} stage did not finish there (no {_stage_marker(folder, stage).name}); "
+                         f"run {rerun} first")
 
 
 def text_shards(args: argparse.Namespace, layout: Layout, splits: tuple[str, ...] = ("training", "test")) -> list[Path]:
     """The dataset's shard files, training then test, each in numeric order."""
     prefix = shard_prefix(args, layout)
+    if prefix.parent.is_dir():
+        require_stage_done(prefix.parent, "sharding", "--action sharding with the same "
+                           "--n_training_shards/--n_test_shards/--fraction_test_set")
     shards = []
     for split in splits:
         pattern = re.compile(rf"^{re.escape(prefix.name)}_{split}_(\d+)\.txt$")
@@ -202,7 +227,7 @@ def text_shards(args: argparse.Namespace, layout: Layout, splits: tuple[str, ...
 
 
 def action_create_vocab(args: argparse.Namespace, layout: Layout) -> None:
-    from create_vocab import create_vocab
+    from data.create_vocab import create_vocab
 
     inputs = [Path(p) for p in args.input_files.split(",") if p] if args.input_files else \
         text_shards(args, layout, splits=("training",))
@@ -224,26 +249,32 @@ def _make_hdf5(job: dict) -> str:
 
 
 def hdf5_jobs(args: argparse.Namespace, layout: Layout, vocab_file: Path) -> tuple[list[dict], int]:
-    """Jobs for the shards whose HDF5 file does not exist yet, and how many were already done."""
+    """Jobs for the shards whose HDF5 file does not exist yet, and how many were already done.
+
+    A shard already there is kept only when it records the settings this run would make it with
+    (text, vocab, casing, masking, lengths, probabilities, dupe factor, seed); otherwise InputError.
+    """
+    import create_pretraining_data as cpd
+
     jobs, done = [], 0
     for shard in text_shards(args, layout):
         output = layout.hdf5 / args.dataset / (shard.stem + ".hdf5")
-        if output.exists():
-            done += 1
-            continue
-        jobs.append(dict(
+        job = dict(
             input_files=[str(shard)], output_file=str(output), vocab_file=str(vocab_file),
             do_lower_case=args.do_lower_case > 0, max_seq_length=args.max_seq_length,
             max_predictions_per_seq=args.max_predictions_per_seq, masked_lm_prob=args.masked_lm_prob,
             short_seq_prob=args.short_seq_prob, dupe_factor=args.dupe_factor, random_seed=args.random_seed,
             do_whole_word_mask=args.do_whole_word_mask > 0,
-        ))
+        )
+        if output.exists():
+            options = cpd.InstanceOptions(args.max_seq_length, args.max_predictions_per_seq, args.masked_lm_prob,
+                                          args.short_seq_prob, args.dupe_factor, args.do_whole_word_mask > 0)
+            cpd.check_shard_settings(output, cpd.shard_settings([shard], vocab_file, args.do_lower_case > 0,
+                                                                options, args.random_seed))
+            done += 1
+            continue
+        jobs.append(job)
     return jobs, done
-
-
-def _worker_init() -> None:
-    # Each worker is one of several processes already; the Rust tokenizer's own threads would oversubscribe.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 def run_hdf5_jobs(jobs: list[dict], n_processes: int) -> list[str]:
@@ -261,7 +292,7 @@ def run_hdf5_jobs(jobs: list[dict], n_processes: int) -> list[str]:
             failure = _failure_of(name, lambda job=job: _make_hdf5(job))
             failures += [failure] if failure else []
         return sorted(failures)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
+    with worker_pool(workers, "spawn") as pool:
         futures = {pool.submit(_make_hdf5, job): name for name, job in zip(names, jobs, strict=True)}
         for future in tqdm(as_completed(futures), total=len(futures), desc="hdf5 shards", unit="shard"):
             failure = _failure_of(futures[future], future.result)
@@ -288,12 +319,15 @@ def action_create_hdf5_files(args: argparse.Namespace, layout: Layout) -> None:
         raise InputError(f"--vocab_file {vocab_file}: not found")
     jobs, done = hdf5_jobs(args, layout, vocab_file)
     print(f"{len(jobs)} shard(s) to convert, {done} already complete -> {layout.hdf5 / args.dataset}", flush=True)
+    (layout.hdf5 / args.dataset).mkdir(parents=True, exist_ok=True)
+    clear_stage_done(layout.hdf5 / args.dataset, "create_hdf5_files")
     failures = run_hdf5_jobs(jobs, args.n_processes) if jobs else []
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr, flush=True)
     if failures:
         names = ", ".join(f.split(":", 1)[0] for f in failures)
         raise InputError(f"{len(failures)} of {len(jobs)} shard(s) failed: {names}; fix and re-run (done shards are skipped)")
+    mark_stage_done(layout.hdf5 / args.dataset, "create_hdf5_files")
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,6 +381,8 @@ ACTION_FUNCTIONS = {
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if __name__ == "__main__":  # the command, not a caller importing main: a SIGTERM stops its workers too
+        stop_workers_on_sigterm()
     if args.action == "create_tfrecord_files":
         raise InputError("create_tfrecord_files is not supported (TensorFlow format); use create_hdf5_files")
     layout = layout_for(args)

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from download_utils import InputError
+if __name__ == "__main__":  # run as a script: the project's modules live one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import atomic_write_text, run_main
+from utils import InputError, atomic_write_text, run_main  # noqa: E402
 
 GOOGLE_VOCAB_SIZE = 30522
 GOOGLE_UNUSED = 994

@@ -20,13 +20,16 @@ import argparse
 import ast
 import os
 import re
+import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-from sentence_split import split_sentences
+if __name__ == "__main__":  # run as a script: the project's modules live one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import atomic_write_text, run_main
+from data.sentence_split import split_sentences  # noqa: E402
+from utils import atomic_write_text, run_main  # noqa: E402
 
 DEFAULT_MAX_BYTES = 4_000_000
 SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "turtledemo"}

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
 import urllib.error
@@ -32,11 +31,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from utils import InputError, atomic_path  # noqa: E402
+from utils import InputError, atomic_path
 
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "bert-pytorch-data-prep/1.0 (+https://github.com/NVIDIA/DeepLearningExamples)"

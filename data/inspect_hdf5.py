@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the project's top-level modules importable
+if __name__ == "__main__":  # run as a script: the project's modules live one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.pretraining_dataset import read_shard  # noqa: E402

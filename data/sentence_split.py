@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from functools import cache
 
-from download_utils import InputError  # download_utils also puts the project root on sys.path
+from utils import InputError
 
 METHODS = ("punkt", "pysbd", "regex")
 ALIASES = {"nltk": "punkt"}

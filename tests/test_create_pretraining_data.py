@@ -1,7 +1,6 @@
 """create_pretraining_data.py: exact parity with the reference port, instance invariants, format, bad input."""
 from __future__ import annotations
 
-import importlib.util
 import random
 import re
 import subprocess
@@ -10,7 +9,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, script_env, shared_path
+from conftest import ROOT, load_benchmark, script_env, shared_path
 
 import create_pretraining_data as cpd
 import tokenization
@@ -20,16 +19,7 @@ SETTINGS = dict(max_seq_length=128, max_predictions_per_seq=20, masked_lm_prob=0
                 dupe_factor=10, random_seed=12345, do_whole_word_mask=False, do_lower_case=True)
 
 
-def _load_reference():
-    spec = importlib.util.spec_from_file_location(
-        "reference_create_pretraining_data", ROOT / "benchmarks" / "reference_create_pretraining_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-reference = _load_reference()
+reference = load_benchmark("reference_create_pretraining_data")
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +272,10 @@ def test_hdf5_layout_is_the_originals(tmp_path, sample_text, uncased_vocab):
                 "next_sentence_labels": ("int8", None)}
     with h5py.File(output, "r") as shard:
         assert sorted(shard.keys()) == sorted(expected)
-        assert not shard.attrs.keys()
+        # Only the settings as file attributes (readers of the datasets, the original's among them, ignore them).
+        assert sorted(shard.attrs) == sorted(["input_sha256", "vocab_sha256", "do_lower_case", "do_whole_word_mask",
+                                              "max_seq_length", "max_predictions_per_seq", "masked_lm_prob",
+                                              "short_seq_prob", "dupe_factor", "random_seed"])
         for key, (dtype, width) in expected.items():
             dataset = shard[key]
             assert dataset.dtype == np.dtype(dtype), key
@@ -451,3 +444,54 @@ def test_runs_uncompiled_without_numba_with_identical_output(tmp_path, sample_te
     with h5py.File(output, "r") as shard:
         ours = {key: shard[key][()] for key in shard}
     assert_same_arrays(ours, reference_arrays(sample_text, uncased_vocab, dupe_factor=1, do_whole_word_mask=True))
+
+
+TRICKY_TEXT = (
+    "First line of doc one.\r\nSecond\tline  with\u00a0nbsp and\u3000ideographic space.\r"
+    "Lone CR ended the line before; Hamlet, (hamlet) HAMLET's \"quoted\" words.\n"
+    "\u00a0\u2003 \n"  # only spaces: a blank line, so a document break
+    "a\x0bb c\x85d e\u2028f whole-line keys\n"
+    "\x1c\x1d\n"  # only str.isspace characters: blank too
+    "中文字符 and Ελληνικά ΣΟΦΟΣ naïve café Ω \ufffd\x01\x7f \U0001f600emoji 𝔘nicode\u2003\ufeffbom\n"
+    "\x01\x02\n"  # characters the tokenizer drops: neither a sentence nor a break
+    + "x" * 150 + " long word and [MASK] [SEP] literal\n\n\n"
+    "Last document without a final newline"
+)
+
+
+def naive_corpus(text: str, tokenizer) -> tuple[list[list[int]], list[int]]:
+    """Sentence ids and each sentence's document number, the obvious way (what read_corpus must equal)."""
+    sentences, documents, document = [], [], 0
+    for line in cpd.text_lines(text):
+        line = line.strip()
+        if not line:
+            document += 1
+            continue
+        ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(line))
+        if ids:
+            sentences.append(ids)
+            documents.append(document)
+    return sentences, documents
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 22, 40])
+def test_byte_level_reader_equals_line_by_line_tokenizing(tmp_path, uncased_vocab, monkeypatch, block_bytes):
+    """The compiled splitter (lines, str.strip, str.split, whole-line keys) and its word table, in small
+    blocks and with tables that must grow many times, equal text_lines + the tokenizer line by line."""
+    monkeypatch.setattr(cpd, "_LINE_BLOCK_BYTES", block_bytes)
+    path = tmp_path / "tricky.txt"
+    path.write_bytes((TRICKY_TEXT * 20).encode("utf-8"))
+    tokenizer = tokenization.FullTokenizer(uncased_vocab, fast=False)
+    encoder = cpd.WordCachedEncoder(tokenizer, initial_words=2)
+    corpus = cpd.read_corpus([path], tokenizer, encoder)
+    sentences, documents = naive_corpus(TRICKY_TEXT * 20, tokenizer)
+    offsets = corpus.sentence_offsets
+    assert [corpus.tokens[offsets[s]:offsets[s + 1]].tolist() for s in range(corpus.num_sentences)] == sentences
+    firsts = corpus.document_sentences[:-1].tolist()
+    assert firsts == [s for s in range(len(documents)) if s == 0 or documents[s] != documents[s - 1]]
+    assert encoder.num_words < 60  # each distinct word stored once, however often it appears
+
+
+def test_split_spaces_are_exactly_what_str_split_splits_at():
+    assert set(cpd.SPLIT_SPACES) == {chr(cp) for cp in range(0x110000) if chr(cp).isspace()}
+    assert set(cpd.WHOLE_LINE_SPACES) == set("\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\u2029")

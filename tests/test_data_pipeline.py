@@ -17,15 +17,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, script_env, shared_path
+from conftest import ROOT, load_benchmark, script_env, shared_path
 
-sys.path.insert(0, str(ROOT / "data"))
-
-import demo_corpus  # noqa: E402
-import sentence_split  # noqa: E402
-import TextSharding  # noqa: E402
-from create_vocab import build_vocab, google_layout_head  # noqa: E402
-from download_utils import InputError  # noqa: E402
+from data import TextSharding, demo_corpus, sentence_split
+from data.create_vocab import build_vocab, google_layout_head
+from utils import InputError
 
 BERTPREP = ROOT / "data" / "bertPrep.py"
 SMALL_SHARDS = ["--n_training_shards", "4", "--n_test_shards", "2"]
@@ -106,21 +102,7 @@ def test_unknown_segmentation_method_is_a_clear_error():
 
 # ---------------------------------------------------------------- Wikipedia through WikiExtractor
 
-WIKI_DUMP = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10" xml:lang="en">
-  <siteinfo>
-    <sitename>Wikipedia</sitename>
-    <dbname>enwiki</dbname>
-    <base>https://en.wikipedia.org/wiki/Main_Page</base>
-    <generator>MediaWiki 1.42.0-wmf.5</generator>
-    <case>first-letter</case>
-    <namespaces>
-      <namespace key="0" case="first-letter" />
-      <namespace key="1" case="first-letter">Talk</namespace>
-      <namespace key="10" case="first-letter">Template</namespace>
-      <namespace key="14" case="first-letter">Category</namespace>
-    </namespaces>
-  </siteinfo>
-  <page>
+WIKI_DUMP = load_benchmark("bench_data_pipeline").SITEINFO + """  <page>
     <title>AccessibleComputing</title>
     <ns>0</ns>
     <id>10</id>
@@ -432,7 +414,7 @@ def prep_cli(working_dir: Path, *args: str) -> None:
 
 
 def prep_in_process(working_dir: Path, *args: str) -> None:
-    import bertPrep
+    from data import bertPrep
 
     bertPrep.main(["--working_dir", str(working_dir), *args])
 
@@ -505,3 +487,191 @@ def test_create_datasets_from_start_offline_reports_the_wikipedia_host(tmp_path)
     assert result.returncode == 2
     assert "error: cannot reach dumps.wikimedia.org" in result.stderr
     assert not list((tmp_path / "download").rglob("*.bz2"))
+
+
+def test_data_modules_import_without_touching_sys_path_or_scripts():
+    """Importing any data/ module leaves sys.path alone and pulls in no top-level script (issue 11)."""
+    code = (
+        "import sys, pkgutil, importlib\n"
+        "before = list(sys.path)\n"
+        "names = [m.name for m in pkgutil.iter_modules(['data'])]\n"
+        "for name in names: importlib.import_module('data.' + name)\n"
+        "assert sys.path == before, 'sys.path changed'\n"
+        "scripts = {'create_pretraining_data', 'run_pretraining', 'run_squad', 'run_glue', 'run_swag', 'inference'}\n"
+        "assert not scripts & set(sys.modules), scripts & set(sys.modules)\n"
+        "print(len(names))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=script_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 15
+
+
+def test_wikipedia_formatting_on_several_workers_equals_one(tmp_path):
+    """Each WikiExtractor file is formatted on a worker; the output equals a one-process run's, in file order."""
+    from data import TextFormatting
+
+    articles = wikitext_articles(12)
+    extracted = tmp_path / "extracted"
+    for index in range(5):
+        folder = extracted / ("AA" if index < 3 else "AB")
+        folder.mkdir(parents=True, exist_ok=True)
+        docs = [f'<doc id="{index}{k}" url="x" title="T{k}">\nTitle {k}\n\n{article}\n</doc>\n'
+                for k, article in enumerate(articles[index::5])]
+        (folder / f"wiki_{index:02d}").write_text("".join(docs), encoding="utf-8")
+    one = TextFormatting.format_wikipedia(extracted, tmp_path / "one.txt", n_processes=1)
+    many = TextFormatting.format_wikipedia(extracted, tmp_path / "many.txt", n_processes=3)
+    assert one == many == 12
+    text = (tmp_path / "many.txt").read_text(encoding="utf-8")
+    assert text == (tmp_path / "one.txt").read_text(encoding="utf-8")
+    assert text.split("\n\n")[0] == " ".join(articles[0].split())  # AA/wiki_00's first article comes first
+    assert [p.name for p in tmp_path.iterdir()] and not list(tmp_path.glob(".tmp*"))
+
+
+# ---------------------------------------------------------------- workers die with bertPrep
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in (b"Z", b"X")  # a zombie waiting for a reaper holds no memory
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("stage", ["sharding", "create_hdf5_files"])
+@pytest.mark.parametrize("signum", [15, 9], ids=["SIGTERM", "SIGKILL"])
+def test_no_worker_outlives_a_killed_bertprep(tmp_path, stage, signum):
+    """Kill bertPrep.py while its worker pool runs a real parallel stage: every worker is gone within seconds."""
+    import os
+    import time
+
+    source = tmp_path / "wiki.txt"
+    source.write_text("".join(a + "\n\n" for a in wikitext_articles()) * 4, encoding="utf-8")
+    common = ["--dataset", "mini", *SMALL_SHARDS, "--input_files", str(source), "--n_processes", "2"]
+    if stage == "create_hdf5_files":
+        ok(run_prep(tmp_path, "--action", "sharding", "--segmentation_method", "regex", *common))
+        common += ["--vocab_file", str(shared_path("vocab", "bert-base-uncased-vocab.txt")),
+                   "--max_seq_length", "128", "--max_predictions_per_seq", "20", "--dupe_factor", "5"]
+    process = subprocess.Popen([sys.executable, str(BERTPREP), "--working_dir", str(tmp_path), "--action", stage,
+                                *common], env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := _descendants(process.pid)) < 2 and process.poll() is None:
+            assert time.monotonic() < deadline, "the pool never started"
+            time.sleep(0.05)
+        assert process.poll() is None, "the stage finished before it could be killed"
+        time.sleep(1.0)  # let the workers get to work
+        workers = _descendants(process.pid)
+        os.kill(process.pid, signum)
+        assert process.wait(timeout=10) == (-signum if signum == 9 else 128 + signum)
+        deadline = time.monotonic() + 5
+        while (alive := {pid for pid in workers if _alive(pid)}) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive, f"workers still running after the parent died: {alive}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+# ---------------------------------------------------------------- settings recorded in shards, finished stages
+
+
+HDF5_COMMON = ["--max_seq_length", "64", "--max_predictions_per_seq", "10", "--dupe_factor", "1"]
+HDF5_FOLDER = "hdf5_lower_case_1_seq_len_64_max_pred_10_masked_lm_prob_0.15_random_seed_12345_dupe_factor_1"
+
+
+def _sharded_mini(tmp_path: Path) -> list[str]:
+    source = tmp_path / "wiki.txt"
+    source.write_text("".join(a + "\n\n" for a in wikitext_articles(8)), encoding="utf-8")
+    common = ["--dataset", "mini", *SMALL_SHARDS, "--n_processes", "1", "--input_files", str(source)]
+    ok(run_prep(tmp_path, "--action", "sharding", "--segmentation_method", "regex", *common))
+    return common
+
+
+def test_shards_record_their_settings_and_a_rerun_with_other_settings_is_a_one_line_error(tmp_path):
+    import create_pretraining_data as cpd
+
+    vocab = shared_path("vocab", "bert-base-uncased-vocab.txt")
+    common = [*_sharded_mini(tmp_path), *HDF5_COMMON]
+    ok(run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file", str(vocab)))
+    out = tmp_path / HDF5_FOLDER / "mini"
+    assert (out / ".create_hdf5_files_complete").exists()
+    text_shard = tmp_path / "sharded_training_shards_4_test_shards_2_fraction_0.1" / "mini" / "mini_training_0.txt"
+    with h5py.File(out / "mini_training_0.hdf5", "r") as shard:
+        recorded = {key: value.item() if hasattr(value, "item") else value for key, value in shard.attrs.items()}
+    assert recorded == {
+        "input_sha256": hashlib.sha256(text_shard.read_bytes()).hexdigest(),
+        "vocab_sha256": hashlib.sha256(vocab.read_bytes()).hexdigest(), "do_lower_case": True,
+        "do_whole_word_mask": False, "max_seq_length": 64, "max_predictions_per_seq": 10, "masked_lm_prob": 0.15,
+        "short_seq_prob": 0.1, "dupe_factor": 1, "random_seed": 12345}
+
+    # The same settings: every shard is kept. Settings the folder name does not show: a clear error.
+    assert "0 shard(s) to convert, 6 already complete" in ok(
+        run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file", str(vocab))).stdout
+    error = one_line_error(run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file", str(vocab),
+                                    "--do_whole_word_mask", "1"))
+    assert "mini_training_0.hdf5: made with do_whole_word_mask=False, this run asks for do_whole_word_mask=True" in error
+    error = one_line_error(run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file", str(vocab),
+                                    "--short_seq_prob", "0.2"))
+    assert "short_seq_prob=0.1, this run asks for short_seq_prob=0.2" in error
+    other_vocab = tmp_path / "vocab.txt"
+    other_vocab.write_text(vocab.read_text(encoding="utf-8") + "extra\n", encoding="utf-8")
+    error = one_line_error(run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file",
+                                    str(other_vocab)))
+    assert "made with vocab_sha256=" in error
+    # A shard made by another tool (no attributes) is not taken for one of ours.
+    arrays = cpd.create_instance_arrays(cpd.read_corpus([text_shard], cpd.load_tokenizer(str(vocab), True)),
+                                        cpd.VocabIds.from_tokenizer(cpd.load_tokenizer(str(vocab), True), vocab),
+                                        cpd.InstanceOptions(64, 10, 0.15, 0.1, 1), 12345)
+    cpd.write_shard(arrays, out / "mini_training_0.hdf5")
+    error = one_line_error(run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file", str(vocab)))
+    assert "mini_training_0.hdf5: records no 'input_sha256' setting" in error
+
+
+def test_hdf5_stage_refuses_an_interrupted_sharding(tmp_path):
+    """Sharding killed part-way leaves no completion marker; create_hdf5_files and create_vocab then refuse."""
+    import os
+    import time
+
+    common = _sharded_mini(tmp_path)
+    folder = tmp_path / "sharded_training_shards_4_test_shards_2_fraction_0.1" / "mini"
+    assert (folder / ".sharding_complete").exists()
+    big = tmp_path / "big.txt"
+    big.write_text("".join(a + "\n\n" for a in wikitext_articles()) * 4, encoding="utf-8")
+    rerun = [arg if arg != str(tmp_path / "wiki.txt") else str(big) for arg in common]
+    process = subprocess.Popen([sys.executable, str(BERTPREP), "--working_dir", str(tmp_path), "--action", "sharding",
+                                *rerun], env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while (folder / ".sharding_complete").exists() and process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert process.poll() is None, "sharding finished before it could be interrupted"
+        os.kill(process.pid, 9)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    vocab = shared_path("vocab", "bert-base-uncased-vocab.txt")
+    error = one_line_error(run_prep(tmp_path, "--action", "create_hdf5_files", *common, *HDF5_COMMON,
+                                    "--vocab_file", str(vocab)))
+    assert "mini: the sharding stage did not finish there (no .sharding_complete); run --action sharding" in error
+    assert not (tmp_path / HDF5_FOLDER).exists()

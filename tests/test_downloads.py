@@ -20,14 +20,10 @@ import zipfile
 import pytest
 from conftest import ROOT, script_env, shared_path
 
-sys.path.insert(0, str(ROOT / "data"))
-
-import download_utils  # noqa: E402
-import GLUEDownloader  # noqa: E402
-import GooglePretrainedWeightDownloader as google  # noqa: E402
-import WikiDownloader  # noqa: E402
-from BooksDownloader import BooksDownloader  # noqa: E402
-from download_utils import Checksum, DownloadError, decompress_bz2, download, extract_zip  # noqa: E402
+from data import GLUEDownloader, WikiDownloader, download_utils
+from data import GooglePretrainedWeightDownloader as google
+from data.BooksDownloader import BooksDownloader
+from data.download_utils import Checksum, DownloadError, decompress_bz2, download, extract_zip
 
 
 class FileServer:
