@@ -218,6 +218,9 @@ def _private_dockerd(run_dir: Path):
         else:
             pytest.skip(f"dockerd did not answer within 60 s: {_dockerd_failure(log)}")
         yield env
+        # Images left untagged by rebuilds (an old pip layer is over 1 GB) go; the tagged image and its
+        # layers stay as the next run's cache. Only in this daemon's own state, never a user's.
+        subprocess.run(["docker", "image", "prune", "-f"], env=env, capture_output=True, timeout=300)
     finally:
         daemon.terminate()  # dockerd stops its containers and its containerd on SIGTERM
         try:
@@ -225,6 +228,15 @@ def _private_dockerd(run_dir: Path):
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
+        _unmount_under(run_dir)
+
+
+def _unmount_under(folder: Path) -> None:
+    """dockerd leaves its network namespace file (exec-root/netns/default) mounted when it exits."""
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1] for line in mounts]
+    for point in sorted((p for p in points if p.startswith(f"{folder}/")), reverse=True):  # deepest first
+        subprocess.run(["umount", point], capture_output=True, timeout=60)
 
 
 @contextlib.contextmanager
@@ -243,6 +255,11 @@ def _docker_engine(tmp_dir: Path):
         yield env
 
 
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "(no output)"
+
+
 def _local_base_image(env: dict[str, str]) -> str:
     """The Debian base made by debian_base.sh (cached as a tarball; imported once per engine)."""
     if os.geteuid() != 0 or shutil.which("debootstrap") is None:
@@ -250,7 +267,7 @@ def _local_base_image(env: dict[str, str]) -> str:
     result = subprocess.run(["bash", str(ROOT / "scripts/docker/debian_base.sh")], env=env, capture_output=True,
                             text=True, timeout=1200)
     if result.returncode != 0:
-        pytest.skip(f"could not make the local Debian base: {result.stderr.strip().splitlines()[-1:]}")
+        pytest.skip(f"could not make the local Debian base: {_last_line(result.stderr)}")
     return result.stdout.strip().splitlines()[-1]
 
 
@@ -269,7 +286,7 @@ def _wheelhouse() -> Path:
                                  "-r", str(ROOT / "requirements.txt")], capture_output=True, text=True, timeout=1200)
         if result.returncode != 0:
             shutil.rmtree(partial)
-            pytest.skip(f"pip download of the image's wheels failed: {result.stderr.strip().splitlines()[-1:]}")
+            pytest.skip(f"pip download of the image's wheels failed: {_last_line(result.stderr)}")
         partial.rename(wheelhouse)
     return wheelhouse
 
@@ -315,20 +332,24 @@ def built_image(tmp_path_factory):
     if not sys.platform.startswith("linux"):
         pytest.skip("the Docker engine test runs on Linux")
     DOCKER_CACHE.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="bert-docker-", dir="/tmp"))  # short: containerd's socket path
-    with open(DOCKER_CACHE / "lock", "w") as lock, _docker_engine(run_dir) as env:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        base = _local_base_image(env)
-        repo = _checkout_copy(tmp_path_factory.mktemp("checkout"))
-        with _served(_wheelhouse()) as wheel_url:
-            build = subprocess.run(
-                ["bash", str(repo / "scripts/docker/build.sh"), TEST_IMAGE, "none", "--pull=false", "--no-cache=false",
-                 "--build-arg", f"TORCH_SPEC={TORCH_SPEC}", "--build-arg", "PIP_NO_INDEX=1",
-                 "--build-arg", f"PIP_FIND_LINKS={wheel_url}"],
-                env={**env, "FROM_IMAGE_NAME": base}, capture_output=True, text=True, timeout=1800)
-        assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-        yield env, repo
-    shutil.rmtree(run_dir, ignore_errors=True)
+    with open(DOCKER_CACHE / "lock", "w") as lock, tempfile.TemporaryDirectory(prefix="bert-docker-", dir="/tmp") as run:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # before the daemon: one dockerd per engine folder
+        with _docker_engine(Path(run)) as env:  # /tmp keeps containerd's socket path short
+            yield from _build_test_image(env, tmp_path_factory.mktemp("checkout"))
+
+
+def _build_test_image(env: dict[str, str], checkout: Path):
+    """build.sh on the local base, pip fed from the served wheelhouse; yields (docker environment, copy)."""
+    base = _local_base_image(env)
+    repo = _checkout_copy(checkout)
+    with _served(_wheelhouse()) as wheel_url:
+        build = subprocess.run(
+            ["bash", str(repo / "scripts/docker/build.sh"), TEST_IMAGE, "none", "--pull=false", "--no-cache=false",
+             "--build-arg", f"TORCH_SPEC={TORCH_SPEC}", "--build-arg", "PIP_NO_INDEX=1",
+             "--build-arg", f"PIP_FIND_LINKS={wheel_url}"],
+            env={**env, "FROM_IMAGE_NAME": base}, capture_output=True, text=True, timeout=1800)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    yield env, repo
 
 
 def _launch(env: dict[str, str], repo: Path, command: str, timeout: float) -> subprocess.CompletedProcess:
