@@ -5,7 +5,8 @@
 #   scripts/docker/launch.sh CMD GPUS BRIDGE          (the classic three-argument form)
 #
 # CMD is split on spaces into the command and its arguments. GPUS is "all", "none" (CPU only) or a
-# comma-separated list of GPU indices; with GPUs the locked-memory limit is lifted as well. EXTRA_MOUNTS holds more docker options, typically data:
+# comma-separated list of GPU indices; with GPUs the locked-memory limit is lifted as well.
+# EXTRA_MOUNTS holds more docker options, typically data:
 # "-v /raid/bert/hdf5:/workspace/data -v /raid/bert/phase2:/workspace/data_phase2". BRIDGE is the
 # docker network (host, bridge, ...). A third argument not starting with "-" is taken as BRIDGE,
 # which keeps the classic `launch.sh CMD GPUS BRIDGE` calls working.
