@@ -10,6 +10,12 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
+ifeq ($(VENV_PREBUILT),1)
+# The container image's environment (Dockerfile: VENV=/opt/venv VENV_PREBUILT=1) is used as built: the
+# requirement files of a checkout mounted over the image's copy must not make make reinstall it.
+$(STAMP):
+	@echo "error: VENV_PREBUILT=1 but $(STAMP) is missing: rebuild the image (scripts/docker/build.sh)" >&2; exit 2
+else
 # torch goes in first and on its own, so the CPU wheel on disk is used and no CUDA build is pulled.
 $(STAMP): requirements.txt requirements-test.txt requirements-serve.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +23,7 @@ $(STAMP): requirements.txt requirements-test.txt requirements-serve.txt
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -r requirements.txt -r requirements-serve.txt -r requirements-test.txt
 	touch $(STAMP)
+endif
 
 # Slurm, munge, numactl, shellcheck (.ci/system-packages.txt), installed where root with apt-get;
 # elsewhere their tests skip, and pytest's last line says which were skipped and why.

@@ -5,7 +5,8 @@
 #   scripts/docker/launch.sh CMD GPUS BRIDGE          (the classic three-argument form)
 #
 # CMD is split on spaces into the command and its arguments. GPUS is "all", "none" (CPU only) or a
-# comma-separated list of GPU indices. EXTRA_MOUNTS holds more docker options, typically data:
+# comma-separated list of GPU indices; with GPUs the locked-memory limit is lifted as well.
+# EXTRA_MOUNTS holds more docker options, typically data:
 # "-v /raid/bert/hdf5:/workspace/data -v /raid/bert/phase2:/workspace/data_phase2". BRIDGE is the
 # docker network (host, bridge, ...). A third argument not starting with "-" is taken as BRIDGE,
 # which keeps the classic `launch.sh CMD GPUS BRIDGE` calls working.
@@ -31,15 +32,18 @@ interactive=(-i)
 if [[ -t 0 && -t 1 ]]; then
   interactive=(-it)
 fi
-gpu_option=()
+# Unlimited locked memory is for CUDA's pinned host buffers and NCCL over InfiniBand, so only GPU runs
+# ask for it: raising the limit needs CAP_SYS_RESOURCE, which some hosts (sandboxes, rootless docker)
+# do not give, and there even `launch.sh CMD none` would fail with "error setting rlimits".
+gpu_options=()
 case "$gpus" in
   none) ;;
-  all) gpu_option=(--gpus all) ;;
+  all) gpu_options=(--gpus all --ulimit memlock=-1) ;;
   # The quotes keep docker from splitting the device list at its commas.
-  *) gpu_option=(--gpus "\"device=$gpus\"") ;;
+  *) gpu_options=(--gpus "\"device=$gpus\"" --ulimit memlock=-1) ;;
 esac
 
-exec docker run "${interactive[@]}" --rm ${gpu_option[@]+"${gpu_option[@]}"} \
-  --net="$bridge" --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 \
+exec docker run "${interactive[@]}" --rm ${gpu_options[@]+"${gpu_options[@]}"} \
+  --net="$bridge" --ipc=host --ulimit stack=67108864 \
   -v "$repo:/workspace/bert" -v "$repo/results:/results" \
   ${extra[@]+"${extra[@]}"} "$image" "${command[@]}"
