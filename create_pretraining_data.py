@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 import tokenization
-from data.pretraining_dataset import SHARD_DTYPES
+from data.shard_format import SHARD_DTYPES
 from utils import InputError, atomic_path, run_main
 
 try:

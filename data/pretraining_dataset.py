@@ -26,21 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+# The shard format lives in a torch-free module so that data-preparation workers stay light.
+from data.shard_format import PREDICTION_KEYS, SEQUENCE_KEYS, SHARD_DTYPES  # noqa: E402,F401
 from utils import InputError
 
-# The shard format (the original's; `create_pretraining_data.py` writes it). Dataset name -> stored
-# dtype, in the original's order. Shapes: [N, S] for the first three,
-# [N, M] for the two masked-LM arrays, [N] for the labels.
-SHARD_DTYPES: dict[str, type[np.integer]] = {
-    "input_ids": np.int32,
-    "input_mask": np.int8,
-    "segment_ids": np.int8,
-    "masked_lm_positions": np.int32,
-    "masked_lm_ids": np.int32,
-    "next_sentence_labels": np.int8,
-}
-SEQUENCE_KEYS = ("input_ids", "input_mask", "segment_ids")
-PREDICTION_KEYS = ("masked_lm_positions", "masked_lm_ids")
 IGNORE_INDEX = -1
 ItemTransform = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 

@@ -495,3 +495,9 @@ def test_byte_level_reader_equals_line_by_line_tokenizing(tmp_path, uncased_voca
 def test_split_spaces_are_exactly_what_str_split_splits_at():
     assert set(cpd.SPLIT_SPACES) == {chr(cp) for cp in range(0x110000) if chr(cp).isspace()}
     assert set(cpd.WHOLE_LINE_SPACES) == set("\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\u2029")
+
+
+def test_creation_script_imports_no_torch():
+    """HDF5 workers import the creation script; torch would add ~180 MB and seconds of start-up to each."""
+    code = "import sys, create_pretraining_data; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, env=script_env(), cwd=ROOT)
