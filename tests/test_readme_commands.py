@@ -30,7 +30,7 @@ SHELL_LANGS = {"bash", "sh", "shell"}
 PYTHONS = {"python", "python3", ".venv/bin/python"}
 # Programs that are not part of this repository and are fine to name in a command.
 EXTERNAL = {"sbatch", "srun", "docker", "pip", "git", "tensorboard", "nvidia-smi", "numactl", "tritonserver",
-            "export", "cd", "mkdir", "ls", "cat", "echo", "tar", "curl"}
+            "export", "cd", "mkdir", "ls", "cat", "echo", "tar", "curl", "kill"}
 EXEMPT_PREFIXES = ("data/", "results/", "demo_out/", "checkpoints/", "/", "~", "-")
 SUBST = re.compile(r"\$\(([^()]*)\)")
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -145,7 +145,7 @@ def check_shell_script(where: str, script: str, args: list[str], findings: Findi
 def check_python(where: str, args: list[str], findings: Findings) -> None:
     if args[:1] == ["-m"] and len(args) > 1:
         module = args[1]
-        if module.split(".")[0] not in {"pytest", "pip", "torch"}:
+        if module.split(".")[0] not in {"pytest", "pip", "torch", *sys.stdlib_module_names}:
             if not (ROOT / (module.replace(".", "/") + ".py")).is_file():
                 findings.errors.append(f"{where}: module `{module}` is not in the repository")
                 return
