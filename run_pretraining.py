@@ -29,7 +29,15 @@ import training
 import utils
 from bert_kernels import add_kernel_arguments, configure_kernels
 from checkpointing import Checkpointer, RunState
-from data.pretraining_dataset import DataPosition, ShardStream, check_shard_shapes, epoch_file_order, list_shards
+from data.pretraining_dataset import (
+    DataPosition,
+    ShardStream,
+    add_masking_arguments,
+    check_shard_shapes,
+    epoch_file_order,
+    list_shards,
+    masker_from_args,
+)
 from flops import model_flops_utilization
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
 from optimization import build_lamb, pretraining_param_groups
@@ -91,6 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval_samples", type=int, default=10000, help="size of the fixed evaluation set")
     p.add_argument("--eval_batch_size", type=int, default=64, help="evaluation batch size")
     p.add_argument("--target_mlm_accuracy", type=float, default=0.0, help="stop once evaluation reaches this MLM accuracy")
+    p.add_argument("--bin_size", type=int, default=0,
+                   help="length-binned batches: each micro-batch from one bin of real lengths (multiples of N "
+                        "tokens), trimmed to the bin's upper edge (NVIDIA's later recipe uses 64); 0 = off")
+    add_masking_arguments(p)
     add_kernel_arguments(p)
     compat = p.add_argument_group(training.COMPATIBILITY_GROUP)
     compat.add_argument("--bert_model", default="bert-large-uncased", help="a model name; not used")
@@ -115,6 +127,8 @@ def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
         raise InputError(f"--input_dir: not a folder: {args.input_dir}")
     if args.eval_every_samples and not args.eval_dir:
         raise InputError("--eval_every_samples needs --eval_dir")
+    if args.bin_size < 0:
+        raise InputError(f"--bin_size must be >= 0 (0 = no bins), got {args.bin_size}")
     args.max_steps = int(args.max_steps)
     args.log_freq = max(1, int(args.log_freq))
     if not env.distributed or args.gradient_accumulation_steps == 1:
@@ -145,6 +159,7 @@ class Trainer:
             raise InputError(f"{args.input_dir}: no .hdf5 shards whose name contains 'training'")
         self.seq_len, self.max_pred = check_shard_shapes(self.files, args.max_seq_length, args.max_predictions_per_seq,
                                                          self.config.max_position_embeddings)
+        masker = masker_from_args(args, self.config.vocab_size, self.max_pred)  # bad flags fail before the model
         self.micro_batch = args.train_batch_size // args.gradient_accumulation_steps
         self.accum = args.gradient_accumulation_steps
         self.stop_requested = False
@@ -169,7 +184,7 @@ class Trainer:
                                            init_checkpoint=args.init_checkpoint)
         position = DataPosition(**stored) if stored is not None else None
         self.stream = ShardStream(self.files, env.rank, env.world_size, self.micro_batch, self.max_pred, args.seed,
-                                  position)
+                                  position, masker=masker, bin_size=args.bin_size)
         self.forward_model = self._wrap_model()
 
     @property
