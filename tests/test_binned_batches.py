@@ -158,3 +158,13 @@ def test_benchmark_dry_run(tmp_path):
     out = proc.stdout
     for needed in ("CPU:", "padded tokens per step", "sequences/s", "speed-up", "dynamic masking"):
         assert needed in out, (needed, out)
+
+
+def test_negative_bin_size_is_a_one_line_error(shards):
+    import run_pretraining
+    import utils
+
+    args = run_pretraining.parse_args([f"--input_dir={shards[0].rsplit('/', 1)[0]}", "--config_file=x.json",
+                                       "--output_dir=out", "--do_train", "--bin_size=-1"])
+    with pytest.raises(InputError, match="--bin_size must be >= 0"):
+        run_pretraining.validate_args(args, utils.DistEnv())
