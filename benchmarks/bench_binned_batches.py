@@ -102,20 +102,52 @@ def padded_tokens(batch: list[torch.Tensor]) -> tuple[int, int]:
     return batch[0].numel(), int(batch[2].sum())
 
 
-def epoch_padding(trainer) -> tuple[float, float]:
-    """Mean (padded tokens, token slots) per micro-batch over one epoch's batch plans of every shard."""
+def epoch_plan(trainer) -> list[tuple[str, dict[str, torch.Tensor], torch.Tensor, int]]:
+    """Every micro-batch of one epoch over all shards as (shard path, shard, rows, width)."""
     from data.pretraining_dataset import load_shard
 
-    stream = trainer.stream
-    padded = slots = batches = 0
+    plan = []
     for path in trainer.files:
         shard = load_shard(path, trainer.max_pred)
-        lengths = shard["input_mask"].sum(dim=1)
-        for rows, width in stream.plan(shard, 0, path):
-            slots += len(rows) * width
-            padded += len(rows) * width - int(lengths[rows].sum())
-            batches += 1
-    return padded / batches, slots / batches
+        plan += [(path, shard, rows, width) for rows, width in trainer.stream.plan(shard, 0, path)]
+    return plan
+
+
+def epoch_padding(trainer) -> tuple[float, float]:
+    """Mean (padded tokens, token slots) per micro-batch over one epoch's batch plans of every shard."""
+    padded = slots = 0
+    plan = epoch_plan(trainer)
+    for _, shard, rows, width in plan:
+        slots += len(rows) * width
+        padded += len(rows) * width - int(shard["input_mask"][rows].sum())
+    return padded / len(plan), slots / len(plan)
+
+
+def epoch_estimate(trainer, reps: int) -> tuple[float, float, dict[int, float]]:
+    """Sequences per CPU second over a whole epoch, with bins and padded, from the CPU time of one optimizer
+    step at each batch width the epoch's plan holds (the fastest of `reps`, on a real batch of that width),
+    weighted by how many batches of each width the epoch has; and the per-width times."""
+    plan = epoch_plan(trainer)
+    first_of_width: dict[int, tuple] = {}
+    for path, shard, rows, width in plan:
+        first_of_width.setdefault(width, (path, shard, rows))
+    path, shard, rows, _ = plan[0]
+    full = shard["input_ids"].size(1)
+    first_of_width.setdefault(full, (path, shard, rows))
+    seconds = {}
+    for width, (path, shard, rows) in sorted(first_of_width.items()):
+        batch = trainer.stream.make_batch(shard, rows, width, 0, path)
+        times = []
+        for _ in range(reps):
+            cpu = time.process_time()
+            trainer.micro_step(batch, sync=True)
+            trainer.optimizer_step()
+            times.append(time.process_time() - cpu)
+        seconds[width] = min(times)
+    sequences = len(plan) * trainer.micro_batch
+    binned = sequences / sum(seconds[width] for *_, width in plan)
+    padded = sequences / (len(plan) * seconds[full])
+    return binned, padded, seconds
 
 
 def step(trainer, batches) -> tuple[float, float, int, int]:
@@ -176,11 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--micro_batch", type=int, default=8, help="sequences per step")
     p.add_argument("--bin_size", type=int, default=64, help="bin width in tokens")
+    p.add_argument("--reps", type=int, default=2, help="steps timed per batch width for the epoch estimate")
     p.add_argument("--dry_run", action="store_true", help="tiny text, seq 128, tiny model, 2 steps")
     args = p.parse_args(argv)
     seq_len, max_pred, config = (128, 20, TINY_MODEL) if args.dry_run else (512, 80, MODEL)
     if args.dry_run:
-        args.steps, args.warmup, args.bin_size = 2, 1, min(args.bin_size, 32)
+        args.steps, args.warmup, args.bin_size, args.reps = 2, 1, min(args.bin_size, 32), 1
     with tempfile.TemporaryDirectory(prefix="bench_bins_") as tmp:
         work = args.work_dir or Path(tmp)
         shards, vocab = make_shards(args.data_dir, work, seq_len, max_pred, args.dry_run)
@@ -194,15 +227,20 @@ def main(argv: list[str] | None = None) -> None:
         for name, trainer in trainers.items():
             results[name]["epoch_padded"], results[name]["epoch_slots"] = epoch_padding(trainer)
         masking = masking_cost(trainers["padded"], vocab, batches=max(args.steps, 20))
+        binned_epoch, padded_epoch, per_width = epoch_estimate(trainers[f"bins of {args.bin_size}"], args.reps)
         print(f"| {'batches':<12} | {'padded tokens per step (run)':>28} | {'padded tokens per step (epoch)':>30} "
-              f"| {'tokens computed per step (epoch)':>32} | {'s/step':>7} | {'sequences/s':>11} | {'per CPU s':>9} |")
+              f"| {'tokens computed per step (run / epoch)':>38} | {'s/step':>7} | {'sequences/s':>11} | {'per CPU s':>9} |")
         for name, r in results.items():
             print(f"| {name:<12} | {r['padded_per_step']:>28.0f} | {r['epoch_padded']:>30.0f} "
-                  f"| {r['epoch_slots']:>32.0f} | {r['step_s']:>7.3f} | {r['seq_per_s']:>11.2f} | {r['cpu_seq_per_s']:>9.2f} |")
+                  f"| {r['slots_per_step']:>18.0f} / {r['epoch_slots']:>17.0f} | {r['step_s']:>7.3f} | {r['seq_per_s']:>11.2f} | {r['cpu_seq_per_s']:>9.2f} |")
         padded, binned = results.values()
         print(f"speed-up of bins: {binned['seq_per_s'] / padded['seq_per_s']:.2f}x sequences/s "
               f"({binned['cpu_seq_per_s'] / padded['cpu_seq_per_s']:.2f}x per CPU second); tokens computed per "
               f"step over an epoch {binned['epoch_slots'] / padded['epoch_slots']:.2f}x of padded")
+        print("CPU seconds per optimizer step by batch width: " + ", ".join(
+            f"{width}: {sec:.2f}" for width, sec in per_width.items()))
+        print(f"over a whole epoch (per-width step times × the epoch's batch widths): bins {binned_epoch:.2f}, "
+              f"padded {padded_epoch:.2f} sequences per CPU second: speed-up {binned_epoch / padded_epoch:.2f}x")
         step_ms = padded["step_s"] * 1000
         print("dynamic masking per micro-batch: " + "; ".join(
             f"{name} {ms:.2f} ms ({ms / step_ms * 100:.2f}% of a padded step)" for name, ms in masking.items()))

@@ -245,7 +245,7 @@ class ShardStream:
             while pos.offset + self.micro_batch <= n:  # the last partial batch is dropped: shapes stay static
                 idx, width = plan[pos.offset // self.micro_batch]
                 pos.offset += self.micro_batch
-                yield self._batch(shard, idx, width, pos.epoch, path)
+                yield self.make_batch(shard, idx, width, pos.epoch, path)
             pos.epoch, pos.slot = self._next_slot(pos.epoch, pos.slot)
             pos.offset = 0
 
@@ -260,8 +260,8 @@ class ShardStream:
         return batch_plan(order, self.micro_batch, lengths, self.bin_size, seq_len,
                           stream_key(self.seed, epoch, path + ":bins"))
 
-    def _batch(self, shard: dict[str, torch.Tensor], idx: torch.Tensor, width: int, epoch: int,
-               path: str) -> list[torch.Tensor]:
+    def make_batch(self, shard: dict[str, torch.Tensor], idx: torch.Tensor, width: int, epoch: int,
+                   path: str) -> list[torch.Tensor]:
         """The rows `idx`, trimmed to `width` columns, re-masked when dynamic masking is on."""
         batch = [shard[k].index_select(0, idx) for k in BATCH_KEYS]
         if width < batch[0].size(1):
