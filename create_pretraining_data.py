@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 import tokenization
-from data.shard_format import SHARD_DTYPES
+from data.shard_format import SHARD_DTYPES, predictions_per_length
 from utils import InputError, atomic_path, run_main
 
 try:
@@ -958,9 +958,7 @@ def create_instance_arrays(corpus: Corpus, vocab: VocabIds, options: InstanceOpt
 
 
 def _num_to_predict_table(options: InstanceOptions) -> np.ndarray:
-    """Masked positions per sequence length, with Python's rounding as in the original."""
-    return np.array([min(options.max_predictions_per_seq, max(1, int(round(length * options.masked_lm_prob))))
-                     for length in range(options.max_seq_length + 1)], dtype=np.int64)
+    return predictions_per_length(options.max_seq_length, options.max_predictions_per_seq, options.masked_lm_prob)
 
 
 def _document_batches(sentences_per_document: np.ndarray, sentences_per_batch: int = 50_000):

@@ -29,7 +29,15 @@ import training
 import utils
 from bert_kernels import PackedSequences, add_kernel_arguments, configure_kernels, flash_varlen_available, pack_batch
 from checkpointing import Checkpointer, RunState
-from data.pretraining_dataset import DataPosition, ShardStream, check_shard_shapes, epoch_file_order, list_shards
+from data.pretraining_dataset import (
+    DataPosition,
+    ShardStream,
+    add_masking_arguments,
+    check_shard_shapes,
+    epoch_file_order,
+    list_shards,
+    masker_from_args,
+)
 from flops import FlopsCounter, model_flops_utilization
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
 from optimization import FUSED_LAMB_CHOICES, build_lamb, fused_lamb_setting, pretraining_param_groups
@@ -106,6 +114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval_samples", type=int, default=10000, help="size of the fixed evaluation set")
     p.add_argument("--eval_batch_size", type=int, default=64, help="evaluation batch size")
     p.add_argument("--target_mlm_accuracy", type=float, default=0.0, help="stop once evaluation reaches this MLM accuracy")
+    p.add_argument("--bin_size", type=int, default=0,
+                   help="length-binned batches: each micro-batch from one bin of real lengths (multiples of N "
+                        "tokens), trimmed to the bin's upper edge (NVIDIA's later recipe uses 64); 0 = off")
+    add_masking_arguments(p)
     add_kernel_arguments(p)
     compat = p.add_argument_group(training.COMPATIBILITY_GROUP)
     compat.add_argument("--bert_model", default="bert-large-uncased", help="a model name; not used")
@@ -132,6 +144,8 @@ def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
         raise InputError(f"--pack_bucket must be >= 1, got {args.pack_bucket}")
     if args.eval_every_samples and not args.eval_dir:
         raise InputError("--eval_every_samples needs --eval_dir")
+    if args.bin_size < 0:
+        raise InputError(f"--bin_size must be >= 0 (0 = no bins), got {args.bin_size}")
     args.max_steps = int(args.max_steps)
     args.log_freq = max(1, int(args.log_freq))
     if not env.distributed or args.gradient_accumulation_steps == 1:
@@ -162,6 +176,7 @@ class Trainer:
             raise InputError(f"{args.input_dir}: no .hdf5 shards whose name contains 'training'")
         self.seq_len, self.max_pred = check_shard_shapes(self.files, args.max_seq_length, args.max_predictions_per_seq,
                                                          self.config.max_position_embeddings)
+        masker = masker_from_args(args, self.config.vocab_size, self.max_pred)  # bad flags fail before the model
         self.micro_batch = args.train_batch_size // args.gradient_accumulation_steps
         self.accum = args.gradient_accumulation_steps
         self.stop_requested = False
@@ -187,7 +202,7 @@ class Trainer:
                                            init_checkpoint=args.init_checkpoint)
         position = DataPosition(**stored) if stored is not None else None
         self.stream = ShardStream(self.files, env.rank, env.world_size, self.micro_batch, self.max_pred, args.seed,
-                                  position)
+                                  position, masker=masker, bin_size=args.bin_size)
         self.flash_attention = flash_varlen_available(env.device, self.precision)
         self.packed = self._use_packed_batches()
         self.forward_model = self._wrap_model()
@@ -195,7 +210,7 @@ class Trainer:
         self.loss_fn: torch.nn.Module = PretrainingLoss(self.forward_model, self.criterion)
         if self.compiled:
             self.loss_fn = training.compile_module(self.loss_fn)
-        self.batches = training.DeviceBatches(self.stream, self._prepare_batch, env.device)
+        self.batches = training.DeviceBatches(self.stream, self.prepare_batch, env.device)
         self.flops = FlopsCounter(self.config, self.max_pred if args.dense_seq_output else None, self.seq_len)
 
     @property
@@ -223,7 +238,7 @@ class Trainer:
             return False
         return args.unpad == "on" or self.flash_attention
 
-    def _prepare_batch(self, batch: list[torch.Tensor]) -> dict[str, Any]:
+    def prepare_batch(self, batch: list[torch.Tensor]) -> dict[str, Any]:
         """Host-side work on one micro-batch (CPU tensors): FLOP count, masked positions, packing."""
         input_ids, segment_ids, input_mask, labels, nsp_labels = batch
         self.flops.add(input_mask)

@@ -35,7 +35,14 @@ import training
 import utils
 from bert_kernels import add_kernel_arguments, configure_kernels
 from checkpoint_io import load_checkpoint, load_config_for_checkpoint
-from data.pretraining_dataset import PretrainingShardDataset, list_shards
+from data.pretraining_dataset import (
+    DynamicMasker,
+    PretrainingShardDataset,
+    add_masking_arguments,
+    list_shards,
+    masker_from_args,
+    unmasked_input_ids,
+)
 from modeling import BertConfig, BertForPreTraining, masked_positions_from_labels
 from utils import InputError
 
@@ -119,8 +126,10 @@ def load_eval_shard(shard: ShardInfo) -> Batch:
     return PretrainingShardDataset(shard.path, shard.max_pred).tensors()
 
 
-def iter_batches(shards: list[ShardInfo], slices: list[BatchSlice]) -> Iterator[tuple[BatchSlice, Batch]]:
-    """Rows of each slice, reading every shard once; the next shard loads in the background."""
+def iter_batches(shards: list[ShardInfo], slices: list[BatchSlice], masker: DynamicMasker | None = None
+                 ) -> Iterator[tuple[BatchSlice, Batch]]:
+    """Rows of each slice, reading every shard once; the next shard loads in the background. With `masker`,
+    each batch is re-masked (epoch 0, keyed by shard and row: the same masks whatever the world size)."""
     order = list(dict.fromkeys(s.shard for s in slices))
     if not order:
         return
@@ -132,7 +141,14 @@ def iter_batches(shards: list[ShardInfo], slices: list[BatchSlice]) -> Iterator[
                 pending = pool.submit(load_eval_shard, shards[order[position + 1]])
             for s in slices:
                 if s.shard == shard_index:
-                    yield s, {k: data[k][s.start : s.stop] for k in BATCH_KEYS}
+                    batch = {k: data[k][s.start : s.stop] for k in BATCH_KEYS}
+                    yield s, batch if masker is None else remasked(batch, masker, shards[shard_index].path, s)
+
+
+def remasked(batch: Batch, masker: DynamicMasker, path: str, s: BatchSlice) -> Batch:
+    unmasked = unmasked_input_ids(batch["input_ids"], batch["masked_lm_labels"])
+    ids, labels = masker(unmasked, batch["segment_ids"], batch["input_mask"], 0, path, torch.arange(s.start, s.stop))
+    return {**batch, "input_ids": ids, "masked_lm_labels": labels}
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,6 +363,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="dllogger JSON output")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--disable_progress_bar", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--seed", type=int, default=42, help="seed of --dynamic_masking (a fixed-seed evaluation)")
+    add_masking_arguments(p)
     add_kernel_arguments(p)
     compat = p.add_argument_group(training.COMPATIBILITY_GROUP)
     compat.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)),
@@ -380,6 +398,7 @@ def main(argv: list[str] | None = None) -> EvalResult:
         config = load_config_for_checkpoint(args.init_checkpoint, args.config_file, allow_stored=True)
         shards = find_eval_shards(args.input_dir, args.shard_kind)
         check_fits_model(shards, config)  # before loading weights: a wrong shard is the clearer message
+        masker = masker_from_args(args, config.vocab_size, min(s.max_pred for s in shards))
         model = load_model(args.init_checkpoint, config, env.device)
         plan = plan_batches(shards, args.eval_batch_size, args.max_samples)
         mine = batches_for_rank(plan, env.rank, env.world_size, args.max_steps)
@@ -391,7 +410,7 @@ def main(argv: list[str] | None = None) -> EvalResult:
             logger.metadata(key, {"unit": unit})
         progress = training.progress_bar(enabled=env.is_main and not args.disable_progress_bar, desc="Evaluating",
                                          total=len(mine), unit="batch")
-        result = evaluate(model, iter_batches(shards, mine), len(plan), env, precision, progress)
+        result = evaluate(model, iter_batches(shards, mine, masker), len(plan), env, precision, progress)
         if progress is not None:
             progress.close()
         logger.log((), {**result.metrics(), "e2e_inference_time": time.time() - e2e_start,

@@ -10,6 +10,9 @@ Dynamic masking (masking chosen at load time instead of in the shard) plugs in a
 receives the five tensors of an item and returns them re-masked; `unmasked_input_ids` gives it the
 original sequence back. None is applied by default, so items equal the original's. `tensors()`
 returns the whole shard at once (int64, same five parts) for loops that batch by index.
+
+The training stream (`ShardStream`, at the end) takes a `DynamicMasker` (fresh masks per read, keyed by
+seed, epoch, shard and row) and a bin size (length-binned, trimmed micro-batches: `batch_plan`).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 # The shard format lives in a torch-free module so that data-preparation workers stay light.
-from data.shard_format import PREDICTION_KEYS, SEQUENCE_KEYS, SHARD_DTYPES  # noqa: E402,F401
+from data.shard_format import PREDICTION_KEYS, SEQUENCE_KEYS, SHARD_DTYPES, predictions_per_length  # noqa: F401 (re-exported)
 from utils import InputError
 
 IGNORE_INDEX = -1
@@ -164,6 +167,7 @@ class DataPosition:
     epoch: int = 0
     slot: int = 0  # index into this epoch's file loop
     offset: int = 0  # samples of the current shard already consumed
+    bin_size: int = 0  # --bin_size the offset counts in (the batch plan of a shard depends on it)
 
 
 def slots_per_epoch(num_files: int, world: int) -> int:
@@ -201,10 +205,12 @@ class ShardStream:
     """
 
     def __init__(self, files: list[str], rank: int, world_size: int, micro_batch: int, max_pred: int, seed: int,
-                 position: DataPosition | None = None):
+                 position: DataPosition | None = None, masker: DynamicMasker | None = None, bin_size: int = 0):
         self.files, self.rank, self.world_size = files, rank, world_size
         self.micro_batch, self.max_pred, self.seed = micro_batch, max_pred, seed
-        self.position = position or DataPosition()
+        self.position = position or DataPosition(bin_size=bin_size)
+        self.masker, self.bin_size = masker, bin_size
+        check_bin_size_of_position(self.position, bin_size)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-prefetch")
         self._prefetched: tuple[tuple[int, int], Future] | None = None
 
@@ -235,17 +241,49 @@ class ShardStream:
             pos = self.position
             shard = self._fetch(pos.epoch, pos.slot)
             n = shard["input_ids"].size(0)
-            order = self._order(n, pos.epoch, self._path(pos.epoch, pos.slot))
+            path = self._path(pos.epoch, pos.slot)
+            plan = self.plan(shard, pos.epoch, path)
             while pos.offset + self.micro_batch <= n:  # the last partial batch is dropped: shapes stay static
-                idx = order[pos.offset : pos.offset + self.micro_batch]
+                idx, width = plan[pos.offset // self.micro_batch]
                 pos.offset += self.micro_batch
-                yield [shard[k].index_select(0, idx) for k in BATCH_KEYS]
+                yield self.make_batch(shard, idx, width, pos.epoch, path)
             pos.epoch, pos.slot = self._next_slot(pos.epoch, pos.slot)
             pos.offset = 0
+
+    def plan(self, shard: dict[str, torch.Tensor], epoch: int, path: str) -> list[tuple[torch.Tensor, int]]:
+        """The micro-batches of shard `path` in `epoch` as (rows, width): a function of the seed, the epoch, the
+        shard's name and content and the bin size only, so any rank reading it, and any resume, batches it alike."""
+        order = self._order(shard["input_ids"].size(0), epoch, path)
+        seq_len = shard["input_ids"].size(1)
+        if not self.bin_size:
+            return batch_plan(order, self.micro_batch, seq_len=seq_len)
+        lengths = shard["input_mask"].sum(dim=1)
+        return batch_plan(order, self.micro_batch, lengths, self.bin_size, seq_len,
+                          stream_key(self.seed, epoch, path + ":bins"))
+
+    def make_batch(self, shard: dict[str, torch.Tensor], idx: torch.Tensor, width: int, epoch: int,
+                   path: str) -> list[torch.Tensor]:
+        """The rows `idx`, trimmed to `width` columns, re-masked when dynamic masking is on."""
+        batch = [shard[k].index_select(0, idx) for k in BATCH_KEYS]
+        if width < batch[0].size(1):
+            batch[:4] = [t[:, :width].contiguous() for t in batch[:4]]
+        if self.masker is not None:
+            unmasked = unmasked_input_ids(batch[0], batch[3])
+            batch[0], batch[3] = self.masker(unmasked, batch[1], batch[2], epoch, path, idx)
+        return batch
 
     def close(self) -> None:
         # Wait for a shard load still running: a thread inside h5py at interpreter exit can abort the process.
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_bin_size_of_position(position: DataPosition, bin_size: int) -> None:
+    """A position inside a shard counts batches of one batch plan: resuming it with another --bin_size would
+    skip or repeat samples. At a shard boundary any bin size continues exactly."""
+    if position.offset and position.bin_size != bin_size:
+        raise InputError(f"the checkpoint's data position is {position.offset} samples into a shard batched with "
+                         f"--bin_size {position.bin_size}; resume with --bin_size {position.bin_size}")
+    position.bin_size = bin_size
 
 
 def check_shard_shapes(files: list[str], max_seq_length: int, max_predictions_per_seq: int,
@@ -265,3 +303,242 @@ def check_shard_shapes(files: list[str], max_seq_length: int, max_predictions_pe
         raise InputError(f"{files[0]}: {max_pred} masked positions per row exceed --max_predictions_per_seq "
                          f"{max_predictions_per_seq}")
     return seq_len, max_pred
+
+
+# --------------------------------------------------------------------------------------------
+# Dynamic masking: a fresh mask each time a sample is read, drawn with the original's rules from a
+# counter-based generator keyed by (seed, epoch, shard name, row), so a sample's mask depends on
+# nothing else (not the rank, the world size, the batch it lands in, or a resume)
+# --------------------------------------------------------------------------------------------
+
+STANDARD_MASK_ID = 103  # [MASK] in Google's uncased and cased vocabs (used when no --vocab_file is given)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_DRAWS_PER_POSITION = 4  # selection key, [MASK]-or-not, kept-or-random, random word
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijection on uint64 whose outputs pass BigCrush for counter inputs."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _MIX1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+
+def stream_key(seed: int, epoch: int, shard_path: str) -> int:
+    """The 64-bit key of (seed, epoch, shard): the shard's base name, so any rank reading it draws alike."""
+    key = f"{seed}:{epoch}:{os.path.basename(shard_path)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+def sample_uniforms(key: int, rows: np.ndarray, width: int) -> np.ndarray:
+    """Uniform floats in [0, 1), shape [len(rows), width, 4]: draw d of position p of sample `row` is
+    SplitMix64 output number (p·4 + d) of the stream seeded with mix(key + (row + 1)·golden)."""
+    with np.errstate(over="ignore"):
+        sample_seed = _mix64(np.uint64(key) + (rows.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
+        counters = np.arange(1, width * _DRAWS_PER_POSITION + 1, dtype=np.uint64) * _GOLDEN
+        bits = _mix64(sample_seed[:, None] + counters[None, :])
+    return ((bits >> np.uint64(11)).astype(np.float64) * 2.0**-53).reshape(len(rows), width, _DRAWS_PER_POSITION)
+
+
+class DynamicMasker:
+    """The original's masking (as create_pretraining_data.py writes it), applied to a batch at load time.
+
+    Candidates are the real tokens except [CLS] and the two [SEP]s (found from the segment ids and the
+    input mask, so padding and specials are never chosen); `min(max_pred, max(1, round(length·prob)))` of
+    them are masked (the original's count, Python rounding); each chosen position becomes [MASK] with
+    probability 0.8, else stays itself or becomes a uniformly drawn vocab entry with probability 0.5 each.
+    With `is_continuation` (whole-word masking), "##" pieces join the word before them, words are taken in
+    a random order while they fit in the count, as Google's `create_masked_lm_predictions`.
+    """
+
+    def __init__(self, max_pred: int, masked_lm_prob: float, mask_id: int, random_words: np.ndarray,
+                 seed: int, is_continuation: np.ndarray | None = None):
+        self.max_pred, self.masked_lm_prob, self.mask_id = max_pred, masked_lm_prob, mask_id
+        self.random_words = np.asarray(random_words, dtype=np.int64)
+        self.seed = seed
+        self.is_continuation = is_continuation
+        self._count_tables: dict[int, np.ndarray] = {}
+
+    def num_to_predict(self, lengths: np.ndarray) -> np.ndarray:
+        """Masked positions per real length, by the rule shards are written with (same rounding)."""
+        top = int(lengths.max(initial=0))
+        table = self._count_tables.get(top)
+        if table is None:
+            table = self._count_tables[top] = predictions_per_length(top, self.max_pred, self.masked_lm_prob)
+        return table[lengths]
+
+    def __call__(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: torch.Tensor, epoch: int,
+                 shard_path: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked input_ids, masked_lm_labels) for unmasked `input_ids` [B, S] of rows `rows` of the shard."""
+        tokens = input_ids.numpy()
+        draws = sample_uniforms(stream_key(self.seed, epoch, shard_path + ":mask"), rows.numpy(), tokens.shape[1])
+        candidates = candidate_positions(segment_ids.numpy(), input_mask.numpy())
+        counts = self.num_to_predict(input_mask.numpy().sum(axis=1))
+        if self.is_continuation is None:
+            chosen = choose_pieces(draws[..., 0], candidates, counts)
+        else:
+            chosen = choose_whole_words(draws[..., 0], candidates, counts, self.is_continuation[tokens])
+        replacement = replacement_ids(tokens, draws[..., 1:], self.mask_id, self.random_words)
+        masked, labels = apply_mask(tokens, chosen, replacement)
+        return torch.from_numpy(masked), torch.from_numpy(labels)
+
+
+def candidate_positions(segment_ids: np.ndarray, input_mask: np.ndarray) -> np.ndarray:
+    """[B, S] bool: real tokens other than [CLS] (position 0) and the [SEP]s that end segments A and B."""
+    lengths = input_mask.sum(axis=1)
+    first_sep = ((segment_ids == 0) & (input_mask != 0)).sum(axis=1) - 1
+    columns = np.arange(input_mask.shape[1])[None, :]
+    return ((input_mask != 0) & (columns != 0) & (columns != first_sep[:, None])
+            & (columns != (lengths - 1)[:, None]))
+
+
+def choose_pieces(keys: np.ndarray, candidates: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """[B, S] bool: per row, the `counts` candidates with the smallest keys (a uniform random subset)."""
+    keyed = np.where(candidates, keys, np.inf)
+    rank = np.empty_like(keyed, dtype=np.int64)
+    np.put_along_axis(rank, np.argsort(keyed, axis=1, kind="stable"), np.arange(keyed.shape[1])[None, :], axis=1)
+    return candidates & (rank < counts[:, None])
+
+
+def choose_whole_words(keys: np.ndarray, candidates: np.ndarray, counts: np.ndarray,
+                       continuation: np.ndarray) -> np.ndarray:
+    """[B, S] bool: whole words (a "##" candidate joins the candidate before it) in a random order, each
+    taken when it still fits in the row's count, until the count is reached (Google's greedy rule)."""
+    rows, width = candidates.shape
+    earlier = np.cumsum(candidates, axis=1) - candidates > 0
+    starts = candidates & ~(continuation & earlier)
+    word = np.cumsum(starts, axis=1) - 1  # word number of each candidate
+    flat_word = (np.arange(rows)[:, None] * width + word)[candidates]
+    size = np.bincount(flat_word, minlength=rows * width).reshape(rows, width)
+    word_key = np.full((rows, width), np.inf)
+    word_key[np.nonzero(starts)[0], word[starts]] = keys[starts]  # a word's key is its first piece's
+    order = np.argsort(word_key, axis=1, kind="stable")
+    ordered_size = np.take_along_axis(size, order, axis=1)
+    taken_in_order = greedy_fit(ordered_size, counts)
+    taken = np.zeros((rows, width), dtype=bool)
+    np.put_along_axis(taken, order, taken_in_order, axis=1)
+    return candidates & np.take_along_axis(taken, np.maximum(word, 0), axis=1)
+
+
+def greedy_fit(sizes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """[B, W] bool: walking each row's words in order, take a word when it fits in what is left of the count
+    (stop once full). The leading run where the running total stays within the count is taken in one step."""
+    running = np.cumsum(sizes, axis=1)
+    taken = (running <= counts[:, None]) & (sizes > 0)
+    over = running > counts[:, None]
+    first_over = np.where(over.any(axis=1), over.argmax(axis=1), sizes.shape[1])
+    total = np.where(first_over > 0, np.take_along_axis(running, np.maximum(first_over - 1, 0)[:, None], 1)[:, 0], 0)
+    taken &= np.arange(sizes.shape[1])[None, :] < first_over[:, None]
+    for column in range(int(first_over.min(initial=sizes.shape[1])), sizes.shape[1]):
+        size = sizes[:, column]
+        fits = (column >= first_over) & (size > 0) & (total + size <= counts)
+        if not (total < counts).any():
+            break
+        taken[:, column] |= fits
+        total = total + np.where(fits, size, 0)
+    return taken
+
+
+def replacement_ids(tokens: np.ndarray, draws: np.ndarray, mask_id: int, random_words: np.ndarray) -> np.ndarray:
+    """What each position would become if chosen: [MASK] (80%), itself (10%) or a random vocab entry (10%),
+    decided as the original does: u1 < 0.8 → [MASK]; else u2 ≥ 0.5 → random word; else kept."""
+    random_word = random_words[np.minimum((draws[..., 2] * len(random_words)).astype(np.int64), len(random_words) - 1)]
+    kept_or_random = np.where(draws[..., 1] >= 0.5, random_word, tokens)
+    return np.where(draws[..., 0] < 0.8, mask_id, kept_or_random)
+
+
+def apply_mask(tokens: np.ndarray, chosen: np.ndarray, replacement: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(input ids with the chosen positions replaced, labels: the original id there, -1 elsewhere), int64."""
+    masked = np.where(chosen, replacement, tokens).astype(np.int64)
+    labels = np.where(chosen, tokens, IGNORE_INDEX).astype(np.int64)
+    return masked, labels
+
+
+def masker_from_vocab(vocab_file: str | None, vocab_size: int, max_pred: int, masked_lm_prob: float, seed: int,
+                      whole_word: bool) -> DynamicMasker:
+    """The masker for the flags: ids from `vocab_file`, or (without one) Google's [MASK] = 103 and random
+    words drawn from ids 0..vocab_size-1 (the model config's vocab, unpadded). Whole words need the vocab."""
+    if not 0.0 < masked_lm_prob <= 1.0:
+        raise InputError(f"--masked_lm_prob must be in (0, 1], got {masked_lm_prob}")
+    if vocab_file is None:
+        if whole_word:
+            raise InputError("--whole_word_masking needs --vocab_file (to know which pieces start with '##')")
+        return DynamicMasker(max_pred, masked_lm_prob, STANDARD_MASK_ID, np.arange(vocab_size), seed)
+    from tokenization import load_vocab
+
+    vocab = load_vocab(vocab_file)
+    if "[MASK]" not in vocab:
+        raise InputError(f"{vocab_file}: vocab has no [MASK] token (needed for dynamic masking)")
+    if max(vocab.values()) >= vocab_size:
+        raise InputError(f"{vocab_file}: {len(vocab)} tokens do not fit the model's vocab_size {vocab_size}")
+    random_words = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))  # the original draws from this list
+    continuation = None
+    if whole_word:
+        continuation = np.zeros(vocab_size, dtype=bool)
+        for token, index in vocab.items():
+            continuation[index] = token.startswith("##")
+    return DynamicMasker(max_pred, masked_lm_prob, vocab["[MASK]"], random_words, seed, continuation)
+
+
+def masker_from_args(args, vocab_size: int, max_pred: int) -> DynamicMasker | None:
+    """The masker the flags of `add_masking_arguments` (and --seed) ask for, or None without --dynamic_masking."""
+    if not args.dynamic_masking:
+        if args.whole_word_masking:
+            raise InputError("--whole_word_masking needs --dynamic_masking (the shards' own masks are used otherwise)")
+        return None
+    return masker_from_vocab(args.vocab_file, vocab_size, max_pred, args.masked_lm_prob, args.seed,
+                             args.whole_word_masking)
+
+
+def add_masking_arguments(parser) -> None:
+    """--dynamic_masking and its knobs (run_pretraining.py and run_pretraining_inference.py)."""
+    group = parser.add_argument_group("dynamic masking (a fresh mask each time a sample is read)")
+    group.add_argument("--dynamic_masking", action="store_true",
+                       help="ignore the shards' masks: restore the tokens and draw a new mask per sample and epoch, "
+                            "seeded from (seed, epoch, shard, row); shards can then be made with --dupe_factor 1")
+    group.add_argument("--masked_lm_prob", type=float, default=0.15, help="fraction of real tokens masked")
+    group.add_argument("--whole_word_masking", action="store_true",
+                       help="mask all pieces of a word together (needs --vocab_file)")
+    group.add_argument("--vocab_file", default=None,
+                       help="vocab the shards were made with ([MASK] id, random words, '##' pieces); "
+                            "default: Google's ids ([MASK] = 103, random words from the model's vocab_size)")
+
+
+# --------------------------------------------------------------------------------------------
+# Length-binned batches: the padded path's answer to padding
+# --------------------------------------------------------------------------------------------
+
+
+def batch_plan(order: torch.Tensor, micro_batch: int, lengths: torch.Tensor | None = None, bin_size: int = 0,
+               seq_len: int = 0, shuffle_key: int = 0) -> list[tuple[torch.Tensor, int]]:
+    """One shard's micro-batches as (rows, width to trim to), `len(order) // micro_batch` of them.
+
+    Without bins: consecutive runs of `order`, full width. With bins: the last `n mod micro_batch` rows of
+    `order` are left out (the same rows as without bins); the rest are grouped by bin (ceil(length /
+    bin_size)), keeping their shuffled order, and cut into micro-batches within each bin; the bins' remainders,
+    in bin order, make the few batches that span two or more neighbouring bins. Each batch is trimmed to the
+    upper edge of its longest row's bin, and the batches are shuffled with `shuffle_key`.
+    """
+    count = len(order) // micro_batch
+    if bin_size <= 0:
+        return [(order[i * micro_batch : (i + 1) * micro_batch], seq_len) for i in range(count)]
+    kept = order[: count * micro_batch]
+    bins = torch.div(lengths[kept] + bin_size - 1, bin_size, rounding_mode="floor").clamp_(min=1)
+    full, remainders = [], []
+    for b in torch.unique(bins).tolist():  # ascending
+        members = kept[bins == b]
+        whole = len(members) // micro_batch * micro_batch
+        full += list(members[:whole].split(micro_batch)) if whole else []
+        remainders.append(members[whole:])
+    rest = torch.cat(remainders) if remainders else kept[:0]
+    batches = full + (list(rest.split(micro_batch)) if len(rest) else [])  # all full: count·micro_batch kept
+    shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(shuffle_key >> 1))
+    return [(batches[i], bin_edge(int(lengths[batches[i]].max()), bin_size, seq_len)) for i in shuffle.tolist()]
+
+
+def bin_edge(length: int, bin_size: int, seq_len: int) -> int:
+    """The upper edge of the bin of a real length (a multiple of bin_size, at most the shard's width)."""
+    return min(seq_len, max(1, -(-length // bin_size)) * bin_size)

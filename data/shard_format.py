@@ -18,3 +18,10 @@ SHARD_DTYPES: dict[str, type[np.integer]] = {
 }
 SEQUENCE_KEYS = ("input_ids", "input_mask", "segment_ids")
 PREDICTION_KEYS = ("masked_lm_positions", "masked_lm_ids")
+
+
+def predictions_per_length(max_seq_length: int, max_predictions_per_seq: int, masked_lm_prob: float) -> np.ndarray:
+    """Masked positions per real sequence length, with Python's rounding as in the original (one rule for the
+    masks written into shards and the masks drawn at training time)."""
+    return np.array([min(max_predictions_per_seq, max(1, int(round(length * masked_lm_prob))))
+                     for length in range(max_seq_length + 1)], dtype=np.int64)

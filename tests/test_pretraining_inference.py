@@ -379,3 +379,19 @@ def test_shell_script_lint_clean():
     subprocess.run(["bash", "-n", str(script)], check=True)
     proc = subprocess.run(["shellcheck", "-x", str(script)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.slow  # needs the 60-step training run
+def test_dynamic_masking_evaluation_is_fixed_by_its_seed(trained, trained_eval, corpus, tmp_path):
+    """--dynamic_masking --seed N: the same masks whatever the batch size; another seed, other masks; the
+    number of masked tokens is the shards' own (the same rule drew them)."""
+    ckpt = trained / "ckpt" / f"ckpt_{STEPS}.pt"
+    a = rpi.main(cli_args(ckpt, corpus, tmp_path / "a.json", "--dynamic_masking", "--seed=3"))
+    b = rpi.main(cli_args(ckpt, corpus, tmp_path / "b.json", "--dynamic_masking", "--seed=3", "--eval_batch_size=5"))
+    c = rpi.main(cli_args(ckpt, corpus, tmp_path / "c.json", "--dynamic_masking", "--seed=4"))
+    assert (a.masked_tokens, a.mlm_correct, a.nsp_correct) == (b.masked_tokens, b.mlm_correct, b.nsp_correct)
+    assert a.mlm_loss == pytest.approx(b.mlm_loss, rel=1e-6)
+    assert a.masked_tokens == c.masked_tokens == trained_eval["eval_masked_tokens"]
+    assert a.mlm_loss != c.mlm_loss and a.mlm_loss != trained_eval["eval_mlm_loss"]
+    with pytest.raises(InputError, match="--whole_word_masking needs --dynamic_masking"):
+        rpi.main(cli_args(ckpt, corpus, tmp_path / "x.json", "--whole_word_masking"))
