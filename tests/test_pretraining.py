@@ -93,18 +93,25 @@ def test_exact_resume_after_sigterm(corpus, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 75, out[-3000:]  # stopped by a signal before its last step (EXIT_STOPPED)
+    assert "Traceback" not in out
     first_part = step_losses(log)
     stopped_at = max(first_part)
     assert stopped_at < n, "the signal must stop the run early"
     assert (resumed / "ckpt" / f"ckpt_{stopped_at}.pt").is_file()
 
-    # A file cut short by a crash, and a temp file, must never be picked.
+    # A file cut short by a crash, an empty one (a crash before any byte) and a temp file must never be
+    # picked: each damaged one is skipped with one warning line naming it.
     (resumed / "ckpt" / f"ckpt_{n + 100}.pt").write_bytes(b"PK\x03\x04 truncated")
+    (resumed / "ckpt" / f"ckpt_{n + 300}.pt").write_bytes(b"")
     (resumed / "ckpt" / f".tmp-ckpt_{n + 200}.pt.x").write_bytes(b"partial")
     second = run_pretraining(base_args(corpus, resumed, max_steps=n, num_steps_per_checkpoint=4,
                                        **{"json-summary": resumed / "dllogger2.json"}) + ["--resume_from_checkpoint"])
-    assert "skipping unreadable checkpoint" in second.stderr
+    warnings = [line for line in second.stderr.splitlines() if "skipping unreadable checkpoint" in line]
+    assert len(warnings) == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
+    assert warnings[0].endswith(f"ckpt_{n + 300}.pt: empty file"), warnings
+    assert f"ckpt_{n + 100}.pt: truncated or not a checkpoint" in warnings[1], warnings
+    assert f"resumed from {resumed / 'ckpt' / f'ckpt_{stopped_at}.pt'}" in second.stdout
     losses = {**first_part, **step_losses(resumed / "dllogger2.json")}
     expected = step_losses(straight / "dllogger.json")
     assert sorted(losses) == list(range(1, n + 1))
