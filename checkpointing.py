@@ -15,6 +15,12 @@ File layout (the original's keys plus ours): `model`, `optimizer`, `master param
 followed by the epoch's shard order), `epoch`, `scaler`, `scheduler`, `rng` and `data_position`
 (one per rank), `run_state`, `phase`, `config`, `args`. Written to a temp file and renamed; read
 with `weights_only=True`.
+
+Failures (docs/reliability.md): a damaged checkpoint (empty, cut short, foreign) is skipped on
+resume with one warning line naming it; a save refuses non-finite weights and reports a failed write
+(e.g. "No space left on device") as one line on every rank; each save first removes the temp files
+of saves killed half-way and then keeps the `keep` newest `ckpt_<step>.pt` of the folder; phase 2
+starts only from a phase-1 checkpoint that reached its last step.
 """
 from __future__ import annotations
 
@@ -116,6 +122,15 @@ def gather_plain(obj: Any) -> list[Any]:
     out: list[Any] = [None] * utils.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's `obj` (plain data) on every rank."""
+    if utils.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,8 +250,14 @@ class Checkpointer:
         positions = gather_plain(dict(position))
         rngs = gather_plain(rng_state(self.env.device))
         self._last_saved_step = step
-        if not self.env.is_main:
-            return
+        failure = self._write(step, positions, rngs, epoch_files) if self.env.is_main else None
+        failure = broadcast_from_main(failure)  # every rank stops on a failed write, none waits in a collective
+        if failure is not None:
+            raise CheckpointWriteError(failure)
+
+    def _write(self, step: int, positions: list[dict[str, int]], rngs: list[Any], epoch_files: list[str]
+               ) -> str | None:
+        """Rank 0: write the checkpoint and prune; the one-line reason when the file could not be written."""
         path = os.path.join(self.output_dir, f"ckpt_{step}.pt")
         ckpt = {
             "model": self.model.state_dict(),
@@ -259,10 +280,10 @@ class Checkpointer:
             utils.atomic_torch_save(ckpt, path)
         except OSError as exc:  # e.g. a full disk; atomic_torch_save has removed its temp file
             newest = self.written[-1] if self.written else "none from this run"
-            raise CheckpointWriteError(f"cannot write checkpoint {path}: {exc.strerror} "
-                                       f"(newest complete checkpoint: {newest})") from None
+            return f"cannot write checkpoint {path}: {exc.strerror} (newest complete checkpoint: {newest})"
         self.written.append(path)
         prune_checkpoints(self.output_dir, self.keep, step)
+        return None
 
     def save_unless_current(self, position: dict[str, int], epoch_files: list[str]) -> None:
         """Save at the end of a run unless this step's checkpoint exists already (same answer on every rank)."""

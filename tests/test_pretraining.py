@@ -312,3 +312,30 @@ def test_sequences_per_second_after_resume_counts_only_this_jobs_steps(corpus, t
     attempted_here = (state["global_step"] - 2) + (state["skipped_steps"] - skipped_before)
     sequences = summary["training_sequences_per_second"] * summary["raw_train_time"]
     assert sequences == pytest.approx(attempted_here * batch, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_run_sub_requeues_a_job_stopped_by_a_signal(corpus, tmp_path, slurm_cluster):  # noqa: F811
+    """USR1 to the job's tasks (what --signal=USR1@300 sends before the time limit): the tasks save and exit 75,
+    run.sub requeues the job, and the requeued job resumes from the checkpoint and finishes."""
+    ckpt_dir = tmp_path / "checkpoints"
+    steps = 60
+    env = {
+        "PHASE": "1", "DATADIR": str(corpus["phase1"]), "CHECKPOINTDIR": str(ckpt_dir), "CODEDIR": str(ROOT),
+        "BERT_CONFIG": str(corpus["config"]), "PRECISION": "fp32", "MAX_STEPS": str(steps), "BATCHSIZE": "8",
+        "GRADIENT_STEPS": "2", "LR": "1e-2", "CKPT_STEPS": "2", "PYTHON": sys.executable,
+        "EXTRA_PARAMS": "--device=cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+    }
+    job = slurm_cluster.submit(ROOT / "run.sub", env=env, cwd=tmp_path,
+                               sbatch_args=["--nodes=1", "--ntasks=2", "--open-mode=append"])
+    deadline = time.time() + 300
+    while not list(ckpt_dir.glob("ckpt_*.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    slurm_cluster.client(["scancel", "--signal=USR1", str(job)])
+    state, code = slurm_cluster.wait(job, timeout=900)
+    out = slurm_cluster.output(job) + slurm_cluster.errors(job)
+    assert (state, code) == ("COMPLETED", 0), out[-4000:]
+    assert "requeueing job" in out and "resumed from" in out, out[-4000:]
+    assert slurm_cluster.job_info(job).get("Restarts") == "1"
+    ckpt = torch.load(ckpt_dir / f"ckpt_{steps}.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["step"] == steps
