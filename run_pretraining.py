@@ -519,8 +519,8 @@ def cli(argv: list[str] | None = None) -> None:
     """The command line: `main`, then exit EXIT_STOPPED when a signal stopped the run before its end."""
     summary = main(argv)
     if summary.get("stopped_by_signal"):
-        print(f"stopped by a signal at step {summary['global_step']} before the final step; checkpoint saved; "
-              f"exit code {EXIT_STOPPED} (resume with --resume_from_checkpoint)", file=sys.stderr, flush=True)
+        print(f"stopped by a signal at step {summary['global_step']} before the final step, after its checkpoint "
+              f"(none with --skip_checkpoint); exit code {EXIT_STOPPED}: resume with --resume_from_checkpoint", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_STOPPED)
 
 
