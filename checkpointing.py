@@ -15,6 +15,12 @@ File layout (the original's keys plus ours): `model`, `optimizer`, `master param
 followed by the epoch's shard order), `epoch`, `scaler`, `scheduler`, `rng` and `data_position`
 (one per rank), `run_state`, `phase`, `config`, `args`. Written to a temp file and renamed; read
 with `weights_only=True`.
+
+Failures (docs/reliability.md): a damaged checkpoint (empty, cut short, foreign) is skipped on
+resume with one warning line naming it; a save refuses non-finite weights and reports a failed write
+(e.g. "No space left on device") as one line on every rank; each save first removes the temp files
+of saves killed half-way and then keeps the `keep` newest `ckpt_<step>.pt` of the folder; phase 2
+starts only from a phase-1 checkpoint that reached its last step.
 """
 from __future__ import annotations
 
@@ -29,10 +35,16 @@ import torch
 import torch.distributed as dist
 
 import utils
-from checkpoint_io import load_checkpoint
+from checkpoint_io import CheckpointError, load_checkpoint, load_checkpoint_file
 from utils import InputError
 
 CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
+# What utils.atomic_path leaves behind when a save is killed half-way: `.tmp-ckpt_<step>.pt.<random>`.
+TMP_PATTERN = re.compile(r"^\.tmp-ckpt_\d+\.pt\.")
+
+
+class CheckpointWriteError(InputError):
+    """A checkpoint that could not be written (full disk, non-finite weights): one line, nothing half-written."""
 
 
 @dataclass
@@ -61,9 +73,9 @@ def checkpoint_steps(output_dir: str) -> list[int]:
 def read_checkpoint(path: str) -> dict[str, Any] | None:
     """The checkpoint, or None when the file is damaged (e.g. cut short by a crash)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not a usable checkpoint"
-        print(f"warning: skipping unreadable checkpoint {path}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        ckpt = load_checkpoint_file(path)  # the one checked reader: empty, cut-short, foreign → CheckpointError
+    except CheckpointError as exc:
+        print(f"warning: skipping unreadable checkpoint {exc}", file=sys.stderr)
         return None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         print(f"warning: skipping {path}: no 'model' entry", file=sys.stderr)
@@ -110,6 +122,15 @@ def gather_plain(obj: Any) -> list[Any]:
     out: list[Any] = [None] * utils.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's `obj` (plain data) on every rank."""
+    if utils.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,6 +190,8 @@ class Checkpointer:
     def _resume_from(self, ckpt: dict[str, Any], path: str) -> dict[str, int] | None:
         load_checkpoint(self.model, path, strict=True, state_dict=ckpt["model"])
         starting_phase2 = self.phase2 and int(ckpt.get("phase", 1)) == 1
+        if starting_phase2:
+            require_finished_phase1(ckpt, path)
         if "optimizer" in ckpt:
             self._load_optimizer(ckpt["optimizer"], reset_schedule=starting_phase2)
         if starting_phase2:
@@ -194,7 +217,7 @@ class Checkpointer:
         report = load_checkpoint(self.model, path, strict=True)
         print(f"init_checkpoint: {report.summary()}")
         is_torch_file = os.path.isfile(path) and not path.endswith(".safetensors")
-        raw = torch.load(path, map_location="cpu", weights_only=True) if is_torch_file else {}
+        raw = load_checkpoint_file(path) if is_torch_file else {}
         if isinstance(raw, dict) and isinstance(raw.get("optimizer"), dict):
             self._load_optimizer(raw["optimizer"], reset_schedule=True)
 
@@ -221,12 +244,20 @@ class Checkpointer:
         `epoch_files` the shard order of its epoch (rank 0's goes into the original's `files` entry)."""
         if not self.enabled:
             return
+        step = self.name_step()
+        # Every rank holds the same weights, so every rank reaches the same verdict (no rank left waiting).
+        self._refuse_non_finite_weights(step)
         positions = gather_plain(dict(position))
         rngs = gather_plain(rng_state(self.env.device))
-        step = self.name_step()
         self._last_saved_step = step
-        if not self.env.is_main:
-            return
+        failure = self._write(step, positions, rngs, epoch_files) if self.env.is_main else None
+        failure = broadcast_from_main(failure)  # every rank stops on a failed write, none waits in a collective
+        if failure is not None:
+            raise CheckpointWriteError(failure)
+
+    def _write(self, step: int, positions: list[dict[str, int]], rngs: list[Any], epoch_files: list[str]
+               ) -> str | None:
+        """Rank 0: write the checkpoint and prune; the one-line reason when the file could not be written."""
         path = os.path.join(self.output_dir, f"ckpt_{step}.pt")
         ckpt = {
             "model": self.model.state_dict(),
@@ -244,16 +275,67 @@ class Checkpointer:
         }
         if self.logger is not None:
             self.logger.log("PARAMETER", {"checkpoint_step": step})
-        utils.atomic_torch_save(ckpt, path)
+        remove_killed_saves(self.output_dir)
+        try:
+            utils.atomic_torch_save(ckpt, path)
+        except OSError as exc:  # e.g. a full disk; atomic_torch_save has removed its temp file
+            newest = self.written[-1] if self.written else "none from this run"
+            return f"cannot write checkpoint {path}: {exc.strerror} (newest complete checkpoint: {newest})"
         self.written.append(path)
-        self._prune()
+        prune_checkpoints(self.output_dir, self.keep, step)
+        return None
 
     def save_unless_current(self, position: dict[str, int], epoch_files: list[str]) -> None:
         """Save at the end of a run unless this step's checkpoint exists already (same answer on every rank)."""
         if self._last_saved_step != self.name_step():
             self.save(position, epoch_files)
 
-    def _prune(self) -> None:
-        while self.keep > 0 and len(self.written) > self.keep:
+    def _refuse_non_finite_weights(self, step: int) -> None:
+        """A checkpoint of NaN/inf weights would replace a good one (and be pruned to); stop instead."""
+        bad = first_non_finite_parameter(self.model)
+        if bad is not None:
+            newest = self.written[-1] if self.written else "none from this run"
+            raise CheckpointWriteError(f"weights are not finite at step {step} ({bad}); no checkpoint written "
+                                       f"(newest complete checkpoint: {newest})")
+
+
+def first_non_finite_parameter(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter holding a NaN or inf, or None (one reduction per tensor)."""
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param.detach()).all()):
+            return name
+    return None
+
+
+def require_finished_phase1(ckpt: dict[str, Any], path: str) -> None:
+    """Phase 2 starts only from a phase 1 that reached its last step (not one stopped by a signal)."""
+    args, state = ckpt.get("args") or {}, ckpt.get("run_state") or {}
+    if "max_steps" not in args or "global_step" not in state:
+        return  # a checkpoint from elsewhere: nothing recorded to check against
+    done, target = int(state["global_step"]), int(args["max_steps"])
+    if done < target:
+        raise InputError(f"{path}: phase 1 stopped at step {done} of {target}; finish phase 1 first "
+                         "(rerun it with --resume_from_checkpoint), or start phase 2 with --init_checkpoint")
+
+
+def remove_killed_saves(output_dir: str) -> None:
+    """Temp files of saves killed half-way (`.tmp-ckpt_<step>.pt.*`): only rank 0 writes here, so none is live."""
+    for name in os.listdir(output_dir):
+        if TMP_PATTERN.match(name):
             with contextlib.suppress(FileNotFoundError):
-                os.remove(self.written.pop(0))
+                os.remove(os.path.join(output_dir, name))
+
+
+def prune_checkpoints(output_dir: str, keep: int, current_step: int) -> None:
+    """Keep the `keep` newest `ckpt_<step>.pt` of the folder (0 = all), whichever job or phase wrote them.
+
+    Phase-2 names are offset by phase 1's end, so phase 1's last checkpoint goes only once `keep`
+    newer ones exist, i.e. once phase 2 has checkpoints of its own to resume from. Files named
+    after a later step than the one just saved (left by a rewind with --resume_step) are not touched.
+    """
+    if keep <= 0:
+        return
+    older = [step for step in checkpoint_steps(output_dir) if step <= current_step]
+    for step in older[keep:]:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(output_dir, f"ckpt_{step}.pt"))

@@ -32,6 +32,7 @@ from checkpointing import Checkpointer, RunState
 from data.pretraining_dataset import (
     DataPosition,
     ShardStream,
+    TokenLimits,
     add_masking_arguments,
     check_shard_shapes,
     epoch_file_order,
@@ -77,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume_step", type=int, default=-1, help="resume from this step's checkpoint (-1 = newest)")
     p.add_argument("--num_steps_per_checkpoint", type=int, default=100, help="save every N optimizer steps")
     p.add_argument("--skip_checkpoint", action="store_true", help="do not write checkpoints")
-    p.add_argument("--keep_checkpoints", type=int, default=3, help="checkpoints of this run to keep (0 = all)")
+    p.add_argument("--keep_checkpoints", type=int, default=3, help="ckpt_*.pt of --output_dir to keep, newest by step, whichever job wrote them (0 = all)")
     p.add_argument("--phase2", action="store_true", help="phase-2 semantics: start from phase 1's last checkpoint")
     p.add_argument("--allreduce_post_accumulation", action="store_true", help="all-reduce gradients once per optimizer step")
     p.add_argument("--allreduce_post_accumulation_fp16", action="store_true", help="do that all-reduce in fp16")
@@ -131,6 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
     if not args.do_train:
         raise InputError("--do_train must be set (as in the original)")
+    utils.check_at_least_one(args.train_batch_size, "--train_batch_size")
     if args.gradient_accumulation_steps < 1:
         raise InputError(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
     if args.train_batch_size % args.gradient_accumulation_steps:
@@ -146,11 +148,28 @@ def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
         raise InputError("--eval_every_samples needs --eval_dir")
     if args.bin_size < 0:
         raise InputError(f"--bin_size must be >= 0 (0 = no bins), got {args.bin_size}")
+    check_finite_settings(args)
     args.max_steps = int(args.max_steps)
     args.log_freq = max(1, int(args.log_freq))
     if not env.distributed or args.gradient_accumulation_steps == 1:
         args.allreduce_post_accumulation = False
         args.allreduce_post_accumulation_fp16 = False
+
+
+def check_finite_settings(args: argparse.Namespace) -> None:
+    """Numbers that would make every loss NaN (a NaN or infinite learning rate) are refused before any work."""
+    ranges = {  # flag: (value, lowest allowed, lowest is allowed, highest)
+        "--learning_rate": (args.learning_rate, 0.0, False, math.inf),
+        "--max_steps": (args.max_steps, 1.0, True, math.inf),
+        "--warmup_proportion": (args.warmup_proportion, 0.0, True, 1.0),
+        "--loss_scale": (args.loss_scale, 0.0, True, math.inf),
+        "--init_loss_scale": (float(args.init_loss_scale), 0.0, False, math.inf),
+    }
+    for flag, (value, low, low_ok, high) in ranges.items():
+        inside = (value >= low if low_ok else value > low) and value <= high
+        if not (math.isfinite(value) and inside):
+            bound = f"{'>=' if low_ok else '>'} {low:g}" + (f" and <= {high:g}" if math.isfinite(high) else "")
+            raise InputError(f"{flag} must be a finite number {bound}, got {value}")
 
 
 def final_step(args: argparse.Namespace) -> int:
@@ -174,12 +193,13 @@ class Trainer:
         self.files = list_shards(args.input_dir, "training")
         if not self.files:
             raise InputError(f"{args.input_dir}: no .hdf5 shards whose name contains 'training'")
-        self.seq_len, self.max_pred = check_shard_shapes(self.files, args.max_seq_length, args.max_predictions_per_seq,
-                                                         self.config.max_position_embeddings)
-        masker = masker_from_args(args, self.config.vocab_size, self.max_pred)  # bad flags fail before the model
         self.micro_batch = args.train_batch_size // args.gradient_accumulation_steps
+        self.seq_len, self.max_pred = check_shard_shapes(self.files, args.max_seq_length, args.max_predictions_per_seq,
+                                                         self.config.max_position_embeddings, self.micro_batch)
+        masker = masker_from_args(args, self.config.vocab_size, self.max_pred)  # bad flags fail before the model
         self.accum = args.gradient_accumulation_steps
         self.stop_requested = False
+        self.consecutive_skips = 0  # optimizer steps skipped in a row (non-finite gradients)
         self.evaluator: Any = None
 
         utils.seed_everything(args.seed)  # identical initial weights on every rank
@@ -202,7 +222,8 @@ class Trainer:
                                            init_checkpoint=args.init_checkpoint)
         position = DataPosition(**stored) if stored is not None else None
         self.stream = ShardStream(self.files, env.rank, env.world_size, self.micro_batch, self.max_pred, args.seed,
-                                  position, masker=masker, bin_size=args.bin_size)
+                                  position, masker=masker, bin_size=args.bin_size,
+                                  limits=TokenLimits(self.config.vocab_size, self.config.type_vocab_size))
         self.flash_attention = flash_varlen_available(env.device, self.precision)
         self.packed = self._use_packed_batches()
         self.forward_model = self._wrap_model()
@@ -324,6 +345,7 @@ class Trainer:
             self.state.samples_seen += global_batch
             log_samples += global_batch
             step_loss = torch.stack([x[0] for x in losses]).mean()
+            self._stop_if_diverged(applied, step_loss)
             window.append(step_loss)
             mlm_window.append(torch.stack([x[1] for x in losses]).mean())
             if progress is not None:
@@ -350,8 +372,22 @@ class Trainer:
             "final_mlm_loss": history.get("mlm_loss", float("nan")),
             "global_step": self.state.global_step,
             "skipped_steps": self.state.skipped_steps,
-            "stopped_by_signal": self.stop_requested,
+            # A signal that came with the last step stopped nothing: the run is finished.
+            "stopped_by_signal": self.stop_requested and self.state.global_step < steps_target,
         }
+
+    def _stop_if_diverged(self, applied: bool, step_loss: torch.Tensor) -> None:
+        """Stop with an error once `skip_limit` steps in a row had non-finite gradients, rather than skip forever.
+
+        The count is the same on every rank (the gradients are all-reduced), so all ranks stop together."""
+        self.consecutive_skips = 0 if applied else self.consecutive_skips + 1
+        if self.consecutive_skips < skip_limit(self.precision):
+            return
+        newest = self.checkpointer.latest or "none from this run"
+        raise TrainingDiverged(f"training diverged: {self.consecutive_skips} optimizer steps in a row had "
+                               f"non-finite gradients ({self.precision}, last loss {float(step_loss)}) at step "
+                               f"{self.state.global_step}; stopped without a checkpoint (newest complete "
+                               f"checkpoint: {newest}); check the learning rate and the init checkpoint's weights")
 
     def save_checkpoint(self, unless_current: bool = False) -> None:
         position = asdict(self.stream.position)
@@ -439,6 +475,22 @@ class PretrainingLoss(torch.nn.Module):
         return self.criterion(scores, nsp_scores, labels, nsp_labels)
 
 
+class TrainingDiverged(InputError):
+    """Every recent step had a non-finite loss: going on would only skip steps (or save NaN weights)."""
+
+
+# fp16 with loss scaling legitimately skips a few overflowing steps while the dynamic scale comes down
+# (from 2^20 to 1 takes 20); 100 in a row means the weights or the data are broken. fp32, tf32 and
+# bf16 have no scale to lower: a non-finite gradient repeats, so stop sooner.
+SKIP_LIMITS = {"fp16": 100}
+UNSCALED_SKIP_LIMIT = 10
+
+
+def skip_limit(precision: str) -> int:
+    """Optimizer steps with non-finite gradients in a row after which training stops with an error."""
+    return SKIP_LIMITS.get(precision, UNSCALED_SKIP_LIMIT)
+
+
 def plain_args(args: argparse.Namespace) -> dict[str, Any]:
     """The flags as plain values (what a checkpoint stores under 'args')."""
     return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
@@ -491,9 +543,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logger = utils.Logger(args.json_summary, enabled=env.is_main)
         logger.log("PARAMETER", {"Config": [str(args)], "SEED": args.seed})
         trainer = Trainer(args, env, logger, tensorboard_writer(args, env))
+        if trainer.state.global_step >= final_step(args):
+            return nothing_to_do(args, trainer, logger)
         install_stop_handlers(trainer)
-        summary = trainer.train(build_evaluator(args, trainer))
-        trainer.stream.close()
+        try:
+            summary = trainer.train(build_evaluator(args, trainer))
+        finally:  # also on an error: a shard load still running in its thread can abort the exit
+            trainer.stream.close()
         summary["e2e_train_time"] = time.time() - e2e_start
         logger.log((), {k: summary[k] for k in ("e2e_train_time", "training_sequences_per_second", "final_loss", "raw_train_time")})
         if env.is_main:
@@ -502,6 +558,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return summary
     finally:
         utils.cleanup_distributed()
+
+
+def nothing_to_do(args: argparse.Namespace, trainer: Trainer, logger: utils.Logger) -> dict[str, Any]:
+    """A resumed run that is already at its final step: say so and change nothing (no NaN "final loss")."""
+    trainer.stream.close()
+    logger.close()
+    step = trainer.state.global_step
+    if trainer.env.is_main:
+        print(f"nothing to do: {args.output_dir} is already at step {step} (this run ends at step "
+              f"{final_step(args)}); no training, no new checkpoint", flush=True)
+    return {"global_step": step, "skipped_steps": trainer.state.skipped_steps, "stopped_by_signal": False,
+            "nothing_to_do": True}
 
 
 def finish_outputs(args: argparse.Namespace, latest_checkpoint: str | None, summary: dict[str, Any]) -> None:
@@ -518,5 +586,20 @@ def finish_outputs(args: argparse.Namespace, latest_checkpoint: str | None, summ
         print("warning: final loss is NaN", file=sys.stderr)
 
 
+# A run stopped by SIGTERM/SIGUSR1 before its final step saved a checkpoint and exits with this code
+# (EX_TEMPFAIL of sysexits.h: "try again later"), so that wrappers neither mistake it for a finished
+# run (0) nor for an error (1, 2): scripts/run_pretraining.sh stops before phase 2, run.sub requeues.
+EXIT_STOPPED = 75
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: `main`, then exit EXIT_STOPPED when a signal stopped the run before its end."""
+    summary = main(argv)
+    if summary.get("stopped_by_signal"):
+        print(f"stopped by a signal at step {summary['global_step']} before the final step, after its checkpoint "
+              f"(none with --skip_checkpoint); exit code {EXIT_STOPPED}: resume with --resume_from_checkpoint", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_STOPPED)
+
+
 if __name__ == "__main__":
-    utils.run_main(main)
+    utils.run_main(cli)

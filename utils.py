@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import io
 import json
 import os
 import random
@@ -354,11 +355,38 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+class _ErrorKeepingWriter(io.RawIOBase):
+    """A file for torch.save that remembers the OSError of a failed write: torch reports a full disk only
+    as `[enforce fail at inline_container.cc...] unexpected pos`, losing "No space left on device"."""
+
+    def __init__(self, fh: Any):
+        super().__init__()
+        self.fh, self.error = fh, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
 def atomic_torch_save(obj: Any, final: str | os.PathLike) -> None:
+    """torch.save to a temp file renamed into place; a failed write (e.g. a full disk) is an OSError whose
+    filename is `final`, and nothing is left behind."""
     import torch
 
-    with atomic_path(final) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(final) as tmp, open(tmp, "wb", buffering=0) as fh:
+        writer = _ErrorKeepingWriter(fh)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is None:
+                raise
+            raise OSError(writer.error.errno, writer.error.strerror, str(final)) from None
 
 
 def atomic_write_text(final: str | os.PathLike, text: str) -> None:

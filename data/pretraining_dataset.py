@@ -63,9 +63,63 @@ def read_shard(path: str | os.PathLike) -> dict[str, np.ndarray]:
         missing = [key for key in SHARD_DTYPES if key not in shard]
         if missing:
             raise InputError(f"{path}: missing dataset '{missing[0]}' (a pretraining shard has {', '.join(SHARD_DTYPES)})")
-        arrays = {key: shard[key][()] for key in SHARD_DTYPES}
+        arrays = {key: _read_dataset(path, shard, key) for key in SHARD_DTYPES}
     _check_shapes(path, arrays)
+    _check_values(path, arrays)
     return arrays
+
+
+def _read_dataset(path: Path, shard, key: str) -> np.ndarray:
+    # A damaged compressed chunk fails inside h5py with an OSError ("inflate() failed", "Can't read data").
+    try:
+        return shard[key][()]
+    except OSError as exc:
+        raise InputError(f"{path}: dataset '{key}' cannot be read, the file is damaged ({exc})") from None
+
+
+def first_row_outside(array: np.ndarray, low: int, high: int) -> tuple[int, int] | None:
+    """(row, value) of the first value outside [low, high) in a 1-D or 2-D array, or None.
+
+    The common case (all in range) costs one min and one max over the array."""
+    if array.size == 0 or (array.min() >= low and array.max() < high):
+        return None
+    bad = ((array < low) | (array >= high)).reshape(len(array), -1)
+    row = int(bad.any(axis=1).argmax())
+    return row, int(array[row].reshape(-1)[bad[row]][0])
+
+
+def _raise_if_outside(path: str | Path, key: str, array: np.ndarray, low: int, high: int, why: str) -> None:
+    found = first_row_outside(array, low, high)
+    if found is not None:
+        row, value = found
+        raise InputError(f"{path}: dataset '{key}' row {row} holds {value}, outside [{low}, {high}) ({why})")
+
+
+def _check_values(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Values the shard format itself bounds: a negative masked position would wrap around silently and a
+    label or mask outside its range would only fail deep in the model."""
+    seq_len = arrays["input_ids"].shape[1]
+    _raise_if_outside(path, "masked_lm_positions", arrays["masked_lm_positions"], 0, seq_len,
+                      f"positions in a sequence of {seq_len} tokens")
+    _raise_if_outside(path, "next_sentence_labels", arrays["next_sentence_labels"], 0, 2, "a next-sentence label")
+    _raise_if_outside(path, "input_mask", arrays["input_mask"], 0, 2, "an attention mask")
+    for key in ("input_ids", "masked_lm_ids", "segment_ids"):
+        _raise_if_outside(path, key, arrays[key], 0, np.iinfo(np.int64).max, "ids are not negative")
+
+
+@dataclass(frozen=True)
+class TokenLimits:
+    """The model's id ranges a shard's values must fit (from its config)."""
+
+    vocab_size: int
+    type_vocab_size: int
+
+    def check(self, path: str, arrays: dict[str, np.ndarray]) -> None:
+        """InputError naming shard, dataset and row of the first id the model's embeddings do not have."""
+        for key in ("input_ids", "masked_lm_ids"):
+            _raise_if_outside(path, key, arrays[key], 0, self.vocab_size, "the config's vocab_size")
+        _raise_if_outside(path, "segment_ids", arrays["segment_ids"], 0, self.type_vocab_size,
+                          "the config's type_vocab_size")
 
 
 def _check_shapes(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -193,8 +247,12 @@ def shard_for_slot(files: list[str], epoch: int, slot: int, rank: int, world: in
     return order[index]
 
 
-def load_shard(path: str, max_pred: int) -> dict[str, torch.Tensor]:
-    return PretrainingShardDataset(path, max_pred).tensors()
+def load_shard(path: str, max_pred: int, limits: TokenLimits | None = None) -> dict[str, torch.Tensor]:
+    dataset = PretrainingShardDataset(path, max_pred)
+    if limits is not None:  # here, in the loader thread: vectorised, once per shard, not per step
+        limits.check(path, {"input_ids": dataset.input_ids, "masked_lm_ids": dataset.masked_lm_ids,
+                            "segment_ids": dataset.segment_ids})
+    return dataset.tensors()
 
 
 class ShardStream:
@@ -205,9 +263,10 @@ class ShardStream:
     """
 
     def __init__(self, files: list[str], rank: int, world_size: int, micro_batch: int, max_pred: int, seed: int,
-                 position: DataPosition | None = None, masker: DynamicMasker | None = None, bin_size: int = 0):
+                 position: DataPosition | None = None, masker: DynamicMasker | None = None, bin_size: int = 0,
+                 limits: TokenLimits | None = None):
         self.files, self.rank, self.world_size = files, rank, world_size
-        self.micro_batch, self.max_pred, self.seed = micro_batch, max_pred, seed
+        self.micro_batch, self.max_pred, self.seed, self.limits = micro_batch, max_pred, seed, limits
         self.position = position or DataPosition(bin_size=bin_size)
         self.masker, self.bin_size = masker, bin_size
         check_bin_size_of_position(self.position, bin_size)
@@ -224,9 +283,9 @@ class ShardStream:
         if self._prefetched and self._prefetched[0] == (epoch, slot):
             shard = self._prefetched[1].result()
         else:
-            shard = load_shard(self._path(epoch, slot), self.max_pred)
+            shard = load_shard(self._path(epoch, slot), self.max_pred, self.limits)
         nxt = self._next_slot(epoch, slot)
-        self._prefetched = (nxt, self._pool.submit(load_shard, self._path(*nxt), self.max_pred))
+        self._prefetched = (nxt, self._pool.submit(load_shard, self._path(*nxt), self.max_pred, self.limits))
         return shard
 
     def _order(self, n: int, epoch: int, path: str) -> torch.Tensor:
@@ -237,15 +296,20 @@ class ShardStream:
         return torch.randperm(n, generator=g)
 
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        empty_slots = 0  # shards in a row that gave no batch: a whole epoch of them would loop forever
         while True:
             pos = self.position
             shard = self._fetch(pos.epoch, pos.slot)
             n = shard["input_ids"].size(0)
             path = self._path(pos.epoch, pos.slot)
             plan = self.plan(shard, pos.epoch, path)
+            if pos.offset + self.micro_batch > n:
+                empty_slots += 1
+                self._raise_if_epoch_gave_nothing(empty_slots)
             while pos.offset + self.micro_batch <= n:  # the last partial batch is dropped: shapes stay static
                 idx, width = plan[pos.offset // self.micro_batch]
                 pos.offset += self.micro_batch
+                empty_slots = 0
                 yield self.make_batch(shard, idx, width, pos.epoch, path)
             pos.epoch, pos.slot = self._next_slot(pos.epoch, pos.slot)
             pos.offset = 0
@@ -272,6 +336,13 @@ class ShardStream:
             batch[0], batch[3] = self.masker(unmasked, batch[1], batch[2], epoch, path, idx)
         return batch
 
+    def _raise_if_epoch_gave_nothing(self, empty_slots: int) -> None:
+        # One slot more than an epoch: a resume can start at the end of a shard that did give batches.
+        if empty_slots > slots_per_epoch(len(self.files), self.world_size):
+            folder = os.path.dirname(self.files[0]) or "."
+            raise InputError(f"{folder}: rank {self.rank} read a whole epoch of shards without one micro-batch "
+                             f"of {self.micro_batch} rows; its shards hold fewer rows")
+
     def close(self) -> None:
         # Wait for a shard load still running: a thread inside h5py at interpreter exit can abort the process.
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -286,15 +357,30 @@ def check_bin_size_of_position(position: DataPosition, bin_size: int) -> None:
     position.bin_size = bin_size
 
 
-def check_shard_shapes(files: list[str], max_seq_length: int, max_predictions_per_seq: int,
-                       max_position_embeddings: int) -> tuple[int, int]:
-    """(sequence length, masked positions per row) of the first shard; error early when it cannot fit the model
-    (`max_position_embeddings`) or the limits given on the command line."""
+def shard_header(path: str) -> tuple[int, int, int]:
+    """(rows, sequence length, masked positions per row) of a shard, from its header only (no data read)."""
     import h5py
 
-    with h5py.File(files[0], "r") as f:
-        seq_len = int(f["input_ids"].shape[1])
-        max_pred = int(f["masked_lm_positions"].shape[1])
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["input_ids"].shape[0]), int(f["input_ids"].shape[1]), int(f["masked_lm_positions"].shape[1])
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable HDF5 file, truncated or damaged ({exc})") from None
+    except (KeyError, IndexError, ValueError):
+        raise InputError(f"{path}: not a pretraining shard (needs 2-D 'input_ids' and 'masked_lm_positions')") from None
+
+
+def check_shard_shapes(files: list[str], max_seq_length: int, max_predictions_per_seq: int,
+                       max_position_embeddings: int, micro_batch: int = 0) -> tuple[int, int]:
+    """(sequence length, masked positions per row) of the shards; error early when a header is unreadable, the
+    shards mix lengths, they cannot fit the model (`max_position_embeddings`) or the limits given on the
+    command line, or (`micro_batch` > 0) no shard holds one micro-batch (training would find no batch)."""
+    headers = {path: shard_header(path) for path in files}  # headers only: about a millisecond per shard
+    _, seq_len, max_pred = headers[files[0]]
+    for path, (_, other_len, other_pred) in headers.items():
+        if (other_len, other_pred) != (seq_len, max_pred):
+            raise InputError(f"shards of different lengths in one folder: {files[0]} has sequence length {seq_len} "
+                             f"and {max_pred} masked positions, {path} has {other_len} and {other_pred}")
     if seq_len > max_position_embeddings:
         raise InputError(f"{files[0]}: sequence length {seq_len} exceeds max_position_embeddings {max_position_embeddings}")
     if seq_len > max_seq_length:
@@ -302,6 +388,11 @@ def check_shard_shapes(files: list[str], max_seq_length: int, max_predictions_pe
     if max_pred > max_predictions_per_seq:
         raise InputError(f"{files[0]}: {max_pred} masked positions per row exceed --max_predictions_per_seq "
                          f"{max_predictions_per_seq}")
+    most_rows = max(rows for rows, _, _ in headers.values())
+    if most_rows < micro_batch:
+        folder = os.path.dirname(files[0]) or "."
+        raise InputError(f"{folder}: the largest of its {len(files)} shards holds {most_rows} rows, fewer than one "
+                         f"micro-batch of {micro_batch} (--train_batch_size / --gradient_accumulation_steps)")
     return seq_len, max_pred
 
 

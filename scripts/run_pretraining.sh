@@ -80,10 +80,19 @@ run_phase() {  # run_phase <phase> <log tag> args...
   stamp=$(date +%y%m%d%H%M%S)
   logfile="$RESULTS_DIR/$job_name.pyt_bert_pretraining_phase${phase}_${precision}_gbs${gbs}.${stamp}.log"
   echo "phase $phase: ${launcher[*]} $CODEDIR/run_pretraining.py $*" >&2
+  local status=0
   if [ "$create_logfile" = "true" ]; then
-    "${launcher[@]}" "$CODEDIR/run_pretraining.py" "$@" "${extra_args[@]}" 2>&1 | tee "$logfile"
+    "${launcher[@]}" "$CODEDIR/run_pretraining.py" "$@" "${extra_args[@]}" 2>&1 | tee "$logfile" || status=$?
   else
-    "${launcher[@]}" "$CODEDIR/run_pretraining.py" "$@" "${extra_args[@]}"
+    "${launcher[@]}" "$CODEDIR/run_pretraining.py" "$@" "${extra_args[@]}" || status=$?
+  fi
+  if [ "$status" -eq 75 ]; then  # run_pretraining.EXIT_STOPPED
+    echo "phase $phase stopped by a signal before its last step; its checkpoint is in $CHECKPOINTS_DIR:" \
+         "rerun with resume_training=true to continue (exit 75)" >&2
+    exit 75
+  elif [ "$status" -ne 0 ]; then
+    echo "phase $phase failed (exit $status)" >&2
+    exit "$status"
   fi
   echo "finished phase $phase ($tag)" >&2
 }
@@ -108,6 +117,11 @@ phase1=("--input_dir=$DATA_DIR_PHASE1" "--train_batch_size=$train_batch_size" "-
 [ "$init_checkpoint" != "None" ] && phase1+=("--init_checkpoint=$init_checkpoint")
 batch_for_log=$train_batch_size
 run_phase 1 "seq 128" "${phase1[@]}"
+# Phase 2 starts only from a finished phase 1 (run_pretraining.py refuses an unfinished one as well).
+if [ ! -f "$CHECKPOINTS_DIR/ckpt_$train_steps.pt" ]; then
+  echo "phase 1 ended without $CHECKPOINTS_DIR/ckpt_$train_steps.pt (its last step); not starting phase 2" >&2
+  exit 1
+fi
 
 # ---------------- phase 2 ----------------
 phase2=("--input_dir=$DATA_DIR_PHASE2" "--train_batch_size=$train_batch_size_phase2"

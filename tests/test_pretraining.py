@@ -93,18 +93,25 @@ def test_exact_resume_after_sigterm(corpus, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 75, out[-3000:]  # stopped by a signal before its last step (EXIT_STOPPED)
+    assert "Traceback" not in out
     first_part = step_losses(log)
     stopped_at = max(first_part)
     assert stopped_at < n, "the signal must stop the run early"
     assert (resumed / "ckpt" / f"ckpt_{stopped_at}.pt").is_file()
 
-    # A file cut short by a crash, and a temp file, must never be picked.
+    # A file cut short by a crash, an empty one (a crash before any byte) and a temp file must never be
+    # picked: each damaged one is skipped with one warning line naming it.
     (resumed / "ckpt" / f"ckpt_{n + 100}.pt").write_bytes(b"PK\x03\x04 truncated")
+    (resumed / "ckpt" / f"ckpt_{n + 300}.pt").write_bytes(b"")
     (resumed / "ckpt" / f".tmp-ckpt_{n + 200}.pt.x").write_bytes(b"partial")
     second = run_pretraining(base_args(corpus, resumed, max_steps=n, num_steps_per_checkpoint=4,
                                        **{"json-summary": resumed / "dllogger2.json"}) + ["--resume_from_checkpoint"])
-    assert "skipping unreadable checkpoint" in second.stderr
+    warnings = [line for line in second.stderr.splitlines() if "skipping unreadable checkpoint" in line]
+    assert len(warnings) == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
+    assert warnings[0].endswith(f"ckpt_{n + 300}.pt: empty file"), warnings
+    assert f"ckpt_{n + 100}.pt: truncated or not a checkpoint" in warnings[1], warnings
+    assert f"resumed from {resumed / 'ckpt' / f'ckpt_{stopped_at}.pt'}" in second.stdout
     losses = {**first_part, **step_losses(resumed / "dllogger2.json")}
     expected = step_losses(straight / "dllogger.json")
     assert sorted(losses) == list(range(1, n + 1))
@@ -335,3 +342,30 @@ def test_sequences_per_second_after_resume_counts_only_this_jobs_steps(corpus, t
     attempted_here = (state["global_step"] - 2) + (state["skipped_steps"] - skipped_before)
     sequences = summary["training_sequences_per_second"] * summary["raw_train_time"]
     assert sequences == pytest.approx(attempted_here * batch, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_run_sub_requeues_a_job_stopped_by_a_signal(corpus, tmp_path, slurm_cluster):  # noqa: F811
+    """USR1 to the job's tasks (what --signal=USR1@300 sends before the time limit): the tasks save and exit 75,
+    run.sub requeues the job, and the requeued job resumes from the checkpoint and finishes."""
+    ckpt_dir = tmp_path / "checkpoints"
+    steps = 60
+    env = {
+        "PHASE": "1", "DATADIR": str(corpus["phase1"]), "CHECKPOINTDIR": str(ckpt_dir), "CODEDIR": str(ROOT),
+        "BERT_CONFIG": str(corpus["config"]), "PRECISION": "fp32", "MAX_STEPS": str(steps), "BATCHSIZE": "8",
+        "GRADIENT_STEPS": "2", "LR": "1e-2", "CKPT_STEPS": "2", "PYTHON": sys.executable,
+        "EXTRA_PARAMS": "--device=cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+    }
+    job = slurm_cluster.submit(ROOT / "run.sub", env=env, cwd=tmp_path,
+                               sbatch_args=["--nodes=1", "--ntasks=2", "--open-mode=append"])
+    deadline = time.time() + 300
+    while not list(ckpt_dir.glob("ckpt_*.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    slurm_cluster.client(["scancel", "--signal=USR1", str(job)])
+    state, code = slurm_cluster.wait(job, timeout=900)
+    out = slurm_cluster.output(job) + slurm_cluster.errors(job)
+    assert (state, code) == ("COMPLETED", 0), out[-4000:]
+    assert "requeueing job" in out and "resumed from" in out, out[-4000:]
+    assert slurm_cluster.job_info(job).get("Restarts") == "1"
+    ckpt = torch.load(ckpt_dir / f"ckpt_{steps}.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["step"] == steps
