@@ -183,7 +183,7 @@ def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """[B, S] 1/0 mask → boolean [B, 1, 1, S] for SDPA, or None when nothing is padded."""
     if attention_mask is None:
         return None
-    return attention_mask.bool()[:, None, None, :]
+    return attention_mask.to(torch.bool)[:, None, None, :]  # not .bool(): TorchScript compiles this function
 
 
 @dataclass

@@ -3,6 +3,15 @@
 State-dict names follow NVIDIA's BERT for PyTorch (`dense_act`, tied `cls.predictions.decoder.weight`,
 vocabulary rows padded to a multiple of 8), so its checkpoints load unchanged; Hugging Face and
 Google-era layouts are translated by `checkpoint_io.load_checkpoint`.
+
+The inference path of the models compiles with `torch.jit.script` (triton/export.py --format ts-script):
+under TorchScript (`torch.jit.is_scripting()`, decided when compiling, so the other branch is never
+compiled) products are plain F.linear, dropout is F.dropout and attention is
+F.scaled_dot_product_attention over the padded layout. Those are the ops the eager CPU fast paths of
+`bert_kernels` compute in evaluation, so scripted and eager models give the same logits; packed
+layouts and activation checkpointing are Python-only (training). `if not torch.jit.is_scripting():`
+blocks stay nested rather than joined to a condition with `and`: TorchScript skips a branch only when
+that call is the whole condition.
 """
 from __future__ import annotations
 
@@ -141,6 +150,19 @@ def pad_to_multiple(n: int, multiple: int) -> int:
 # Building blocks
 # --------------------------------------------------------------------------------------------
 
+# What the encoder's layers take as attention layout: a boolean padding mask [B, 1, 1, S] or None
+# (padded batch), or `PackedTokens` / `PackedSequences` (packed real tokens). Annotated Any because
+# TorchScript cannot compile those dataclasses; scripted models get the padded layout only.
+AttentionLayout = Any
+
+
+def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`bert_kernels.linear`; under TorchScript F.linear (the oneDNN path is an autograd.Function
+    over Python state; F.linear is also what tracing and ONNX export record)."""
+    if torch.jit.is_scripting():
+        return F.linear(x, weight, bias)
+    return linear(x, weight, bias)
+
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """Exact (erf) GELU, as BERT was trained with."""
@@ -154,6 +176,8 @@ class Dropout(nn.Dropout):
     """nn.Dropout through `dropout`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # the faster CPU mask is Python-only; in evaluation both are identity
+            return F.dropout(x, self.p, self.training)
         return dropout(x, self.p, self.training)
 
 
@@ -161,7 +185,7 @@ class Linear(nn.Linear):
     """nn.Linear (same parameters and state-dict names) whose product goes through `linear`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return dense(x, self.weight, self.bias)
 
 
 class LinearActivation(Linear):
@@ -172,7 +196,7 @@ class LinearActivation(Linear):
         self.act_fn = ACT2FN[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act_fn(super().forward(x))
+        return self.act_fn(dense(x, self.weight, self.bias))
 
 
 class BertEmbeddings(nn.Module):
@@ -202,21 +226,27 @@ class BertSelfAttention(nn.Module):
         self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionLayout) -> torch.Tensor:
         # One GEMM for Q, K and V; the parameters stay separate so state-dict names match the original.
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        qkv = linear(x, weight, bias)
+        qkv = dense(x, weight, bias)
         dropout_p = self.dropout_p if self.training else 0.0
         # Q, K and V are views of the one product, split by `unbind`: its backward writes the three
         # gradients into one buffer (indexing qkv[0], qkv[1], qkv[2] would run three select backwards,
         # each zero-filling a full-size buffer).
-        if isinstance(mask, (PackedTokens, PackedSequences)):  # x is [T, hidden]: real tokens only
-            q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)
-            return attention(q, k, v, mask, dropout_p).flatten(1)
-        b, s = qkv.shape[:2]
+        if not torch.jit.is_scripting():  # noqa: SIM102 - nested for TorchScript (module docstring)
+            if isinstance(mask, (PackedTokens, PackedSequences)):  # x is [T, hidden]: real tokens only
+                q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)
+                return attention(q, k, v, mask, dropout_p).flatten(1)
+        b, s = qkv.size(0), qkv.size(1)
         q, k, v = qkv.view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        return attention(q, k, v, mask, dropout_p).transpose(1, 2).reshape(b, s, -1)
+        if torch.jit.is_scripting():  # what `attention` runs in evaluation, without its CPU dropout path
+            assert isinstance(mask, torch.Tensor | None)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        else:
+            context = attention(q, k, v, mask, dropout_p)
+        return context.transpose(1, 2).reshape(b, s, -1)
 
 
 class BertResidualOutput(nn.Module):
@@ -243,7 +273,7 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionLayout) -> torch.Tensor:
         return self.output(self.self(x, mask), x)
 
 
@@ -268,7 +298,7 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionLayout) -> torch.Tensor:
         attended = self.attention(x, mask)
         return self.output(self.intermediate(attended), attended)
 
@@ -287,33 +317,33 @@ class BertEncoder(nn.Module):
         self.unpad = True
         self.pack_multiple = 64  # see PackedTokens.from_mask
 
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | PackedSequences | None, output_all_encoded_layers: bool = False
-    ) -> list[torch.Tensor]:
-        if isinstance(mask, PackedSequences):  # x is already [T, H]: real tokens only, end to end
-            return self._run(x, mask, output_all_encoded_layers)
-        if self.unpad and self.training and should_pack(x, mask):
-            packed = PackedTokens.from_mask(mask, self.pack_multiple)
-            return [packed.pad(out) for out in self._run(packed.pack(x), packed, output_all_encoded_layers)]
+    def forward(self, x: torch.Tensor, mask: AttentionLayout, output_all_encoded_layers: bool = False) -> list[torch.Tensor]:
+        if not torch.jit.is_scripting():  # packed layouts are Python-only (training, packed batches)
+            if isinstance(mask, PackedSequences):  # x is already [T, H]: real tokens only, end to end
+                return self._run(x, mask, output_all_encoded_layers)
+            if self.unpad and self.training and should_pack(x, mask):
+                packed = PackedTokens.from_mask(mask, self.pack_multiple)
+                return [packed.pad(out) for out in self._run(packed.pack(x), packed, output_all_encoded_layers)]
         return self._run(x, mask, output_all_encoded_layers)
 
-    def _run(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None,
+    def _run(self, x: torch.Tensor, mask: AttentionLayout,
              output_all_encoded_layers: bool) -> list[torch.Tensor]:
-        if self.checkpoint_activations and self.training and torch.is_grad_enabled():
-            return [self._forward_checkpointed(x, mask)]
-        outputs = []
+        if not torch.jit.is_scripting():  # noqa: SIM102 - training only, not TorchScript
+            if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+                return [self._forward_checkpointed(x, mask)]
+        outputs: list[torch.Tensor] = []
         for layer in self.layer:
             x = layer(x, mask)
             if output_all_encoded_layers:
                 outputs.append(x)
         return outputs if output_all_encoded_layers else [x]
 
-    def _forward_checkpointed(self, x: torch.Tensor, mask: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
+    def _forward_checkpointed(self, x: torch.Tensor, mask: AttentionLayout) -> torch.Tensor:
         """Recompute activations in chunks of ceil(sqrt(L)) layers, as the original does."""
         chunk = max(1, math.ceil(math.sqrt(len(self.layer))))
 
         def run(start: int, end: int):
-            def fn(hidden: torch.Tensor, m: torch.Tensor | PackedTokens | PackedSequences | None) -> torch.Tensor:
+            def fn(hidden: torch.Tensor, m: AttentionLayout) -> torch.Tensor:
                 for layer in self.layer[start:end]:
                     hidden = layer(hidden, m)
                 return hidden
@@ -420,18 +450,21 @@ class BertModel(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         output_all_encoded_layers: bool | None = None,
-        packed: PackedSequences | None = None,
+        packed: Any = None,  # PackedSequences or None (Any: TorchScript cannot compile the dataclass)
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """With `packed`, input_ids and token_type_ids are packed [T] (see `bert_kernels.pack_batch`),
         attention_mask is unused, and the encoded layers are [T, H]."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if output_all_encoded_layers is None:
-            output_all_encoded_layers = self.config.output_all_encoded_layers
-        if packed is not None:
-            x = self.embeddings(input_ids, token_type_ids, packed.position_ids)
-            encoded = self.encoder(x, packed, output_all_encoded_layers)
-            return encoded, self.pooler.pool_packed(encoded[-1], packed)
+            # TorchScript cannot read the Python config: scripted, None means the last layer only
+            # (what every task head asks for).
+            output_all_encoded_layers = False if torch.jit.is_scripting() else self.config.output_all_encoded_layers
+        if not torch.jit.is_scripting():  # noqa: SIM102 - nested for TorchScript (module docstring)
+            if packed is not None:
+                x = self.embeddings(input_ids, token_type_ids, packed.position_ids)
+                encoded = self.encoder(x, packed, output_all_encoded_layers)
+                return encoded, self.pooler.pool_packed(encoded[-1], packed)
         x = self.embeddings(input_ids, token_type_ids)
         encoded = self.encoder(x, padding_mask(attention_mask), output_all_encoded_layers)
         return encoded, self.pooler(encoded[-1])
@@ -551,7 +584,8 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.classifier = Linear(config.hidden_size, num_labels)
         self._init_new_modules(self.classifier)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None):
         _, pooled = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False)
         return self.classifier(self.dropout(pooled))
 
@@ -605,7 +639,8 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         self.qa_outputs = Linear(config.hidden_size, 2)
         self._init_new_modules(self.qa_outputs)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None):
         encoded, _ = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False)
         logits = self.qa_outputs(encoded[-1])
         start, end = logits.unbind(-1)

@@ -17,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import ROOT, script_env
 from triton_helpers import TRITON_DIR, free_port, load_triton_module, make_checkpoint, run_script, squad_dev, vocab_file
 
@@ -113,14 +115,28 @@ def test_export_model_sh_bad_arguments_are_one_line_errors(tmp_path, position, v
     assert done.stderr.splitlines() == [f"error: export_model.sh: {message}"]
 
 
-def test_ts_script_export_says_why_and_what_to_use(tiny, tmp_path):
+def test_export_model_sh_ts_script_gives_a_compiled_libtorch_model_equal_to_pytorch(tiny, tmp_path):
+    """EXPORT_FORMAT ts-script, the original's default: torch.jit.script's model.pt in a
+    pytorch_libtorch repository, with PyTorch's logits."""
     _, checkpoint, _ = tiny
-    done = run_script(TRITON_DIR / "export.py", "--checkpoint", checkpoint, "--output_dir", tmp_path,
-                      "--ts-script", "--max_seq_length", "16", check=False)
-    assert done.returncode == 2
-    (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("error: torch.jit.script cannot compile this model (") and "use --format ts-trace" in line
-    assert not (tmp_path / "model.pt").exists()
+    repo = tmp_path / "repo"
+    env = script_environment(MODEL_REPOSITORY=str(repo), EXPORT_DIR=str(tmp_path / "export"))
+    #                                                      FORMAT (default)                NAME (default)
+    run_sh("export_model.sh", "0", "host", checkpoint, "2", "", "", "fp32", "1", "", "0", "1", "False", env=env)
+    config = parse_config(repo / "bertQA-ts-script" / "config.pbtxt")
+    assert (config.platform, config.max_batch_size) == ("pytorch_libtorch", 2)
+    assert [i.name for i in config.input] == ["input_ids__0", "token_type_ids__1", "attention_mask__2"]
+    module = torch.jit.load(str(repo / "bertQA-ts-script" / "1" / "model.pt"))
+    assert "prim::If" in str(module.inlined_graph)  # compiled code; a traced graph has no branches
+
+    bert_io = load_triton_module("bert_io")
+    batch = bert_io.random_token_batch(np.random.default_rng(3), 3, 24)
+    inputs = [torch.from_numpy(batch[n]) for n in bert_io.INPUT_NAMES]
+    with torch.no_grad():
+        got = module(*inputs)
+        ref = bert_io.load_finetuned_model(checkpoint, None, "qa")(*inputs)
+    for mine, theirs in zip(got, ref, strict=True):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), atol=1e-4, rtol=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -71,16 +71,19 @@ class Server:
 def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("serving")
     checkpoint = make_checkpoint(work / "ckpt")
-    run_script(TRITON_DIR / "export.py", "--checkpoint", checkpoint, "--output_dir", work / "export",
-               "--format", "onnx", "ts-trace", "--max_seq_length", "64", "--batch_size", "2", "--nbatches", "1")
+    export_args = ["--checkpoint", checkpoint, "--max_seq_length", "64", "--batch_size", "2", "--nbatches", "1"]
+    run_script(TRITON_DIR / "export.py", *export_args, "--output_dir", work / "export", "--format", "onnx", "ts-trace")
+    run_script(TRITON_DIR / "export.py", *export_args, "--output_dir", work / "export_script", "--format", "ts-script")
     repo = work / "models"
     mr = load_triton_module("model_repository")
     common = ["--export-dir", str(work / "export"), "--model-repository", str(repo), "--backend", "python",
               "--threads", "2"]
     mr.main([*common, "--vocab_file", str(vocab_file()), "--do_lower_case",
              "--max-context-chars", str(MAX_CONTEXT_CHARS)])
-    # The same weights as TorchScript, also through the python backend.
+    # The same weights as TorchScript (traced and scripted), also through the python backend.
     mr.main([*common, "--runtime", "torchscript", "--model-name", "bert_ts", "--no-text-model"])
+    mr.main([*common, "--export-dir", str(work / "export_script"), "--runtime", "torchscript",
+             "--model-name", "bert_ts_script", "--no-text-model"])
     http, grpc, metrics = free_port(), free_port(), free_port()
     log = work / "server.log"
     with open(log, "wb") as out:
@@ -91,7 +94,7 @@ def server(tmp_path_factory):
     served = Server(process, repo, http, grpc, log, checkpoint)
     client_lib = load_triton_module("client_lib")
     try:
-        for name in ("bert", "bert_ts", "bert_qa"):
+        for name in ("bert", "bert_ts", "bert_ts_script", "bert_qa"):
             client_lib.TritonModel(served.http, "http", name).wait_ready(180)
     except Exception:
         process.kill()
@@ -133,7 +136,8 @@ def reference_answers(server):
 
 
 def test_served_logits_match_pytorch_for_onnx_and_torchscript(server):
-    """Real SQuAD windows through both python-backend runtimes, against the PyTorch model."""
+    """Real SQuAD windows through both python-backend runtimes (ONNX, traced and scripted TorchScript),
+    against the PyTorch model."""
     import torch
 
     from processors import squad
@@ -146,7 +150,7 @@ def test_served_logits_match_pytorch_for_onnx_and_torchscript(server):
     model = bert_io.load_finetuned_model(server.checkpoint, None, "qa")
     with torch.no_grad():
         reference = [t.numpy() for t in model(*(torch.from_numpy(batch[n]) for n in bert_io.INPUT_NAMES))]
-    for name, protocol in (("bert", "http"), ("bert_ts", "grpc")):
+    for name, protocol in (("bert", "http"), ("bert_ts", "grpc"), ("bert_ts_script", "http")):
         got = server.model(name, protocol).infer(batch)
         np.testing.assert_allclose(got["start_logits"], reference[0], atol=1e-4, rtol=0)
         np.testing.assert_allclose(got["end_logits"], reference[1], atol=1e-4, rtol=0)

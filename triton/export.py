@@ -51,9 +51,10 @@ class ExportWrapper(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor):
         outputs = self.model(input_ids, token_type_ids, attention_mask)
-        if isinstance(outputs, torch.Tensor):
+        if isinstance(outputs, torch.Tensor):  # classification: logits
             return outputs.float()
-        return tuple(t.float() for t in outputs)
+        start_logits, end_logits = outputs  # question answering; a fixed pair, which TorchScript can type
+        return start_logits.float(), end_logits.float()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -147,8 +148,7 @@ def export_torchscript(wrapper: ExportWrapper, example: tuple[torch.Tensor, ...]
                 module = torch.jit.script(wrapper)
             except Exception as exc:  # noqa: BLE001 - scripting failures are many kinds of errors
                 reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-                raise InputError(f"torch.jit.script cannot compile this model ({reason}); modeling.py's "
-                                 "CPU fast paths are not TorchScript (triton/README.md lists them): "
+                raise InputError(f"torch.jit.script cannot compile this model ({reason}): "
                                  "use --format ts-trace, checked against PyTorch the same way") from None
         else:
             module = torch.jit.trace(wrapper, example, check_trace=False)

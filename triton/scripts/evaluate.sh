@@ -3,11 +3,11 @@
 # The original's arguments; extra arguments go to triton/run_squad_client.py.
 #
 #   bash triton/scripts/evaluate.sh [BERT_MODEL=large] [PRECISION=fp32] \
-#        [INIT_CHECKPOINT=checkpoints/bert_qa.pt] [EXPORT_FORMAT=ts-trace] [run_squad_client.py flags...]
+#        [INIT_CHECKPOINT=checkpoints/bert_qa.pt] [EXPORT_FORMAT=ts-script] [run_squad_client.py flags...]
 #
 # BERT_MODEL only names the served model (bert_BERT_MODEL_PRECISION), as in the original: the
 # model's shape comes from the bert_config.json beside the checkpoint (or $BERT_DIR/bert_config.json).
-# EXPORT_FORMAT: onnx or ts-trace (ts-script: see triton/README.md). The server is the Triton
+# EXPORT_FORMAT: onnx, ts-trace or ts-script (triton/README.md). The server is the Triton
 # container where Docker runs, else triton/server.py on this machine (then the model is served by the
 # python backend); either way it is stopped when this script ends. Prints exact_match and f1.
 # Environment: VOCAB_FILE, PREDICT_FILE (default data/download/squad/v1.1/dev-v1.1.json), OUT_DIR
@@ -30,7 +30,7 @@ fi
 bert_model=${1:-large}
 precision=${2:-fp32}
 init_checkpoint=${3:-"$CODEDIR/checkpoints/bert_qa.pt"}
-export_format=${4:-ts-trace}
+export_format=${4:-ts-script}
 shift $(($# < 4 ? $# : 4))
 client_args=("$@")
 

@@ -3,7 +3,7 @@
 # The original's positional arguments, in its order; extra arguments go to triton/model_repository.py.
 #
 #   bash triton/scripts/export_model.sh [GPUS=0] [BRIDGE=host] [CHECKPOINT=checkpoints/bert_qa.pt] \
-#        [BATCH_SIZE=8] [BERT_DIR] [EXPORT_FORMAT=ts-trace] [PRECISION] [VERSION=1] \
+#        [BATCH_SIZE=8] [BERT_DIR] [EXPORT_FORMAT=ts-script] [PRECISION] [VERSION=1] \
 #        [MODEL_NAME=bertQA-EXPORT_FORMAT] [DYN_BATCHING_DELAY_MS=0] [ENGINE_COUNT=1] [OVERWRITE=False] \
 #        [model_repository.py flags...]
 #
@@ -11,7 +11,8 @@
 # docker network; accepted and unused (nothing runs in a container here). CHECKPOINT: run_squad.py's
 # output folder or its pytorch_model.bin. BATCH_SIZE: the model's max_batch_size and the export's
 # sample batch. BERT_DIR: folder with bert_config.json (default: the one beside the checkpoint) and,
-# if present, vocab.txt. EXPORT_FORMAT: onnx or ts-trace (ts-script: see triton/README.md).
+# if present, vocab.txt. EXPORT_FORMAT: onnx, ts-trace or ts-script (traced or compiled TorchScript;
+# triton/README.md says how they differ).
 # PRECISION: fp16 or fp32 (default fp16 where nvidia-smi lists a GPU, else fp32).
 # DYN_BATCHING_DELAY_MS: <= 0 is static batching, as in the original. OVERWRITE: True replaces a
 # model of the same name, False refuses.
@@ -46,7 +47,7 @@ bridge=${2:-host}
 checkpoint=${3:-"$CODEDIR/checkpoints/bert_qa.pt"}
 batch_size=${4:-8}
 bert_dir=${5:-}
-export_format=${6:-ts-trace}
+export_format=${6:-ts-script}
 default_precision=fp32
 if has_gpu; then default_precision=fp16; fi
 precision=${7:-$default_precision}
