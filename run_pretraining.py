@@ -199,7 +199,7 @@ class Trainer:
         masker = masker_from_args(args, self.config.vocab_size, self.max_pred)  # bad flags fail before the model
         self.accum = args.gradient_accumulation_steps
         self.stop_requested = False
-        self.consecutive_skips = 0  # optimizer steps skipped in a row (non-finite gradients)
+        self.divergence = training.DivergenceGuard(self.precision)
         self.evaluator: Any = None
 
         utils.seed_everything(args.seed)  # identical initial weights on every rank
@@ -228,7 +228,7 @@ class Trainer:
         self.packed = self._use_packed_batches()
         self.forward_model = self._wrap_model()
         self.compiled = args.compile == "on" or (args.compile == "auto" and env.device.type == "cuda")
-        self.loss_fn: torch.nn.Module = PretrainingLoss(self.forward_model, self.criterion)
+        self.loss_fn: torch.nn.Module = training.PretrainingLoss(self.forward_model, self.criterion)
         if self.compiled:
             self.loss_fn = training.compile_module(self.loss_fn)
         self.batches = training.DeviceBatches(self.stream, self.prepare_batch, env.device)
@@ -377,17 +377,14 @@ class Trainer:
         }
 
     def _stop_if_diverged(self, applied: bool, step_loss: torch.Tensor) -> None:
-        """Stop with an error once `skip_limit` steps in a row had non-finite gradients, rather than skip forever.
-
-        The count is the same on every rank (the gradients are all-reduced), so all ranks stop together."""
-        self.consecutive_skips = 0 if applied else self.consecutive_skips + 1
-        if self.consecutive_skips < skip_limit(self.precision):
-            return
-        newest = self.checkpointer.latest or "none from this run"
-        raise TrainingDiverged(f"training diverged: {self.consecutive_skips} optimizer steps in a row had "
-                               f"non-finite gradients ({self.precision}, last loss {float(step_loss)}) at step "
-                               f"{self.state.global_step}; stopped without a checkpoint (newest complete "
-                               f"checkpoint: {newest}); check the learning rate and the init checkpoint's weights")
+        """Stop with an error rather than skip forever (the count is the same on every rank: the gradients are
+        all-reduced, so all ranks stop together)."""
+        if self.divergence.update(applied):
+            raise training.TrainingDiverged(
+                f"training diverged: {self.divergence.in_a_row} optimizer steps in a row had non-finite gradients "
+                f"({self.precision}, last loss {float(step_loss)}) at step {self.state.global_step}; stopped without "
+                f"a checkpoint (newest complete checkpoint: {self.checkpointer.latest or 'none from this run'}); "
+                "check the learning rate and the init checkpoint's weights")
 
     def save_checkpoint(self, unless_current: bool = False) -> None:
         position = asdict(self.stream.position)
@@ -458,39 +455,6 @@ class Trainer:
         return bool(flag)
 
 
-class PretrainingLoss(torch.nn.Module):
-    """Model and loss as one module, so that torch.compile sees them as one region."""
-
-    def __init__(self, model: torch.nn.Module, criterion: torch.nn.Module):
-        super().__init__()
-        self.model, self.criterion = model, criterion
-
-    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: torch.Tensor | None,
-                positions: torch.Tensor | None, labels: torch.Tensor, nsp_labels: torch.Tensor,
-                packed: PackedSequences | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if packed is None:
-            scores, nsp_scores = self.model(input_ids, segment_ids, input_mask, positions)
-        else:
-            scores, nsp_scores = self.model(input_ids, segment_ids, None, positions, packed=packed)
-        return self.criterion(scores, nsp_scores, labels, nsp_labels)
-
-
-class TrainingDiverged(InputError):
-    """Every recent step had a non-finite loss: going on would only skip steps (or save NaN weights)."""
-
-
-# fp16 with loss scaling legitimately skips a few overflowing steps while the dynamic scale comes down
-# (from 2^20 to 1 takes 20); 100 in a row means the weights or the data are broken. fp32, tf32 and
-# bf16 have no scale to lower: a non-finite gradient repeats, so stop sooner.
-SKIP_LIMITS = {"fp16": 100}
-UNSCALED_SKIP_LIMIT = 10
-
-
-def skip_limit(precision: str) -> int:
-    """Optimizer steps with non-finite gradients in a row after which training stops with an error."""
-    return SKIP_LIMITS.get(precision, UNSCALED_SKIP_LIMIT)
-
-
 def plain_args(args: argparse.Namespace) -> dict[str, Any]:
     """The flags as plain values (what a checkpoint stores under 'args')."""
     return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
@@ -513,16 +477,6 @@ def install_stop_handlers(trainer: Trainer) -> None:
             signal.signal(sig, handler)
 
 
-def tensorboard_writer(args: argparse.Namespace, env: utils.DistEnv) -> Any:
-    if not args.tensorboard_dir or not env.is_main:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise InputError("--tensorboard_dir needs the tensorboard package (pip install tensorboard)") from None
-    return SummaryWriter(args.tensorboard_dir)
-
-
 def build_evaluator(args: argparse.Namespace, trainer: Trainer) -> Any:
     if not args.eval_dir:
         return None
@@ -542,7 +496,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         os.makedirs(args.output_dir, exist_ok=True)
         logger = utils.Logger(args.json_summary, enabled=env.is_main)
         logger.log("PARAMETER", {"Config": [str(args)], "SEED": args.seed})
-        trainer = Trainer(args, env, logger, tensorboard_writer(args, env))
+        trainer = Trainer(args, env, logger, training.tensorboard_writer(args.tensorboard_dir, env.is_main))
         if trainer.state.global_step >= final_step(args):
             return nothing_to_do(args, trainer, logger)
         install_stop_handlers(trainer)

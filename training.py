@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from utils import DistEnv, barrier
+from utils import DistEnv, InputError, barrier
 
 COMPATIBILITY_GROUP = "accepted for compatibility with the original (no effect)"  # argparse group title
 LOSS_SCALE_HELP = ("fp16 loss scaling: 0 = dynamic (starts high, halves on overflow, doubles after 2000 clean "
@@ -192,3 +192,58 @@ class DeviceBatches:
         torch.cat([p.reshape(-1).to(torch.int64) for p in parts], out=buffer)
         flat = buffer.to(self.device, non_blocking=True).split(sizes)
         return {**host, **{k: v.view(p.shape).to(p.dtype) for k, v, p in zip(names, flat, parts, strict=True)}}
+
+
+class PretrainingLoss(torch.nn.Module):
+    """Model and loss as one module, so that torch.compile sees them as one region."""
+
+    def __init__(self, model: torch.nn.Module, criterion: torch.nn.Module):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, input_mask: torch.Tensor | None,
+                positions: torch.Tensor | None, labels: torch.Tensor, nsp_labels: torch.Tensor,
+                packed: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if packed is None:
+            scores, nsp_scores = self.model(input_ids, segment_ids, input_mask, positions)
+        else:
+            scores, nsp_scores = self.model(input_ids, segment_ids, None, positions, packed=packed)
+        return self.criterion(scores, nsp_scores, labels, nsp_labels)
+
+
+class TrainingDiverged(InputError):
+    """Every recent step had a non-finite loss: going on would only skip steps (or save NaN weights)."""
+
+
+# fp16 with loss scaling legitimately skips a few overflowing steps while the dynamic scale comes down
+# (from 2^20 to 1 takes 20); 100 in a row means the weights or the data are broken. fp32, tf32 and
+# bf16 have no scale to lower: a non-finite gradient repeats, so stop sooner.
+SKIP_LIMITS = {"fp16": 100}
+UNSCALED_SKIP_LIMIT = 10
+
+
+def skip_limit(precision: str) -> int:
+    """Optimizer steps with non-finite gradients in a row after which training stops with an error."""
+    return SKIP_LIMITS.get(precision, UNSCALED_SKIP_LIMIT)
+
+
+class DivergenceGuard:
+    """Counts optimizer steps skipped in a row (non-finite gradients); `update` is True once the limit is reached."""
+
+    def __init__(self, precision: str):
+        self.limit, self.in_a_row = skip_limit(precision), 0
+
+    def update(self, applied: bool) -> bool:
+        self.in_a_row = 0 if applied else self.in_a_row + 1
+        return self.in_a_row >= self.limit
+
+
+def tensorboard_writer(directory: str | None, is_main: bool) -> Any:
+    """A SummaryWriter on the main process when a directory is given, else None."""
+    if not directory or not is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise InputError("--tensorboard_dir needs the tensorboard package (pip install tensorboard)") from None
+    return SummaryWriter(directory)

@@ -10,7 +10,7 @@ from test_unpadded import padded_batch
 
 from bert_kernels import pack_batch
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion
-from run_pretraining import PretrainingLoss
+from training import PretrainingLoss
 
 
 def loss_module(device: str = "cpu", dtype: torch.dtype = torch.float32, dropout: float = 0.1) -> PretrainingLoss:
