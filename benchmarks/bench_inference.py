@@ -41,9 +41,10 @@ sys.path.append(str(ROOT / "triton"))
 
 import bert_io  # noqa: E402
 
+import bert_kernels as kernels  # noqa: E402
 import checkpoint_io  # noqa: E402
 import modeling  # noqa: E402
-from utils import InputError, atomic_write_json, run_main  # noqa: E402
+from utils import InputError, atomic_write_json, describe_cpu, run_main  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 BASE_CONFIG = ROOT / "bert_configs" / "base.json"
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ours = modeling.BertForQuestionAnswering(config).eval()
     print(f"model: {args.config.name} ({config.num_hidden_layers} layers, hidden {config.hidden_size}), "
           f"sequence {args.seq_length}, {args.threads} threads, torch {torch.__version__}", flush=True)
+    print(f"CPU: {describe_cpu()}; ours' fp32 GEMMs: {kernels.cpu_gemm_backend()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         folder = args.workdir or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
