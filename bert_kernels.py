@@ -164,7 +164,7 @@ def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu_gemm", choices=CPU_GEMM_CHOICES, default=None,
                    help="library for fp32 matrix products on the CPU: onednn, aten (torch's BLAS, MKL on x86) or "
                         "auto (times both on BERT-shaped products once at start-up and keeps the faster one "
-                        "per product; about 0.1 s). "
+                        "per product; well under a second). "
                         f"Default: the {CPU_GEMM_ENV} environment variable, else auto")
 
 
@@ -178,6 +178,12 @@ def configure_kernels(args: argparse.Namespace) -> None:
 
 def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
+def plain_inference() -> bool:
+    """Under torch.inference_mode and not being traced, compiled or exported: tensors derived from the
+    weights may be kept between calls (a graph being recorded must derive them from the weights)."""
+    return torch.is_inference_mode_enabled() and not _tracing()
 
 
 # --------------------------------------------------------------------------------------------

@@ -470,6 +470,11 @@ def plot_loss_curve(json_path: str | os.PathLike, png_path: str | os.PathLike, t
 # Family 25 holds Zen 3 and Zen 4; only Zen 4 has AVX-512.
 _AMD_GENERATIONS = {23: "Zen/Zen 2", 26: "Zen 5"}
 
+# Benchmark clocks: wall time, or this process's CPU time, which on a shared machine leaves out the
+# time other processes held the core (meaningful with one thread: idle or spinning workers of
+# several threads would be counted too).
+BENCHMARK_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
 
 def _cpu_fields() -> dict[str, str]:
     """`lscpu`'s "key: value" lines (LC_ALL=C), else /proc/cpuinfo's first processor, else {}."""

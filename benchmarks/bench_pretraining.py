@@ -8,8 +8,10 @@ in one run on this machine.
 
 The batch is the first rows of --shard (a real HDF5 shard), else synthetic rows shaped like a phase-1
 shard (90% full length, 10% shorter, 15% of tokens masked). Prints sequences/s and the ratio ours /
-transformers; on the CPU in fp32 it also times ours with torch's own BLAS (BERT_CPU_GEMM=aten) so
-the part of the gain that comes from oneDNN GEMMs shows separately.
+transformers; on the CPU in fp32, when ours runs any GEMM in oneDNN (--cpu_gemm; auto times oneDNN
+against torch's BLAS at start-up), it also times ours with every GEMM in torch's BLAS, so the part of
+the gain that comes from the GEMM library shows separately. The output names the CPU (model name,
+family and model numbers) and the GEMM choice: the ratios depend on both.
 """
 from __future__ import annotations
 

@@ -22,7 +22,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import finetuning as ft  # noqa: E402
 from checkpoint_io import to_hf_state_dict  # noqa: E402
 from modeling import BertConfig, BertForQuestionAnswering  # noqa: E402
 from run_squad import squad_forward, squad_train_loss  # noqa: E402
-from utils import autocast_context, describe_cpu  # noqa: E402
+from utils import BENCHMARK_CLOCKS, autocast_context, describe_cpu  # noqa: E402
 
 BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 SHARED_SQUAD = ROOT.parent / "shared" / "data" / "squad" / "v1.1" / "train-v1.1.first11articles.json"
@@ -149,12 +148,9 @@ def hf_infer_step(model: torch.nn.Module, batch: list[torch.Tensor], precision: 
     return step
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
 def alternate(ours: Callable, theirs: Callable, warmup: int, steps: int, clock: str) -> tuple[float, float]:
     """Median seconds per call of each, measured in turn (ours, theirs, ours, ...)."""
-    now = CLOCKS[clock]
+    now = BENCHMARK_CLOCKS[clock]
     for _ in range(warmup):
         ours()
         theirs()
@@ -189,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--infer_steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+    p.add_argument("--clock", choices=tuple(BENCHMARK_CLOCKS), default="wall",
                    help="wall time, or this process's CPU time (steadier on a shared machine; use with --threads 1)")
     args = p.parse_args(argv)
     if args.threads:

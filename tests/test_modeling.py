@@ -625,3 +625,24 @@ def test_qkv_split_is_one_unbind_backward_per_layer(padded_batch):
     assert names.count("UnbindBackward0") == config.num_hidden_layers
     assert names.count("SelectBackward0") <= 1
     assert ("IndexSelectBackward0" in names) == padded_batch
+
+
+def test_inference_keeps_the_stacked_qkv_weights_until_a_parameter_changes():
+    torch.manual_seed(7)
+    model = modeling.BertForQuestionAnswering(tiny_config()).eval()
+    fresh = modeling.BertForQuestionAnswering(tiny_config()).eval()
+    ids = torch.randint(5, 99, (2, 10))
+    attention = model.bert.encoder.layer[0].attention.self
+    with torch.inference_mode():
+        first = model(ids)
+        stacked = attention.fused_qkv_parameters()[0]
+        assert attention.fused_qkv_parameters()[0] is stacked  # reused, not concatenated again
+    with torch.no_grad():
+        model.load_state_dict(fresh.state_dict())  # in-place copies into every parameter
+    with torch.inference_mode():
+        for ours, reference in zip(model(ids), fresh(ids), strict=True):
+            torch.testing.assert_close(ours, reference, atol=0, rtol=0)
+        assert attention.fused_qkv_parameters()[0] is not stacked
+    assert not torch.equal(first[0], model(ids)[0])
+    with torch.no_grad():  # outside inference mode (training, export) the stack is built from the weights
+        assert attention.fused_qkv_parameters()[0] is not attention.fused_qkv_parameters()[0]
