@@ -17,9 +17,10 @@ The model (`modeling.py`) only calls:
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
-import platform
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,49 +34,137 @@ from utils import InputError
 # --------------------------------------------------------------------------------------------
 
 # fp32 matrix products on the CPU: "onednn" sends them to oneDNN, "aten" leaves them to torch's BLAS
-# (MKL on x86). On AMD Zen CPUs MKL's sgemm takes its generic path and oneDNN's runs about twice as
-# fast (benchmarks/bench_pretraining.py shows both); on Intel CPUs the two are close. "auto" picks
-# oneDNN where torch was built with it on x86-64. BERT_CPU_GEMM in the environment sets the default
-# of --cpu_gemm, so setups written before the flag keep working.
+# (MKL on x86). Which is faster depends on the CPU, not on the vendor: on an AMD Zen 5 MKL's sgemm
+# takes a generic path and oneDNN's runs about twice as fast; on an AMD Zen 4 and on Intel CPUs the
+# two are close. So "auto" times both on BERT-shaped products once per process (`probe_cpu_gemm_plan`)
+# and keeps the faster one for each of a linear's three products (forward, input gradient, weight
+# gradient). BERT_CPU_GEMM in the environment sets the default of --cpu_gemm, so setups written
+# before the flag keep working.
 CPU_GEMM_CHOICES = ("auto", "onednn", "aten")
 CPU_GEMM_ENV = "BERT_CPU_GEMM"
+GEMM_ROLES = ("forward", "input_grad", "weight_grad")
 
 
-def _resolve_cpu_gemm(choice: str, source: str = CPU_GEMM_ENV) -> str:
+@dataclass(frozen=True)
+class GemmPlan:
+    """The library ("onednn" or "aten") for each product of an fp32 CPU linear y = x·Wᵀ + b:
+    forward (x·Wᵀ), input_grad (dy·W) and weight_grad (dyᵀ·x)."""
+
+    forward: str
+    input_grad: str
+    weight_grad: str
+
+    @classmethod
+    def uniform(cls, backend: str) -> GemmPlan:
+        return cls(backend, backend, backend)
+
+    def summary(self) -> str:
+        """"onednn", "aten", or the per-product choice when they differ."""
+        chosen = {getattr(self, role) for role in GEMM_ROLES}
+        if len(chosen) == 1:
+            return chosen.pop()
+        return ", ".join(f"{role} {getattr(self, role)}" for role in GEMM_ROLES)
+
+
+def onednn_linear_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+# Probe shape: 128 tokens of BERT-base through the fused Q/K/V projection (768 → 2304), about 0.45
+# GFLOP a product: large enough that the libraries' blocked kernels run as in training, small enough
+# that the whole probe (3 products × 2 libraries × 5 calls) takes about 0.2 s on one core.
+_PROBE_TOKENS, _PROBE_IN, _PROBE_OUT = 128, 768, 2304
+_PROBE_CALLS = 4
+# oneDNN must win by this margin to be chosen: on a near tie torch's own BLAS (what nn.Linear uses)
+# is kept, so timing noise does not flip the choice between runs on CPUs where the two are equal.
+_ONEDNN_MARGIN = 0.95
+
+
+def _probe_products() -> dict[str, list[Any]]:
+    """Per role: [aten call, oneDNN call] computing that product on BERT-shaped operands."""
+    g = torch.Generator().manual_seed(0)  # a private generator: the probe must not move the global RNG
+    x = torch.randn(_PROBE_TOKENS, _PROBE_IN, generator=g)
+    weight = torch.randn(_PROBE_OUT, _PROBE_IN, generator=g)
+    bias = torch.randn(_PROBE_OUT, generator=g)
+    grad = torch.randn(_PROBE_TOKENS, _PROBE_OUT, generator=g)
+    operands = {"forward": (x, weight, bias), "input_grad": (grad, weight.t(), None),
+                "weight_grad": (grad.t(), x.t(), None)}
+    return {role: [functools.partial(_product, backend, *ops) for backend in ("aten", "onednn")]
+            for role, ops in operands.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def probe_cpu_gemm_plan() -> GemmPlan:
+    """Time torch's BLAS and oneDNN on each product of a BERT-shaped linear, once per process (cached);
+    returns the faster library per product.
+
+    The probe runs on one thread and counts that thread's CPU time, not wall time: on a shared machine
+    the wall clock mostly measures other processes, CPU time the library. The calls alternate between
+    the libraries and each keeps its fastest."""
+    if not onednn_linear_available():
+        return GemmPlan.uniform("aten")
+    choice = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+            for role, calls in _probe_products().items():
+                best = [math.inf, math.inf]
+                for repeat in range(_PROBE_CALLS + 1):
+                    for i, call in enumerate(calls):
+                        start = time.thread_time()
+                        call()
+                        if repeat:  # the first call of each builds its kernel
+                            best[i] = min(best[i], time.thread_time() - start)
+                choice[role] = "onednn" if best[1] < _ONEDNN_MARGIN * best[0] else "aten"
+    finally:
+        torch.set_num_threads(threads)
+    return GemmPlan(**choice)
+
+
+def _resolve_cpu_gemm(choice: str, source: str = CPU_GEMM_ENV) -> GemmPlan:
     if choice not in CPU_GEMM_CHOICES:
         raise InputError(f"{source}={choice!r}: choose one of {', '.join(CPU_GEMM_CHOICES)}")
-    onednn_usable = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     if choice == "auto":
-        return "onednn" if onednn_usable and platform.machine().lower() in ("x86_64", "amd64") else "aten"
-    if choice == "onednn" and not onednn_usable:
+        return probe_cpu_gemm_plan()
+    if choice == "onednn" and not onednn_linear_available():
         raise InputError(f"{source}=onednn: this torch build has no oneDNN (mkldnn) linear")
-    return choice
+    return GemmPlan.uniform(choice)
 
 
-_cpu_gemm = "unset"
+# None until first use: "auto" probes then, with the thread count the script has set by that time.
+_cpu_gemm_plan: GemmPlan | None = None
+
+
+def cpu_gemm_plan() -> GemmPlan:
+    """Which library does each fp32 CPU matrix product of a linear (resolved on first use)."""
+    global _cpu_gemm_plan
+    if _cpu_gemm_plan is None:
+        _cpu_gemm_plan = _resolve_cpu_gemm(os.environ.get(CPU_GEMM_ENV, "auto"))
+    return _cpu_gemm_plan
 
 
 def cpu_gemm_backend() -> str:
-    """"onednn" or "aten": which library does fp32 CPU matrix products (resolved on first use)."""
-    global _cpu_gemm
-    if _cpu_gemm == "unset":
-        _cpu_gemm = _resolve_cpu_gemm(os.environ.get(CPU_GEMM_ENV, "auto"))
-    return _cpu_gemm
+    """"onednn", "aten", or the per-product choice when "auto" found them to differ (`GemmPlan.summary`)."""
+    return cpu_gemm_plan().summary()
 
 
-def set_cpu_gemm_backend(choice: str, source: str = CPU_GEMM_ENV) -> str:
-    """Pick the fp32 CPU GEMM library ("auto", "onednn" or "aten"); returns the one in use."""
-    global _cpu_gemm
-    _cpu_gemm = _resolve_cpu_gemm(choice, source)
-    return _cpu_gemm
+def set_cpu_gemm_backend(choice: str | GemmPlan, source: str = CPU_GEMM_ENV) -> str:
+    """Pick the fp32 CPU GEMM library ("auto", "onednn", "aten", or a `GemmPlan`); returns the
+    choice in use (`cpu_gemm_backend`). Within one process the plan stays fixed unless set again,
+    so results within a run are computed the same way throughout."""
+    global _cpu_gemm_plan
+    _cpu_gemm_plan = choice if isinstance(choice, GemmPlan) else _resolve_cpu_gemm(choice, source)
+    return _cpu_gemm_plan.summary()
 
 
 def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
     """The kernel flags every script that runs the model shares (one argument group)."""
     g = parser.add_argument_group("kernels")
     g.add_argument("--cpu_gemm", choices=CPU_GEMM_CHOICES, default=None,
-                   help="library for fp32 matrix products on the CPU: onednn (about 2x faster on AMD Zen), "
-                        "aten (torch's BLAS, MKL on x86) or auto (onednn on x86-64 when torch has it). "
+                   help="library for fp32 matrix products on the CPU: onednn, aten (torch's BLAS, MKL on x86) or "
+                        "auto (times both on BERT-shaped products once at start-up and keeps the faster one "
+                        "per product; well under a second). "
                         f"Default: the {CPU_GEMM_ENV} environment variable, else auto")
 
 
@@ -91,6 +180,12 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
+def plain_inference() -> bool:
+    """Under torch.inference_mode and not being traced, compiled or exported: tensors derived from the
+    weights may be kept between calls (a graph being recorded must derive them from the weights)."""
+    return torch.is_inference_mode_enabled() and not _tracing()
+
+
 # --------------------------------------------------------------------------------------------
 # Linear
 # --------------------------------------------------------------------------------------------
@@ -100,44 +195,53 @@ def _onednn_matmul_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
 
 
+def _product(backend: str, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b.T (+ bias) in the given library; a and b may be transposed views."""
+    return _onednn_matmul_t(a, b, bias) if backend == "onednn" else F.linear(a, b, bias)
+
+
 class _OneDNNLinear(torch.autograd.Function):
-    """F.linear over [N, in] with all three products (forward, input and weight gradients) in oneDNN."""
+    """F.linear over [N, in] with each of its three products (forward, input and weight gradients) in
+    the library the `GemmPlan` names (at least one of them oneDNN)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                plan: GemmPlan) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _onednn_matmul_t(x, weight, bias)
+        ctx.plan = plan
+        return _product(plan.forward, x, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        grad_x = _onednn_matmul_t(grad, weight.t()) if ctx.needs_input_grad[0] else None
-        grad_w = _onednn_matmul_t(grad.t(), x.t()) if ctx.needs_input_grad[1] else None
+        grad_x = _product(ctx.plan.input_grad, grad, weight.t()) if ctx.needs_input_grad[0] else None
+        grad_w = _product(ctx.plan.weight_grad, grad.t(), x.t()) if ctx.needs_input_grad[1] else None
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, None
 
 
 def _onednn_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel() > 0
             and (bias is None or bias.dtype == torch.float32) and not torch.is_autocast_enabled("cpu")
-            and cpu_gemm_backend() == "onednn")
+            and cpu_gemm_plan() != GemmPlan.uniform("aten"))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, through oneDNN for fp32 on the CPU when that backend is on (see `cpu_gemm_backend`).
+    """F.linear, with fp32 CPU products in oneDNN where the `GemmPlan` says so (see `cpu_gemm_plan`).
 
-    Autocast (bf16 already goes to oneDNN there), other devices and dtypes, torch.compile (which
-    lowers linears itself) and tracing or export (ONNX, TorchScript: the graph must hold F.linear)
-    take F.linear.
+    Autocast (bf16 already goes to oneDNN there), other devices and dtypes, an all-aten plan,
+    torch.compile (which lowers linears itself) and tracing or export (ONNX, TorchScript: the graph
+    must hold F.linear) take F.linear.
     """
     if _tracing() or not _onednn_linear_applies(x, weight, bias):
         return F.linear(x, weight, bias)
+    plan = cpu_gemm_plan()
     if x.dim() == 2:
-        return _OneDNNLinear.apply(x, weight, bias)
+        return _OneDNNLinear.apply(x, weight, bias, plan)
     rows = x.reshape(-1, x.size(-1))
-    return _OneDNNLinear.apply(rows, weight, bias).view(*x.shape[:-1], weight.size(0))
+    return _OneDNNLinear.apply(rows, weight, bias, plan).view(*x.shape[:-1], weight.size(0))
 
 
 # --------------------------------------------------------------------------------------------

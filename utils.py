@@ -512,3 +512,67 @@ def plot_loss_curve(json_path: str | os.PathLike, png_path: str | os.PathLike, t
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return Path(png_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Which CPU a measurement ran on
+# --------------------------------------------------------------------------------------------
+
+# AMD CPU family → core generation. A model name such as "AMD EPYC" can hide both a Zen 4 and a
+# Zen 5, and their fp32 GEMM speeds differ by 2x in MKL, so benchmarks print the family too.
+# Family 25 holds Zen 3 and Zen 4; only Zen 4 has AVX-512.
+_AMD_GENERATIONS = {23: "Zen/Zen 2", 26: "Zen 5"}
+
+# Benchmark clocks: wall time, or this process's CPU time, which on a shared machine leaves out the
+# time other processes held the core (meaningful with one thread: idle or spinning workers of
+# several threads would be counted too).
+BENCHMARK_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _cpu_fields() -> dict[str, str]:
+    """`lscpu`'s "key: value" lines (LC_ALL=C), else /proc/cpuinfo's first processor, else {}."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
+                             env={**os.environ, "LC_ALL": "C"}, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        try:
+            out = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split("\n\n")[0]
+        except OSError:
+            return {}
+    fields = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def describe_cpu(fields: dict[str, str] | None = None) -> str:
+    """One line naming this CPU for benchmark output, e.g.
+    "AMD EPYC (AMD Zen 4: family 25, model 17; 2 logical CPUs; AVX-512, AVX-512 BF16)".
+
+    `fields` are lscpu's (or /proc/cpuinfo's) "key: value" pairs with lower-case keys; by default
+    read from this machine."""
+    import platform
+
+    fields = _cpu_fields() if fields is None else fields
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    family, model = fields.get("cpu family"), fields.get("model")
+    vendor = fields.get("vendor id") or fields.get("vendor_id") or ""
+    flags = set(fields.get("flags", "").split())
+    details = []
+    if family is not None:
+        generation = ""
+        if vendor == "AuthenticAMD" and family.isdigit():
+            generation = _AMD_GENERATIONS.get(int(family), "")
+            if int(family) == 25:
+                generation = "Zen 4" if "avx512f" in flags else "Zen 3"
+        where = f"family {family}" + (f", model {model}" if model is not None else "")
+        details.append(f"AMD {generation}: {where}" if generation else where)
+    cpus = fields.get("cpu(s)") or str(os.cpu_count() or "?")
+    extras = [label for flag, label in (("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"),
+                                        ("amx_tile", "AMX")) if flag in flags]
+    details.append("; ".join(filter(None, [f"{cpus} logical CPUs", ", ".join(extras)])))
+    return f"{name} ({'; '.join(details)})"

@@ -14,7 +14,6 @@ and over a whole epoch's batch plan) and sequences/s after warm-up steps. It als
 from __future__ import annotations
 
 import argparse
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT / "data"))  # bench_create_pretraining_data's text p
 
 import torch  # noqa: E402
 
-from utils import InputError, run_main  # noqa: E402
+from utils import InputError, describe_cpu, run_main  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 MODEL = {"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 6,
@@ -36,16 +35,6 @@ MODEL = {"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "num_a
          "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02}
 TINY_MODEL = {**MODEL, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
               "max_position_embeddings": 128}
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_shards(data_dir: Path, work: Path, seq_len: int, max_pred: int, dry_run: bool) -> tuple[Path, Path]:
@@ -217,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_bins_") as tmp:
         work = args.work_dir or Path(tmp)
         shards, vocab = make_shards(args.data_dir, work, seq_len, max_pred, args.dry_run)
-        print(f"CPU: {cpu_model()}; torch threads {torch.get_num_threads()}; shards {shards} "
+        print(f"CPU: {describe_cpu()}")
+        print(f"torch threads {torch.get_num_threads()}; shards {shards} "
               f"(seq {seq_len}, {max_pred} predictions); model {config['num_hidden_layers']} layers, hidden "
               f"{config['hidden_size']}; micro-batch {args.micro_batch}; {args.steps} timed steps after "
               f"{args.warmup}", flush=True)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from utils import InputError, run_main  # noqa: E402
+from utils import InputError, describe_cpu, run_main  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 BOOKS = ("austen-emma.txt", "austen-persuasion.txt", "chesterton-brown.txt", "melville-moby_dick.txt",
@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         megabytes = combined.stat().st_size / 1e6
         print(f"text: {len(files)} files, {megabytes:.1f} MB, sentence per line; seq 128, 20 predictions, "
               f"dupe_factor {args.dupe_factor}, seed {SETTINGS['random_seed']}; {os.cpu_count()} CPUs")
+        print(f"CPU: {describe_cpu()}")
 
         ref_out, ours_out = str(workdir / "reference.hdf5"), str(workdir / "ours.hdf5")
         reference = in_fresh_process(measure_reference, str(combined), str(vocab), args.dupe_factor, ref_out)

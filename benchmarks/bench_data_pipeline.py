@@ -33,7 +33,6 @@ import bz2
 import html
 import os
 import random
-import re
 import resource
 import shutil
 import subprocess
@@ -45,6 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from utils import describe_cpu  # noqa: E402
+
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 WIKIPEDIA_TEXT_MB = 20_000  # English Wikipedia after extraction, about 20 GB
 NODE_CORES = 16
@@ -365,19 +367,10 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
             results.append((pages, text_mb, runs, sizes))
             shutil.rmtree(Path(tmp) / f"run_{pages}")
-    print(f"\n{args.processes} worker processes per stage, {os.cpu_count()} CPUs; "
-          f"CPU: {_cpu_model()}\n")
+    print(f"\n{args.processes} worker processes per stage, {os.cpu_count()} CPUs")
+    print(f"CPU: {describe_cpu()}\n")
     print_stage_table(results)
     print_extrapolation(results)
-
-
-def _cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    match = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    return match.group(1).strip() if match else "unknown"
 
 
 if __name__ == "__main__":

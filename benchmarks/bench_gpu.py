@@ -123,6 +123,7 @@ def environment(device: torch.device) -> dict[str, Any]:
                     sms=props.multi_processor_count, cudnn=torch.backends.cudnn.version())
     else:
         info["card"] = platform.processor() or platform.machine()
+    info["host_cpu"] = utils.describe_cpu()
     return info
 
 

@@ -41,9 +41,10 @@ sys.path.append(str(ROOT / "triton"))
 
 import bert_io  # noqa: E402
 
+import bert_kernels as kernels  # noqa: E402
 import checkpoint_io  # noqa: E402
 import modeling  # noqa: E402
-from utils import InputError, atomic_write_json, run_main  # noqa: E402
+from utils import BENCHMARK_CLOCKS, InputError, atomic_write_json, describe_cpu, run_main  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 BASE_CONFIG = ROOT / "bert_configs" / "base.json"
@@ -60,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for torch and ONNX Runtime alike (default 1: on a busy shared machine, "
                              "torch's OpenMP barriers stall badly with more; try --threads 2 on an idle one)")
+    parser.add_argument("--clock", choices=tuple(BENCHMARK_CLOCKS), default="wall",
+                        help="wall time, or this process's CPU time (steadier on a shared machine; with --threads 1)")
     parser.add_argument("--config", type=Path, default=BASE_CONFIG, help="model shape for the timings")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--qa_checkpoint", default=None, help="fine-tuned QA folder for the int8 agreement check")
@@ -167,17 +170,18 @@ def onnx_runner(path: Path, threads: int) -> Runner:
 
 
 def interleaved_timings(paths: dict[str, Runner], batch: dict[str, np.ndarray], iterations: int,
-                        warmup: int) -> dict[str, list[float]]:
+                        warmup: int, clock: str = "wall") -> dict[str, list[float]]:
     """Per-call seconds of every path, calling each path once per round."""
+    now = BENCHMARK_CLOCKS[clock]
     for run in paths.values():
         for _ in range(warmup):
             run(batch)
     seconds: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(iterations):
         for name, run in paths.items():
-            start = time.perf_counter()
+            start = now()
             run(batch)
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name].append(now() - start)
     return seconds
 
 
@@ -261,7 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = modeling.BertConfig.from_json_file(args.config)
     ours = modeling.BertForQuestionAnswering(config).eval()
     print(f"model: {args.config.name} ({config.num_hidden_layers} layers, hidden {config.hidden_size}), "
-          f"sequence {args.seq_length}, {args.threads} threads, torch {torch.__version__}", flush=True)
+          f"sequence {args.seq_length}, {args.threads} threads, {args.clock} clock, torch {torch.__version__}", flush=True)
+    print(f"CPU: {describe_cpu()}; ours' fp32 GEMMs: {kernels.cpu_gemm_backend()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         folder = args.workdir or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
@@ -284,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for batch_size in args.batch_sizes:
             batch = bert_io.random_token_batch(rng, batch_size, args.seq_length, config.vocab_size)
             batch["attention_mask"][:] = 1  # full windows: timings do not depend on padding
-            seconds = interleaved_timings(paths, batch, args.iterations, args.warmup)
+            seconds = interleaved_timings(paths, batch, args.iterations, args.warmup, args.clock)
             base = summarize(seconds["transformers"], batch_size)["sequences_per_second"]
             for name, times in seconds.items():
                 stats = summarize(times, batch_size)
@@ -292,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "speedup": stats["sequences_per_second"] / base})
         print(format_table(rows), flush=True)
         result: dict[str, Any] = {"config": str(args.config), "seq_length": args.seq_length, "threads": args.threads,
+                                  "clock": args.clock, "cpu": describe_cpu(),
                                   "iterations": args.iterations, "max_abs_diff": differences, "rows": rows}
         if args.int8:
             result["int8_agreement"] = answer_agreement(args, folder / "agreement")

@@ -8,8 +8,10 @@ in one run on this machine.
 
 The batch is the first rows of --shard (a real HDF5 shard), else synthetic rows shaped like a phase-1
 shard (90% full length, 10% shorter, 15% of tokens masked). Prints sequences/s and the ratio ours /
-transformers; on the CPU in fp32 it also times ours with torch's own BLAS (BERT_CPU_GEMM=aten) so
-the part of the gain that comes from oneDNN GEMMs shows separately.
+transformers; on the CPU in fp32, when ours runs any GEMM in oneDNN (--cpu_gemm; auto times oneDNN
+against torch's BLAS at start-up), it also times ours with every GEMM in torch's BLAS, so the part of
+the gain that comes from the GEMM library shows separately. The output names the CPU (model name,
+family and model numbers) and the GEMM choice: the ratios depend on both.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import bert_kernels as kernels  # noqa: E402
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels  # noqa: E402
 from optimization import build_lamb, pretraining_param_groups  # noqa: E402
-from utils import autocast_context  # noqa: E402
+from utils import autocast_context, describe_cpu  # noqa: E402
 
 SHAPES = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, batch=8),
@@ -153,12 +155,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
     p.add_argument("--skip_hf", action="store_true", help="time ours only (e.g. BERT-large on a GPU)")
     p.add_argument("--shard", default=None, help="HDF5 pretraining shard to take the batch from (else synthetic)")
+    kernels.add_kernel_arguments(p)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     if args.threads:
         torch.set_num_threads(args.threads)
+    kernels.configure_kernels(args)  # after the thread count: "auto" probes with it in force
+    ours_gemms = kernels.cpu_gemm_plan()
     rows = []
     for shape in args.shapes.split(","):
         spec = dict(SHAPES[shape])
@@ -171,11 +176,11 @@ def main(argv: list[str] | None = None) -> None:
         batch = {k: v.to(device) for k, v in batch.items()}
         for precision in args.precisions.split(","):
             contenders = {"ours": ours_step_fn(config, batch, precision, args.max_pred, device, args.compile)[1]}
-            if device.type == "cpu" and precision == "fp32" and kernels.cpu_gemm_backend() == "onednn":
+            if device.type == "cpu" and precision == "fp32" and ours_gemms != kernels.GemmPlan.uniform("aten"):
                 contenders["ours_aten"] = contenders["ours"]  # the same model, GEMMs left to torch's BLAS
             if not args.skip_hf:
                 contenders["hf"] = hf_step_fn(config, batch, precision, device)[1]
-            seconds = time_rounds(contenders, args.rounds, args.warmup, args.steps, device)
+            seconds = time_rounds(contenders, args.rounds, args.warmup, args.steps, device, ours_gemms)
             ours_sps, aten_sps, hf_sps = (batch_size / seconds.get(name, float("nan"))
                                           for name in ("ours", "ours_aten", "hf"))
             del contenders
@@ -186,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     data = f"rows of {args.shard}" if args.shard else "synthetic phase-1-like rows"
     print(f"\nPretraining step (fwd+bwd+optimizer), seq {seq}, {args.max_pred} predictions, {data}, "
           f"{where}, torch {torch.__version__}")
+    print(f"CPU: {describe_cpu()}; ours' fp32 GEMMs: {ours_gemms.summary()}")
     print(f"{'shape':<6} {'prec':<5} {'batch':>5} {'real tok':>8} {'ours seq/s':>11} {'HF seq/s':>9} {'ours/HF':>8} "
           f"{'ours, torch BLAS/HF':>20} {'MFU':>6}")
     for shape, precision, b, fill, ours, aten, hf, util in rows:
@@ -194,15 +200,16 @@ def main(argv: list[str] | None = None) -> None:
               f"{aten_ratio:>20} {util:>6}")
 
 
-def time_rounds(contenders: dict, rounds: int, warmup: int, steps: int, device: torch.device) -> dict[str, float]:
+def time_rounds(contenders: dict, rounds: int, warmup: int, steps: int, device: torch.device,
+                ours_gemms: kernels.GemmPlan) -> dict[str, float]:
     """Median seconds per step of each contender, timed in turns (round 1: each in order, round 2: ...)
     so that a slow spell of the machine hits all of them rather than one."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for round_index in range(rounds):
         for name, step in contenders.items():
-            kernels.set_cpu_gemm_backend("aten" if name == "ours_aten" else "auto")
+            kernels.set_cpu_gemm_backend("aten" if name == "ours_aten" else ours_gemms)
             times[name].append(time_steps(step, warmup if round_index == 0 else 0, steps, device))
-    kernels.set_cpu_gemm_backend("auto")
+    kernels.set_cpu_gemm_backend(ours_gemms)
     return {name: statistics.median(values) for name, values in times.items()}
 
 if __name__ == "__main__":

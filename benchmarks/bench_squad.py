@@ -22,7 +22,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,11 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import bert_kernels as kernels  # noqa: E402
 import finetuning as ft  # noqa: E402
 from checkpoint_io import to_hf_state_dict  # noqa: E402
 from modeling import BertConfig, BertForQuestionAnswering  # noqa: E402
 from run_squad import squad_forward, squad_train_loss  # noqa: E402
-from utils import autocast_context  # noqa: E402
+from utils import BENCHMARK_CLOCKS, autocast_context, describe_cpu  # noqa: E402
 
 BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 SHARED_SQUAD = ROOT.parent / "shared" / "data" / "squad" / "v1.1" / "train-v1.1.first11articles.json"
@@ -148,12 +148,9 @@ def hf_infer_step(model: torch.nn.Module, batch: list[torch.Tensor], precision: 
     return step
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
 def alternate(ours: Callable, theirs: Callable, warmup: int, steps: int, clock: str) -> tuple[float, float]:
     """Median seconds per call of each, measured in turn (ours, theirs, ours, ...)."""
-    now = CLOCKS[clock]
+    now = BENCHMARK_CLOCKS[clock]
     for _ in range(warmup):
         ours()
         theirs()
@@ -188,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--infer_steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+    p.add_argument("--clock", choices=tuple(BENCHMARK_CLOCKS), default="wall",
                    help="wall time, or this process's CPU time (steadier on a shared machine; use with --threads 1)")
     args = p.parse_args(argv)
     if args.threads:
@@ -200,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         batches.append(synthetic_batch(args.batch_size, args.seq))
     print(f"BERT-base QA, batch {args.batch_size} x seq {args.seq}, {torch.get_num_threads()} threads, "
           f"{args.clock} clock")
+    print(f"CPU: {describe_cpu()}; ours' fp32 GEMMs: {kernels.cpu_gemm_backend()}")
     rows = []
     for index, (batch, description) in enumerate(batches):
         print(f"  data {index}: {description}")

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tokenization import FullTokenizer  # noqa: E402
-from utils import InputError, run_main  # noqa: E402
+from utils import InputError, describe_cpu, run_main  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     chars = sum(map(len, lines))
     print(f"{len(lines):,} lines, {chars:,} characters from {args.data_dir}; vocab {vocab.name}; "
           f"{os.cpu_count()} CPUs, RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'unset')}")
+    print(f"CPU: {describe_cpu()}")
 
     rows = []
     reference = None

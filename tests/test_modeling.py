@@ -341,8 +341,8 @@ needs_onednn = pytest.mark.skipif(
 
 @pytest.fixture
 def cpu_gemm():
-    """Sets the CPU GEMM backend for one test and restores the previous one."""
-    before = kernels.cpu_gemm_backend()
+    """Sets the CPU GEMM backend for one test and restores the previous plan."""
+    before = kernels.cpu_gemm_plan()
     yield kernels.set_cpu_gemm_backend
     kernels.set_cpu_gemm_backend(before)
 
@@ -424,11 +424,70 @@ def test_cpu_gemm_flag_overrides_the_environment_default(cpu_gemm, monkeypatch):
     kernels.configure_kernels(parser.parse_args([]))  # no flag: the environment decides, as before the flag
     assert kernels.cpu_gemm_backend() == "aten"
     kernels.configure_kernels(parser.parse_args(["--cpu_gemm", "auto"]))
-    assert kernels.cpu_gemm_backend() == kernels._resolve_cpu_gemm("auto")
+    assert kernels.cpu_gemm_plan() == kernels.probe_cpu_gemm_plan()
     monkeypatch.setenv("BERT_CPU_GEMM", "blas")
     with pytest.raises(InputError, match="BERT_CPU_GEMM='blas'"):
         kernels.configure_kernels(parser.parse_args([]))
     assert "BERT_CPU_GEMM" in parser.format_help()
+
+
+def test_auto_probe_gives_one_valid_library_per_product_and_runs_once(cpu_gemm, monkeypatch):
+    monkeypatch.delenv("BERT_CPU_GEMM", raising=False)
+    threads = torch.get_num_threads()
+    rng_state = torch.get_rng_state()
+    plan = kernels.probe_cpu_gemm_plan()
+    assert set(kernels.GEMM_ROLES) == {"forward", "input_grad", "weight_grad"}
+    for role in kernels.GEMM_ROLES:
+        assert getattr(plan, role) in (("aten", "onednn") if kernels.onednn_linear_available() else ("aten",))
+    assert torch.get_num_threads() == threads  # the probe's single thread is given back
+    assert torch.equal(torch.get_rng_state(), rng_state)  # seeded runs draw the same numbers with or without it
+    misses = kernels.probe_cpu_gemm_plan.cache_info().misses
+    for _ in range(3):  # every "auto" in the process reuses the first probe: one plan for the whole run
+        assert cpu_gemm("auto") == plan.summary()
+        assert kernels.cpu_gemm_plan() is plan
+    assert kernels.probe_cpu_gemm_plan.cache_info().misses == misses
+
+
+@pytest.mark.parametrize("choice", ["aten", pytest.param("onednn", marks=needs_onednn)])
+def test_explicit_cpu_gemm_choice_overrides_the_probe(cpu_gemm, monkeypatch, choice):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    kernels.add_kernel_arguments(parser)
+    kernels.configure_kernels(parser.parse_args(["--cpu_gemm", choice]))
+    assert kernels.cpu_gemm_plan() == kernels.GemmPlan.uniform(choice)
+    assert kernels.cpu_gemm_backend() == choice
+    monkeypatch.setenv("BERT_CPU_GEMM", choice)
+    kernels.configure_kernels(parser.parse_args([]))
+    assert kernels.cpu_gemm_plan() == kernels.GemmPlan.uniform(choice)
+    took_onednn = type(kernels.linear(torch.randn(4, 8, requires_grad=True), torch.randn(3, 8)).grad_fn).__name__
+    assert took_onednn.startswith("_OneDNNLinear") == (choice == "onednn")
+
+
+@needs_onednn
+@pytest.mark.parametrize("plan", [("onednn", "aten", "aten"), ("aten", "onednn", "aten"), ("aten", "aten", "onednn")])
+def test_mixed_gemm_plan_matches_f_linear_values_and_gradients(cpu_gemm, plan):
+    """A plan the probe can return where the libraries are close: each product in its own library."""
+    cpu_gemm(kernels.GemmPlan(*plan))
+    torch.manual_seed(6)
+    x = torch.randn(2, 7, 24).transpose(0, 1).requires_grad_(True)  # non-contiguous rows
+    weight = torch.randn(40, 24, requires_grad=True)
+    bias = torch.randn(40, requires_grad=True)
+    upstream = torch.randn(7, 2, 40)
+    results = []
+    for fn in (kernels.linear, F.linear):
+        out = fn(x, weight, bias)
+        grads = torch.autograd.grad(out, (x, weight, bias), upstream)
+        results.append((out, *grads))
+    assert type(kernels.linear(x[0], weight, bias).grad_fn).__name__.startswith("_OneDNNLinear")
+    for ours, ref in zip(*results, strict=True):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_gemm_plan_summary_names_the_library_per_product():
+    assert kernels.GemmPlan.uniform("aten").summary() == "aten"
+    assert kernels.GemmPlan("onednn", "onednn", "aten").summary() == \
+        "forward onednn, input_grad onednn, weight_grad aten"
 
 
 def test_unknown_cpu_gemm_backend_is_a_clear_error():
@@ -566,3 +625,24 @@ def test_qkv_split_is_one_unbind_backward_per_layer(padded_batch):
     assert names.count("UnbindBackward0") == config.num_hidden_layers
     assert names.count("SelectBackward0") <= 1
     assert ("IndexSelectBackward0" in names) == padded_batch
+
+
+def test_inference_keeps_the_stacked_qkv_weights_until_a_parameter_changes():
+    torch.manual_seed(7)
+    model = modeling.BertForQuestionAnswering(tiny_config()).eval()
+    fresh = modeling.BertForQuestionAnswering(tiny_config()).eval()
+    ids = torch.randint(5, 99, (2, 10))
+    attention = model.bert.encoder.layer[0].attention.self
+    with torch.inference_mode():
+        first = model(ids)
+        stacked = attention.fused_qkv_parameters()[0]
+        assert attention.fused_qkv_parameters()[0] is stacked  # reused, not concatenated again
+    with torch.no_grad():
+        model.load_state_dict(fresh.state_dict())  # in-place copies into every parameter
+    with torch.inference_mode():
+        for ours, reference in zip(model(ids), fresh(ids), strict=True):
+            torch.testing.assert_close(ours, reference, atol=0, rtol=0)
+        assert attention.fused_qkv_parameters()[0] is not stacked
+    assert not torch.equal(first[0], model(ids)[0])
+    with torch.no_grad():  # outside inference mode (training, export) the stack is built from the weights
+        assert attention.fused_qkv_parameters()[0] is not attention.fused_qkv_parameters()[0]
