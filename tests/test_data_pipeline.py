@@ -562,7 +562,9 @@ def test_no_worker_outlives_a_killed_bertprep(tmp_path, stage, signum):
     import time
 
     source = tmp_path / "wiki.txt"
-    source.write_text("".join(a + "\n\n" for a in wikitext_articles()) * 4, encoding="utf-8")
+    # Sharding is fast: give it enough text that it is still running when the signal comes, on a quiet machine too.
+    copies = 40 if stage == "sharding" else 4
+    source.write_text("".join(a + "\n\n" for a in wikitext_articles()) * copies, encoding="utf-8")
     common = ["--dataset", "mini", *SMALL_SHARDS, "--input_files", str(source), "--n_processes", "2"]
     if stage == "create_hdf5_files":
         ok(run_prep(tmp_path, "--action", "sharding", "--segmentation_method", "regex", *common))
@@ -576,8 +578,9 @@ def test_no_worker_outlives_a_killed_bertprep(tmp_path, stage, signum):
             assert time.monotonic() < deadline, "the pool never started"
             time.sleep(0.05)
         assert process.poll() is None, "the stage finished before it could be killed"
-        time.sleep(1.0)  # let the workers get to work
+        time.sleep(0.3)  # let the workers get to work
         workers = _descendants(process.pid)
+        assert process.poll() is None, "the stage finished before it could be killed: give it more input"
         os.kill(process.pid, signum)
         assert process.wait(timeout=10) == (-signum if signum == 9 else 128 + signum)
         deadline = time.monotonic() + 5
