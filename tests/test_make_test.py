@@ -28,7 +28,7 @@ def installer_with_list(tmp_path: Path, packages: list[str]) -> Path:
 def test_one_package_list_feeds_make_test_and_ci():
     listed = [line.split()[0] for line in (ROOT / ".ci" / "system-packages.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")]
-    assert listed == ["slurm-wlm", "munge", "numactl", "shellcheck"]
+    assert listed == ["slurm-wlm", "munge", "numactl", "shellcheck", "docker.io", "debootstrap"]
     makefile = (ROOT / "Makefile").read_text()
     assert "test: $(STAMP) system-packages" in makefile
     assert "bash .ci/install-system-packages.sh" in makefile
