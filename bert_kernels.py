@@ -183,7 +183,8 @@ def _tracing() -> bool:
 def plain_inference() -> bool:
     """Under torch.inference_mode and not being traced, compiled or exported: tensors derived from the
     weights may be kept between calls (a graph being recorded must derive them from the weights)."""
-    return torch.is_inference_mode_enabled() and not _tracing()
+    # _tracing() first: dynamo cannot trace torch.is_inference_mode_enabled (a graph break per layer).
+    return not _tracing() and torch.is_inference_mode_enabled()
 
 
 # --------------------------------------------------------------------------------------------

@@ -244,7 +244,8 @@ class BertSelfAttention(nn.Module):
         of a batch-1 CPU forward."""
         params = (self.query.weight, self.key.weight, self.value.weight, self.query.bias, self.key.bias,
                   self.value.bias)
-        if not plain_inference():
+        # Inference tensors (weights made under inference_mode) have no version counter to key a cache on.
+        if not plain_inference() or any(p.is_inference() for p in params):
             return torch.cat(params[:3]), torch.cat(params[3:])
         key = tuple(v for p in params for v in (p.data_ptr(), p._version))
         if self._qkv_cache is None or self._qkv_cache[0] != key:
