@@ -62,6 +62,20 @@ def step_losses(json_path: Path) -> dict[int, float]:
             if isinstance(r.get("step"), list) and len(r["step"]) == 2 and "step_loss" in r["data"]}
 
 
+def sigterm_after_steps(args: list[str], log: Path, steps: int = 5) -> tuple[int, str]:
+    """Start a run, SIGTERM it once `log` holds `steps` step losses; (exit code, output)."""
+    cmd = [sys.executable, str(ROOT / "run_pretraining.py"), "--do_train", "--disable_progress_bar", *args]
+    proc = subprocess.Popen(cmd, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(step_losses(log)) >= steps:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, out
+
+
 def test_mlm_loss_falls_on_real_text(corpus, tmp_path):
     run_pretraining(base_args(corpus, tmp_path, max_steps=80, train_batch_size=32, learning_rate=3e-2))
     records = [r["data"] for r in read_dllogger(tmp_path / "dllogger.json") if "mlm_loss" in r.get("data", {})]
@@ -82,18 +96,9 @@ def test_exact_resume_after_sigterm(corpus, tmp_path):
     assert kept == ["ckpt_16.pt", "ckpt_20.pt", "ckpt_24.pt"], kept  # --keep_checkpoints 3 (default)
 
     resumed = tmp_path / "resumed"
-    cmd = [sys.executable, str(ROOT / "run_pretraining.py"), "--do_train", "--disable_progress_bar",
-           *base_args(corpus, resumed, max_steps=n, num_steps_per_checkpoint=4)]
-    proc = subprocess.Popen(cmd, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = resumed / "dllogger.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(step_losses(log)) >= 5:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 75, out[-3000:]  # stopped by a signal before its last step (EXIT_STOPPED)
+    returncode, out = sigterm_after_steps(base_args(corpus, resumed, max_steps=n, num_steps_per_checkpoint=4), log)
+    assert returncode == 75, out[-3000:]  # stopped by a signal before its last step (EXIT_STOPPED)
     assert "Traceback" not in out
     first_part = step_losses(log)
     stopped_at = max(first_part)

@@ -2,16 +2,14 @@
 2 gloo ranks = 1 process, end to end on real shards."""
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from conftest import ROOT, script_env, shared_path
 from pretrain_helpers import write_config
-from test_pretraining import base_args, corpus, run_pretraining, split_exact, step_losses  # noqa: F401
+from test_pretraining import base_args, corpus, run_pretraining, sigterm_after_steps, split_exact, step_losses  # noqa: F401
 
 from run_pretraining import EXIT_STOPPED
 
@@ -33,18 +31,10 @@ def test_exact_resume_with_dynamic_masking_and_bins(corpus, tmp_path):  # noqa: 
     assert step_losses(plain / "dllogger.json")[2] != expected[2], "the flags must change the batches"
 
     resumed = tmp_path / "resumed"
-    cmd = [sys.executable, str(ROOT / "run_pretraining.py"), "--do_train", "--disable_progress_bar",
-           *base_args(corpus, resumed, max_steps=n, num_steps_per_checkpoint=4), *feature_flags()]
-    proc = subprocess.Popen(cmd, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = resumed / "dllogger.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(step_losses(log)) >= 5:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == EXIT_STOPPED, out[-3000:]  # stopped early: resume to continue
+    returncode, out = sigterm_after_steps([*base_args(corpus, resumed, max_steps=n, num_steps_per_checkpoint=4),
+                                           *feature_flags()], log)
+    assert returncode == EXIT_STOPPED, out[-3000:]  # stopped early: resume to continue
     first_part = step_losses(log)
     stopped_at = max(first_part)
     assert stopped_at < n, "the signal must stop the run early"
