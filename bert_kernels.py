@@ -21,7 +21,7 @@ import functools
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -168,6 +168,31 @@ def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
                         f"Default: the {CPU_GEMM_ENV} environment variable, else auto")
 
 
+UNPAD_CHOICES = ("auto", "on", "off")
+
+
+def add_packing_arguments(parser: argparse.ArgumentParser) -> None:
+    """--unpad and --pack_bucket (run_pretraining.py): packed batches of real tokens, see `pack_batch`."""
+    parser.add_argument("--unpad", choices=UNPAD_CHOICES, default="auto",
+                        help="packed batches, real tokens only from the embeddings on: auto = on CUDA where "
+                             "FlashAttention's varlen kernel runs (sm80+, fp16/bf16); on = always (elsewhere with a "
+                             "reference attention, for testing); off = padded batches (the CPU still packs its layers)")
+    parser.add_argument("--pack_bucket", type=int, default=512,
+                        help="packed token counts are rounded up to a multiple of this, at most the sequence length "
+                             "(few distinct shapes, so kernels are reused)")
+
+
+def use_packed_batches(unpad: str, dense_seq_output: bool, flash: bool) -> bool:
+    """Whether --unpad asks for packed batches and they apply (they need the masked-only MLM head)."""
+    if unpad == "off":
+        return False
+    if not dense_seq_output:
+        if unpad == "on":
+            raise InputError("--unpad on needs the masked-only MLM head (drop --no_dense_seq_output)")
+        return False
+    return unpad == "on" or flash
+
+
 def configure_kernels(args: argparse.Namespace) -> None:
     """Apply the flags of `add_kernel_arguments`; a flag left out keeps the environment's default."""
     if getattr(args, "cpu_gemm", None) is not None:
@@ -185,6 +210,26 @@ def plain_inference() -> bool:
     weights may be kept between calls (a graph being recorded must derive them from the weights)."""
     # _tracing() first: dynamo cannot trace torch.is_inference_mode_enabled (a graph break per layer).
     return not _tracing() and torch.is_inference_mode_enabled()
+
+
+class StackedParameters:
+    """Groups of parameters concatenated along dim 0 (Q, K and V weights for one GEMM). In plain
+    inference the result is kept until a parameter changes (in place or replaced): concatenating
+    3·hidden² weights every call was ~2% of a batch-1 CPU forward. In training or while a graph is
+    recorded it is made afresh, so gradients reach the separate parameters."""
+
+    def __init__(self) -> None:
+        self._cache: tuple[tuple[int, ...], list[torch.Tensor]] | None = None
+
+    def __call__(self, *groups: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        params = [p for group in groups for p in group]
+        # Inference tensors (weights made under inference_mode) have no version counter to key a cache on.
+        if not plain_inference() or any(p.is_inference() for p in params):
+            return [torch.cat(group) for group in groups]
+        key = tuple(v for p in params for v in (p.data_ptr(), p._version))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, [torch.cat(group) for group in groups])
+        return self._cache[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,6 +400,15 @@ class PackedSequences:
         return PackedSequences(self.cu_seqlens.pin_memory(), self.max_seqlen, self.position_ids.pin_memory(),
                                self.first_token.pin_memory(), self.flash)
 
+    def as_fields(self) -> dict[str, Any]:
+        """The fields as batch entries (so a batch of plain tensors can carry them to the device)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_fields(cls, batch: dict[str, Any]) -> PackedSequences | None:
+        """Inverse of `as_fields`; None for a padded batch."""
+        return cls(**{f.name: batch[f.name] for f in fields(cls)}) if "cu_seqlens" in batch else None
+
 
 def flash_varlen_available(device: torch.device, precision: str) -> bool:
     """Whether FlashAttention's variable-length kernel can run for this device and training precision:
@@ -416,6 +470,26 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: 
     if packed.flash:
         return FlashVarlenAttention.apply(q, k, v, packed.cu_seqlens, packed.max_seqlen, dropout_p, scale)
     return block_diagonal_attention(q, k, v, packed.cu_seqlens, dropout_p, scale)
+
+
+def gather_positions(sequence: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """[B, S, H] gathered at [B, P] positions → [B, P, H]."""
+    index = positions.unsqueeze(-1).expand(-1, -1, sequence.size(-1))
+    return torch.gather(sequence, 1, index)
+
+
+def masked_positions_from_labels(labels: torch.Tensor, max_predictions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked positions of a [B, S] label tensor (−1 = not masked) as a fixed-size [B, P] index.
+
+    Fixed P (the shard's max_predictions_per_seq) keeps shapes static — no host sync, compile-friendly.
+    Returns (positions, labels at those positions); filler slots carry label −1 and are ignored by the loss.
+    """
+    p = min(max_predictions, labels.size(1))
+    is_masked = (labels != -1).to(torch.float32)
+    # Ties among unmasked slots are broken by position so the choice is deterministic.
+    score = is_masked * 2 - torch.arange(labels.size(1), device=labels.device, dtype=torch.float32) / labels.size(1)
+    positions = score.topk(p, dim=1, sorted=True).indices
+    return positions, torch.gather(labels, 1, positions)
 
 
 def round_up(n: int, multiple: int) -> int:

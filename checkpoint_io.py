@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeling import BertConfig, BertModel, pad_to_multiple
+from bert_kernels import round_up
+from modeling import BertConfig, BertModel
 from utils import InputError
 
 CONFIG_NAME = "bert_config.json"
@@ -170,7 +171,7 @@ def _fit_vocab_rows(key: str, value: torch.Tensor, target: torch.Tensor) -> torc
     if rows < want:
         pad = torch.zeros((want - rows, *value.shape[1:]), dtype=value.dtype)
         return torch.cat([value, pad])
-    if rows > want and rows == pad_to_multiple(want, 8):
+    if rows > want and rows == round_up(want, 8):
         return value[:want]
     return None
 

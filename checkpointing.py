@@ -24,6 +24,7 @@ starts only from a phase-1 checkpoint that reached its last step.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -41,6 +42,12 @@ from utils import InputError
 CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 # What utils.atomic_path leaves behind when a save is killed half-way: `.tmp-ckpt_<step>.pt.<random>`.
 TMP_PATTERN = re.compile(r"^\.tmp-ckpt_\d+\.pt\.")
+
+
+def plain_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as plain values: what a checkpoint stores under 'args' (loading with weights_only=True
+    accepts plain types only)."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
 
 
 class CheckpointWriteError(InputError):

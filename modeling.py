@@ -4,14 +4,12 @@ State-dict names follow NVIDIA's BERT for PyTorch (`dense_act`, tied `cls.predic
 vocabulary rows padded to a multiple of 8), so its checkpoints load unchanged; Hugging Face and
 Google-era layouts are translated by `checkpoint_io.load_checkpoint`.
 
-The inference path of the models compiles with `torch.jit.script` (triton/export.py --format ts-script):
-under TorchScript (`torch.jit.is_scripting()`, decided when compiling, so the other branch is never
-compiled) products are plain F.linear, dropout is F.dropout and attention is
-F.scaled_dot_product_attention over the padded layout. Those are the ops the eager CPU fast paths of
-`bert_kernels` compute in evaluation, so scripted and eager models give the same logits; packed
-layouts and activation checkpointing are Python-only (training). `if not torch.jit.is_scripting():`
-blocks stay nested rather than joined to a condition with `and`: TorchScript skips a branch only when
-that call is the whole condition.
+The inference path compiles with `torch.jit.script` (triton/export.py --format ts-script): under
+TorchScript (`torch.jit.is_scripting()`, decided at compile time) products are F.linear, dropout is
+F.dropout and attention is F.scaled_dot_product_attention over the padded layout: the ops the eager
+CPU paths of `bert_kernels` compute in evaluation, so scripted and eager logits agree. Packed layouts
+and activation checkpointing are Python-only. `if not torch.jit.is_scripting():` blocks stay nested:
+TorchScript skips a branch only when that call is the whole condition.
 """
 from __future__ import annotations
 
@@ -19,7 +17,6 @@ import copy
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,17 +24,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bert_kernels import (
+from bert_kernels import (  # noqa: F401 - masked_positions_from_labels: public here since the first build
     PackedSequences,
     PackedTokens,
+    StackedParameters,
     attention,
     dropout,
+    gather_positions,
     linear,
+    masked_positions_from_labels,
     padding_mask,
-    plain_inference,
+    round_up,
     should_pack,
 )
-from utils import InputError
+from utils import InputError, read_json_file
 
 REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -106,7 +106,7 @@ class BertConfig:
     @property
     def padded_vocab_size(self) -> int:
         """Embedding rows inside the model: vocab_size raised to a multiple of 8 (30522 -> 30528)."""
-        return pad_to_multiple(self.vocab_size, 8)
+        return round_up(self.vocab_size, 8)
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], source: str = "config") -> BertConfig:
@@ -123,15 +123,7 @@ class BertConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> BertConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"config file not found: {path}")
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        obj = read_json_file(path, "config file")
         if not isinstance(obj, dict):
             raise InputError(f"{path}: expected a JSON object of config fields")
         return cls.from_dict(obj, source=str(path))
@@ -149,10 +141,6 @@ class BertConfig:
 
     def __repr__(self) -> str:
         return f"BertConfig {self.to_json_string()}"
-
-
-def pad_to_multiple(n: int, multiple: int) -> int:
-    return ((n + multiple - 1) // multiple) * multiple
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,12 +161,8 @@ def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> t
     return linear(x, weight, bias)
 
 
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    """Exact (erf) GELU, as BERT was trained with."""
-    return F.gelu(x)
-
-
-ACT2FN = {"gelu": gelu, "relu": F.relu, "tanh": torch.tanh, "swish": F.silu, "silu": F.silu}
+# "gelu" is the exact (erf) GELU BERT was trained with.
+ACT2FN = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "swish": F.silu, "silu": F.silu}
 
 
 class Dropout(nn.Dropout):
@@ -234,23 +218,15 @@ class BertSelfAttention(nn.Module):
         self.key = Linear(config.hidden_size, config.hidden_size)
         self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
-        self._qkv_cache: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
+        self._qkv_stack = StackedParameters()
 
     @torch.jit.unused
     def fused_qkv_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Q, K and V weights and biases stacked for one GEMM; the parameters stay separate so
-        state-dict names match the original. In plain inference the stacked copy is kept until a
-        parameter changes (in place or replaced): concatenating 3·hidden² weights every call was ~2%
-        of a batch-1 CPU forward."""
-        params = (self.query.weight, self.key.weight, self.value.weight, self.query.bias, self.key.bias,
-                  self.value.bias)
-        # Inference tensors (weights made under inference_mode) have no version counter to key a cache on.
-        if not plain_inference() or any(p.is_inference() for p in params):
-            return torch.cat(params[:3]), torch.cat(params[3:])
-        key = tuple(v for p in params for v in (p.data_ptr(), p._version))
-        if self._qkv_cache is None or self._qkv_cache[0] != key:
-            self._qkv_cache = (key, torch.cat(params[:3]), torch.cat(params[3:]))
-        return self._qkv_cache[1], self._qkv_cache[2]
+        state-dict names match the original."""
+        weight, bias = self._qkv_stack((self.query.weight, self.key.weight, self.value.weight),
+                                       (self.query.bias, self.key.bias, self.value.bias))
+        return weight, bias
 
     def forward(self, x: torch.Tensor, mask: AttentionLayout) -> torch.Tensor:
         if torch.jit.is_scripting():
@@ -369,17 +345,14 @@ class BertEncoder(nn.Module):
     def _forward_checkpointed(self, x: torch.Tensor, mask: AttentionLayout) -> torch.Tensor:
         """Recompute activations in chunks of ceil(sqrt(L)) layers, as the original does."""
         chunk = max(1, math.ceil(math.sqrt(len(self.layer))))
-
-        def run(start: int, end: int):
-            def fn(hidden: torch.Tensor, m: AttentionLayout) -> torch.Tensor:
-                for layer in self.layer[start:end]:
-                    hidden = layer(hidden, m)
-                return hidden
-
-            return fn
-
         for start in range(0, len(self.layer), chunk):
-            x = checkpoint(run(start, start + chunk), x, mask, use_reentrant=False)
+            x = checkpoint(self._run_layers, x, mask, start, start + chunk, use_reentrant=False)
+        return x
+
+    @torch.jit.unused
+    def _run_layers(self, x: torch.Tensor, mask: AttentionLayout, start: int, end: int) -> torch.Tensor:
+        for layer in self.layer[start:end]:
+            x = layer(x, mask)
         return x
 
 
@@ -496,26 +469,6 @@ class BertModel(BertPreTrainedModel):
         x = self.embeddings(input_ids, token_type_ids)
         encoded = self.encoder(x, padding_mask(attention_mask), output_all_encoded_layers)
         return encoded, self.pooler(encoded[-1])
-
-
-def gather_positions(sequence: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """[B, S, H] gathered at [B, P] positions → [B, P, H]."""
-    index = positions.unsqueeze(-1).expand(-1, -1, sequence.size(-1))
-    return torch.gather(sequence, 1, index)
-
-
-def masked_positions_from_labels(labels: torch.Tensor, max_predictions: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The masked positions of a [B, S] label tensor (−1 = not masked) as a fixed-size [B, P] index.
-
-    Fixed P (the shard's max_predictions_per_seq) keeps shapes static — no host sync, compile-friendly.
-    Returns (positions, labels at those positions); filler slots carry label −1 and are ignored by the loss.
-    """
-    p = min(max_predictions, labels.size(1))
-    is_masked = (labels != -1).to(torch.float32)
-    # Ties among unmasked slots are broken by position so the choice is deterministic.
-    score = is_masked * 2 - torch.arange(labels.size(1), device=labels.device, dtype=torch.float32) / labels.size(1)
-    positions = score.topk(p, dim=1, sorted=True).indices
-    return positions, torch.gather(labels, 1, positions)
 
 
 class BertForPreTraining(BertPreTrainedModel):
@@ -675,10 +628,8 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         return start, end
 
 
-# --------------------------------------------------------------------------------------------
-# Checkpoint loading lives in checkpoint_io.py; these names stay importable from here (public API).
-# Resolved on first use, so checkpoint_io can import this module without a cycle at import time.
-# --------------------------------------------------------------------------------------------
+# Checkpoint loading lives in checkpoint_io.py; these names stay importable from here (public API),
+# resolved on first use so that checkpoint_io can import this module without an import cycle.
 
 _CHECKPOINT_IO_NAMES = frozenset({
     "CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError", "LoadReport", "load_checkpoint", "load_config_for_checkpoint",

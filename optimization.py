@@ -7,6 +7,7 @@ fine-tuning optimizer, quirks included, so its recipes give the same numbers.
 """
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
@@ -332,6 +333,13 @@ def _global_grad_norm(grads: list[torch.Tensor]) -> float:
 
 
 FUSED_LAMB_CHOICES = ("auto", "on", "off")
+
+
+def add_lamb_arguments(parser: argparse.ArgumentParser) -> None:
+    """--use_nvlamb and --fused_lamb (run_pretraining.py)."""
+    parser.add_argument("--use_nvlamb", action="store_true", help="apply the LAMB trust ratio to every tensor")
+    parser.add_argument("--fused_lamb", choices=FUSED_LAMB_CHOICES, default="auto",
+                        help="LAMB's Adam direction with torch's fused kernel: auto = wherever it applies (CPU and CUDA)")
 
 
 def fused_lamb_setting(choice: str) -> bool | None:

@@ -14,25 +14,31 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 import training
 import utils
-from bert_kernels import PackedSequences, add_kernel_arguments, configure_kernels, flash_varlen_available, pack_batch
-from checkpointing import Checkpointer, RunState
+from bert_kernels import (
+    PackedSequences,
+    add_kernel_arguments,
+    add_packing_arguments,
+    configure_kernels,
+    flash_varlen_available,
+    pack_batch,
+    use_packed_batches,
+)
+from checkpointing import Checkpointer, RunState, plain_flags
 from data.pretraining_dataset import (
     DataPosition,
     ShardStream,
     TokenLimits,
+    add_binning_arguments,
     add_masking_arguments,
     check_shard_shapes,
     epoch_file_order,
@@ -41,12 +47,10 @@ from data.pretraining_dataset import (
 )
 from flops import FlopsCounter, model_flops_utilization
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
-from optimization import FUSED_LAMB_CHOICES, build_lamb, fused_lamb_setting, pretraining_param_groups
+from optimization import add_lamb_arguments, build_lamb, fused_lamb_setting, pretraining_param_groups
+from run_pretraining_inference import PeriodicEvaluator, add_periodic_evaluation_arguments
 from schedulers import build_scheduler
 from utils import InputError
-
-COMPILE_CHOICES = ("auto", "on", "off")
-UNPAD_CHOICES = ("auto", "on", "off")
 
 # --------------------------------------------------------------------------------------------
 # Arguments
@@ -91,34 +95,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "command line; -1 = max_steps. The LR horizon stays max_steps")
     # Added by this implementation.
     p.add_argument("--lr_scheduler", default="poly", choices=("poly", "linear", "cosine", "constant"), help="LR schedule")
-    p.add_argument("--use_nvlamb", action="store_true", help="apply the LAMB trust ratio to every tensor")
     p.add_argument("--no_dense_seq_output", dest="dense_seq_output", action="store_false",
                    help="compute MLM logits at every position instead of only the masked ones")
-    p.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
-                   help="torch.compile the model and the loss as one region: auto = on CUDA only "
-                        "(a plain --compile = on)")
-    p.add_argument("--no_compile", dest="compile", action="store_const", const="off", help="same as --compile off")
-    p.add_argument("--fused_lamb", choices=FUSED_LAMB_CHOICES, default="auto",
-                   help="LAMB's Adam direction with torch's fused kernel: auto = wherever it applies (CPU and CUDA)")
-    p.add_argument("--unpad", choices=UNPAD_CHOICES, default="auto",
-                   help="packed batches, real tokens only from the embeddings on: auto = on CUDA where "
-                        "FlashAttention's varlen kernel runs (sm80+, fp16/bf16); on = always (elsewhere with a "
-                        "reference attention, for testing); off = padded batches (the CPU still packs its layers)")
-    p.add_argument("--pack_bucket", type=int, default=512,
-                   help="packed token counts are rounded up to a multiple of this, at most the sequence length "
-                        "(few distinct shapes, so kernels are reused)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--tensorboard_dir", default=None, help="also write TensorBoard scalars here")
     p.add_argument("--loss_curve", default=None, help="PNG loss curve written at the end (default: next to --json-summary)")
-    p.add_argument("--eval_dir", default=None, help="evaluate on the *test* shards of this folder during training")
-    p.add_argument("--eval_every_samples", type=int, default=0, help="evaluate every N training samples (global)")
-    p.add_argument("--eval_samples", type=int, default=10000, help="size of the fixed evaluation set")
-    p.add_argument("--eval_batch_size", type=int, default=64, help="evaluation batch size")
-    p.add_argument("--target_mlm_accuracy", type=float, default=0.0, help="stop once evaluation reaches this MLM accuracy")
-    p.add_argument("--bin_size", type=int, default=0,
-                   help="length-binned batches: each micro-batch from one bin of real lengths (multiples of N "
-                        "tokens), trimmed to the bin's upper edge (NVIDIA's later recipe uses 64); 0 = off")
+    add_lamb_arguments(p)
+    training.add_compile_arguments(p)
+    add_periodic_evaluation_arguments(p)
+    add_binning_arguments(p)
     add_masking_arguments(p)
+    add_packing_arguments(p)
     add_kernel_arguments(p)
     compat = p.add_argument_group(training.COMPATIBILITY_GROUP)
     compat.add_argument("--bert_model", default="bert-large-uncased", help="a model name; not used")
@@ -142,12 +129,8 @@ def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
         )
     if not Path(args.input_dir).is_dir():
         raise InputError(f"--input_dir: not a folder: {args.input_dir}")
-    if args.pack_bucket < 1:
-        raise InputError(f"--pack_bucket must be >= 1, got {args.pack_bucket}")
     if args.eval_every_samples and not args.eval_dir:
         raise InputError("--eval_every_samples needs --eval_dir")
-    if args.bin_size < 0:
-        raise InputError(f"--bin_size must be >= 0 (0 = no bins), got {args.bin_size}")
     check_finite_settings(args)
     args.max_steps = int(args.max_steps)
     args.log_freq = max(1, int(args.log_freq))
@@ -157,19 +140,16 @@ def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
 
 
 def check_finite_settings(args: argparse.Namespace) -> None:
-    """Numbers that would make every loss NaN (a NaN or infinite learning rate) are refused before any work."""
-    ranges = {  # flag: (value, lowest allowed, lowest is allowed, highest)
+    """Numbers that would make every loss NaN (a NaN or infinite learning rate) or no batch are refused before any work."""
+    utils.check_number_ranges({  # flag: (value, lowest allowed, lowest is allowed, highest)
         "--learning_rate": (args.learning_rate, 0.0, False, math.inf),
         "--max_steps": (args.max_steps, 1.0, True, math.inf),
         "--warmup_proportion": (args.warmup_proportion, 0.0, True, 1.0),
         "--loss_scale": (args.loss_scale, 0.0, True, math.inf),
         "--init_loss_scale": (float(args.init_loss_scale), 0.0, False, math.inf),
-    }
-    for flag, (value, low, low_ok, high) in ranges.items():
-        inside = (value >= low if low_ok else value > low) and value <= high
-        if not (math.isfinite(value) and inside):
-            bound = f"{'>=' if low_ok else '>'} {low:g}" + (f" and <= {high:g}" if math.isfinite(high) else "")
-            raise InputError(f"{flag} must be a finite number {bound}, got {value}")
+        "--pack_bucket": (args.pack_bucket, 1, True, math.inf),
+        "--bin_size": (args.bin_size, 0, True, math.inf),
+    })
 
 
 def final_step(args: argparse.Namespace) -> int:
@@ -191,8 +171,6 @@ class Trainer:
         utils.apply_tf32(self.precision)
         self.config = BertConfig.from_json_file(args.config_file)
         self.files = list_shards(args.input_dir, "training")
-        if not self.files:
-            raise InputError(f"{args.input_dir}: no .hdf5 shards whose name contains 'training'")
         self.micro_batch = args.train_batch_size // args.gradient_accumulation_steps
         self.seq_len, self.max_pred = check_shard_shapes(self.files, args.max_seq_length, args.max_predictions_per_seq,
                                                          self.config.max_position_embeddings, self.micro_batch)
@@ -215,7 +193,7 @@ class Trainer:
             args.output_dir, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
             env=env, learning_rate=args.learning_rate, phase2=args.phase2, phase1_end_step=args.phase1_end_step,
             keep=args.keep_checkpoints, enabled=not args.skip_checkpoint, logger=logger,
-            metadata={"config": self.config.to_dict(), "args": plain_args(args)},
+            metadata={"config": self.config.to_dict(), "args": plain_flags(args)},
         )
         utils.seed_everything(args.seed + env.rank)  # dropout differs per rank, as in the original
         stored = self.checkpointer.restore(resume=args.resume_from_checkpoint, resume_step=args.resume_step,
@@ -225,9 +203,9 @@ class Trainer:
                                   position, masker=masker, bin_size=args.bin_size,
                                   limits=TokenLimits(self.config.vocab_size, self.config.type_vocab_size))
         self.flash_attention = flash_varlen_available(env.device, self.precision)
-        self.packed = self._use_packed_batches()
+        self.packed = use_packed_batches(args.unpad, args.dense_seq_output, self.flash_attention)
         self.forward_model = self._wrap_model()
-        self.compiled = args.compile == "on" or (args.compile == "auto" and env.device.type == "cuda")
+        self.compiled = training.compile_wanted(args.compile, env.device)
         self.loss_fn: torch.nn.Module = training.PretrainingLoss(self.forward_model, self.criterion)
         if self.compiled:
             self.loss_fn = training.compile_module(self.loss_fn)
@@ -248,17 +226,6 @@ class Trainer:
                 model = training.wrap_ddp(self.model, self.env)
         return model
 
-    def _use_packed_batches(self) -> bool:
-        """Packed batches (see bert_kernels.pack_batch) when --unpad asks for them and they apply."""
-        args = self.args
-        if args.unpad == "off":
-            return False
-        if not args.dense_seq_output:
-            if args.unpad == "on":
-                raise InputError("--unpad on needs the masked-only MLM head (drop --no_dense_seq_output)")
-            return False
-        return args.unpad == "on" or self.flash_attention
-
     def prepare_batch(self, batch: list[torch.Tensor]) -> dict[str, Any]:
         """Host-side work on one micro-batch (CPU tensors): FLOP count, masked positions, packing."""
         input_ids, segment_ids, input_mask, labels, nsp_labels = batch
@@ -271,21 +238,16 @@ class Trainer:
                     "positions": positions, "labels": labels, "nsp_labels": nsp_labels}
         packed = pack_batch(input_ids, segment_ids, input_mask, positions, self.args.pack_bucket,
                             flash=self.flash_attention)
-        seqs: PackedSequences = packed["packed"]
         return {"input_ids": packed["input_ids"], "segment_ids": packed["segment_ids"],
                 "positions": packed["masked_positions"], "labels": labels, "nsp_labels": nsp_labels,
-                "cu_seqlens": seqs.cu_seqlens, "position_ids": seqs.position_ids, "first_token": seqs.first_token,
-                "max_seqlen": seqs.max_seqlen, "flash": seqs.flash}
+                **packed["packed"].as_fields()}
 
     # ---- one optimizer step ----------------------------------------------------------------
 
     def micro_step(self, batch: dict[str, Any], sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward and backward of one micro-batch already on the device (`training.DeviceBatches`);
         returns (loss, mlm, nsp) as device tensors: nothing here waits for the device."""
-        packed = None
-        if "cu_seqlens" in batch:
-            packed = PackedSequences(batch["cu_seqlens"], batch["max_seqlen"], batch["position_ids"],
-                                     batch["first_token"], batch["flash"])
+        packed = PackedSequences.from_fields(batch)
         with training.gradient_sync(self.forward_model, sync), utils.autocast_context(self.precision, self.env.device):
             loss, mlm, nsp = self.loss_fn(batch["input_ids"], batch["segment_ids"], batch.get("input_mask"),
                                           batch["positions"], batch["labels"], batch["nsp_labels"], packed)
@@ -358,7 +320,7 @@ class Trainer:
                 break
             if applied and args.num_steps_per_checkpoint > 0 and self.state.global_step % args.num_steps_per_checkpoint == 0:
                 self.save_checkpoint()
-            self.stop_requested = self._stop_agreed()
+            self.stop_requested = training.any_rank(self.stop_requested, self.env)  # all stop at one step
         raw_time = time.time() - train_start
         if progress is not None:
             progress.close()
@@ -445,19 +407,10 @@ class Trainer:
             for k, v in record.items():
                 self.tb_writer.add_scalar(f"{prefix}/{k}", v, self.checkpointer.name_step())
 
-    def _stop_agreed(self) -> bool:
-        """A signal seen by any rank stops every rank at the same step."""
-        flag = float(self.stop_requested)
-        if self.env.distributed:
-            t = torch.tensor([flag], device=self.env.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = t.item()
-        return bool(flag)
-
-
-def plain_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags as plain values (what a checkpoint stores under 'args')."""
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    def request_stop(self, signum: int) -> None:
+        """SIGTERM / SIGUSR1 (SLURM preemption): finish the current step, save, exit cleanly."""
+        self.stop_requested = True
+        print(f"received signal {signum}: saving a checkpoint and stopping", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,23 +418,9 @@ def plain_args(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def install_stop_handlers(trainer: Trainer) -> None:
-    """SIGTERM / SIGUSR1 (SLURM preemption) → finish the current step, save, exit cleanly."""
-
-    def handler(signum, _frame):
-        trainer.stop_requested = True
-        print(f"received signal {signum}: saving a checkpoint and stopping", file=sys.stderr, flush=True)
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, handler)
-
-
 def build_evaluator(args: argparse.Namespace, trainer: Trainer) -> Any:
     if not args.eval_dir:
         return None
-    from run_pretraining_inference import PeriodicEvaluator
-
     return PeriodicEvaluator.from_args(args, trainer.config, trainer.env, trainer.precision,
                                        samples_seen=trainer.state.samples_seen, final_step=final_step(args))
 
@@ -499,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer = Trainer(args, env, logger, training.tensorboard_writer(args.tensorboard_dir, env.is_main))
         if trainer.state.global_step >= final_step(args):
             return nothing_to_do(args, trainer, logger)
-        install_stop_handlers(trainer)
+        training.install_stop_handlers(trainer.request_stop)
         try:
             summary = trainer.train(build_evaluator(args, trainer))
         finally:  # also on an error: a shard load still running in its thread can abort the exit

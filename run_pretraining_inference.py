@@ -78,10 +78,7 @@ def read_shard_info(path: str) -> ShardInfo:
 
 
 def find_eval_shards(folder: str | os.PathLike, kind: str = "test") -> list[ShardInfo]:
-    files = list_shards(folder, kind)
-    if not files:
-        raise InputError(f"{folder}: no shards to evaluate (no file name contains '{kind}')")
-    return [read_shard_info(path) for path in files]
+    return [read_shard_info(path) for path in list_shards(folder, kind)]
 
 
 def check_fits_model(shards: list[ShardInfo], config: BertConfig) -> None:
@@ -277,6 +274,16 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[BatchSlice, Batch]]
 # --------------------------------------------------------------------------------------------
 # Evaluation during pretraining
 # --------------------------------------------------------------------------------------------
+
+
+def add_periodic_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """run_pretraining.py's --eval_* flags: evaluation during training, read by `PeriodicEvaluator.from_args`."""
+    g = parser.add_argument_group("evaluation during training")
+    g.add_argument("--eval_dir", default=None, help="evaluate on the *test* shards of this folder during training")
+    g.add_argument("--eval_every_samples", type=int, default=0, help="evaluate every N training samples (global)")
+    g.add_argument("--eval_samples", type=int, default=10000, help="size of the fixed evaluation set")
+    g.add_argument("--eval_batch_size", type=int, default=64, help="evaluation batch size")
+    g.add_argument("--target_mlm_accuracy", type=float, default=0.0, help="stop once evaluation reaches this MLM accuracy")
 
 
 class PeriodicEvaluator:

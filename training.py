@@ -1,13 +1,16 @@
 """Training plumbing shared by the pretraining Trainer (`run_pretraining.py`) and the fine-tuning loop
 (`finetuning.py`): the fp16 grad scaler, DDP wrapping and its no-sync context, the progress bar,
-"main process first", and where feature caches go.
+"main process first", where feature caches go, stop signals.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
+import signal
 import sys
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from utils import DistEnv, InputError, barrier
 
+COMPILE_CHOICES = ("auto", "on", "off")
 COMPATIBILITY_GROUP = "accepted for compatibility with the original (no effect)"  # argparse group title
 LOSS_SCALE_HELP = ("fp16 loss scaling: 0 = dynamic (starts high, halves on overflow, doubles after 2000 clean "
                    "steps); a positive value = this static scale, never changed (overflowing steps are skipped)")
@@ -26,6 +30,19 @@ LOSS_SCALE_HELP = ("fp16 loss scaling: 0 = dynamic (starts high, halves on overf
 # --------------------------------------------------------------------------------------------
 # Loss scaling
 # --------------------------------------------------------------------------------------------
+
+
+def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
+    """--compile / --no_compile (run_pretraining.py)."""
+    parser.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
+                        help="torch.compile the model and the loss as one region: auto = on CUDA only "
+                             "(a plain --compile = on)")
+    parser.add_argument("--no_compile", dest="compile", action="store_const", const="off", help="same as --compile off")
+
+
+def compile_wanted(choice: str, device: torch.device) -> bool:
+    """--compile: auto = on CUDA only (on the CPU compiling costs more than it saves on short runs)."""
+    return choice == "on" or (choice == "auto" and device.type == "cuda")
 
 
 def make_grad_scaler(precision: str, device: torch.device, loss_scale: float = 0.0,
@@ -247,3 +264,19 @@ def tensorboard_writer(directory: str | None, is_main: bool) -> Any:
     except ImportError:
         raise InputError("--tensorboard_dir needs the tensorboard package (pip install tensorboard)") from None
     return SummaryWriter(directory)
+
+
+def install_stop_handlers(on_signal: Callable[[int], None]) -> None:
+    """SIGTERM and SIGUSR1 (SLURM's warning before preemption or the time limit) call `on_signal(signum)`."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, lambda signum, _frame: on_signal(signum))
+
+
+def any_rank(flag: bool, env: DistEnv) -> bool:
+    """True on every rank when `flag` is true on any (a stop one rank saw stops all at the same step)."""
+    if not env.distributed:
+        return flag
+    t = torch.tensor([float(flag)], device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -9,6 +9,7 @@ import contextlib
 import datetime as _dt
 import io
 import json
+import math
 import os
 import random
 import sys
@@ -420,6 +421,28 @@ def read_text_file(path: str | os.PathLike, encoding: str = "utf-8") -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise InputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+
+
+def read_json_file(path: str | os.PathLike, what: str = "file") -> Any:
+    """A whole JSON file; InputError naming the file and, for a syntax error, its line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        return json.loads(read_text_file(path))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def check_number_ranges(ranges: dict[str, tuple[float, float, bool, float]]) -> None:
+    """InputError for the first flag whose value is not finite or outside its range.
+
+    `ranges`: {flag: (value, lowest allowed, whether the lowest itself is allowed, highest)}."""
+    for flag, (value, low, low_ok, high) in ranges.items():
+        inside = (value >= low if low_ok else value > low) and value <= high
+        if not (math.isfinite(value) and inside):
+            bound = f"{'>=' if low_ok else '>'} {low:g}" + (f" and <= {high:g}" if math.isfinite(high) else "")
+            raise InputError(f"{flag} must be a finite number {bound}, got {value}")
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -16,6 +16,7 @@ seed, epoch, shard and row) and a bin size (length-binned, trimmed micro-batches
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
 import os
@@ -39,13 +40,17 @@ ItemTransform = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
 def list_shards(folder: str | os.PathLike, split: str = "training") -> list[str]:
     """Shard files in `folder` whose names contain `split`, sorted: the original's rule ('training'; 'test'
-    for evaluation). Hidden files, such as the temp file of a shard still being written, are skipped."""
+    for evaluation); InputError when there are none. Hidden files, such as the temp file of a shard still
+    being written, are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: shard folder not found")
-    return [str(folder / name) for name in sorted(entry.name for entry in os.scandir(folder)
-                                                  if entry.is_file() and split in entry.name
-                                                  and not entry.name.startswith("."))]
+    files = [str(folder / name) for name in sorted(entry.name for entry in os.scandir(folder)
+                                                   if entry.is_file() and split in entry.name
+                                                   and not entry.name.startswith("."))]
+    if not files:
+        raise InputError(f"{folder}: no .hdf5 shards whose name contains '{split}'")
+    return files
 
 
 def read_shard(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -601,6 +606,13 @@ def add_masking_arguments(parser) -> None:
 # --------------------------------------------------------------------------------------------
 # Length-binned batches: the padded path's answer to padding
 # --------------------------------------------------------------------------------------------
+
+
+def add_binning_arguments(parser: argparse.ArgumentParser) -> None:
+    """--bin_size (run_pretraining.py)."""
+    parser.add_argument("--bin_size", type=int, default=0,
+                        help="length-binned batches: each micro-batch from one bin of real lengths (multiples of N "
+                             "tokens), trimmed to the bin's upper edge (NVIDIA's later recipe uses 64); 0 = off")
 
 
 def batch_plan(order: torch.Tensor, micro_batch: int, lengths: torch.Tensor | None = None, bin_size: int = 0,

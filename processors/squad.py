@@ -8,7 +8,6 @@ of its own question, not of the last question seen.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from processors import cache, tokenize_texts
-from utils import InputError, atomic_write_json
+from utils import InputError, atomic_write_json, read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -127,13 +126,7 @@ def _require(mapping: Any, key: str, path: Path, where: str) -> Any:
 def load_squad_json(path: str | os.PathLike) -> list[dict]:
     """The `data` list of a SQuAD file; InputError for unreadable or non-SQuAD json."""
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            dataset = json.load(fh)
-    except FileNotFoundError as exc:
-        raise InputError(f"{path}: file not found") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from exc
+    dataset = read_json_file(path)
     data = _require(dataset, "data", path, "the top level")
     if not isinstance(data, list):
         raise InputError(f"{path}: 'data' must be a list of articles")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from utils import InputError, atomic_write_json, run_main
+from utils import InputError, atomic_write_json, read_json_file, run_main
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)
@@ -174,13 +174,7 @@ def evaluate_v2(
 
 
 def _load_json(path: str, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError as exc:
-        raise InputError(f"{path}: {what} file not found") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: {what} file is not valid JSON ({exc})") from exc
+    return read_json_file(path, f"{what} file")
 
 
 def _check_dataset(path: str, data: Any) -> list[dict]:

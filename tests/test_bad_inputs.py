@@ -175,10 +175,10 @@ def non_utf8_cases(w: Path, t: Path) -> list[tuple[str, list, str]]:
          f"{bad_text}:2: not UTF-8 text (byte 0xef at offset 12)"),
         ("extract_features", ["--init_checkpoint", w / "ckpt.pt", "--config_file", bad_config,
                               "--input_file", bad_text, "--output_file", t / "out" / "f.jsonl"],
-         f"{bad_config}: not UTF-8 text (byte "),
+         f"{bad_config}:1: not UTF-8 text (byte 0xe9 at offset 164)"),
         ("run_squad", ["--init_checkpoint", w / "ckpt.pt", "--vocab_file", w / "vocab.txt", "--output_dir", t / "out",
                        "--do_predict", "--predict_file", bad_squad, "--json-summary", t / "log" / "dll.json"],
-         f"{bad_squad}: not valid JSON"),
+         f"{bad_squad}:1: not UTF-8 text (byte 0xe9 at offset 24)"),
     ]
 
 

@@ -166,5 +166,5 @@ def test_negative_bin_size_is_a_one_line_error(shards):
 
     args = run_pretraining.parse_args([f"--input_dir={shards[0].rsplit('/', 1)[0]}", "--config_file=x.json",
                                        "--output_dir=out", "--do_train", "--bin_size=-1"])
-    with pytest.raises(InputError, match="--bin_size must be >= 0"):
+    with pytest.raises(InputError, match="--bin_size must be a finite number >= 0"):
         run_pretraining.validate_args(args, utils.DistEnv())

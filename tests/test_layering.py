@@ -13,7 +13,7 @@ ALLOWED = {
     "utils": set(),
     "bert_kernels": {"utils"},
     "modeling": {"bert_kernels", "utils", "checkpoint_io"},  # checkpoint_io only lazily: see test below
-    "checkpoint_io": {"modeling", "utils"},
+    "checkpoint_io": {"modeling", "bert_kernels", "utils"},
     "tokenization": {"utils"},
     "optimization": {"schedulers", "utils"},
     "schedulers": {"utils"},

@@ -21,7 +21,6 @@ server, calling the tensor model for logits.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -35,7 +34,7 @@ sys.path.append(str(Path(__file__).resolve().parent))
 import bert_io  # noqa: E402
 
 from processors.squad import check_window_settings  # noqa: E402
-from utils import InputError, run_main  # noqa: E402
+from utils import InputError, read_json_file, run_main  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON_MODELS = Path(__file__).resolve().parent / "python_models"
@@ -285,10 +284,7 @@ def read_export_info(export_dir: Path) -> dict[str, Any]:
     path = export_dir / "export_info.json"
     if not path.is_file():
         raise InputError(f"{path} not found: run triton/export.py --output_dir {export_dir} first")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    return read_json_file(path)
 
 
 def tensor_model_files(spec: TensorModelSpec, export_dir: Path) -> dict[str, Path]:
