@@ -88,15 +88,17 @@ class WorkDone:
 class FlopsCounter:
     """Work of the micro-batches counted since the last `take()`, from their masks on the host."""
 
-    def __init__(self, config: BertConfig, masked: int | None, seq_len: int):
-        self.config, self.masked, self.seq_len = config, masked, seq_len
+    def __init__(self, config: BertConfig, masked: int | None):
+        self.config, self.masked = config, masked
         self.work = WorkDone()
 
     def add(self, input_mask: torch.Tensor) -> None:
-        """Count one micro-batch from its [B, S] attention mask (a host tensor: no device read)."""
+        """Count one micro-batch from its [B, S] attention mask (a host tensor: no device read); S is the
+        width the batch is computed at (the shard's length, or its bin's edge with --bin_size)."""
         lengths = input_mask.sum(dim=1)
         self.work.real_flops += training_flops(self.config, lengths, self.masked)
-        self.work.padded_flops += training_flops_per_sequence(self.config, self.seq_len, self.masked) * input_mask.size(0)
+        width = input_mask.size(1)
+        self.work.padded_flops += training_flops_per_sequence(self.config, width, self.masked) * input_mask.size(0)
         self.work.real_tokens += int(lengths.sum())
         self.work.padded_tokens += input_mask.numel()
 

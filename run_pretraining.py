@@ -210,7 +210,7 @@ class Trainer:
         if self.compiled:
             self.loss_fn = training.compile_module(self.loss_fn)
         self.batches = training.DeviceBatches(self.stream, self.prepare_batch, env.device)
-        self.flops = FlopsCounter(self.config, self.max_pred if args.dense_seq_output else None, self.seq_len)
+        self.flops = FlopsCounter(self.config, self.max_pred if args.dense_seq_output else None)
 
     @property
     def state(self) -> RunState:

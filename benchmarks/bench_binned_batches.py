@@ -3,7 +3,8 @@
     python benchmarks/bench_binned_batches.py [--data-dir ../shared/data] [--steps 16] [--bin_size 64]
 
 Makes phase-2 shards (seq 512, 80 predictions, dupe factor 1) with create_pretraining_data.py from the
-shared WikiText-2 articles and Gutenberg books (the text of bench_create_pretraining_data.py), then runs
+shared WikiText-2 articles and Gutenberg books (the text of bench_create_pretraining_data.py), takes the
+WikiText shard (`--corpus wikitext`, the default) or all of them (`--corpus all`), then runs
 `run_pretraining.Trainer` (micro_step + optimizer_step, LAMB, fp32) on a BERT-base-like model small enough
 for a CPU (6 layers, hidden 384, 6 heads, the full 30522-word vocab) with padded batches and with
 `--bin_size` batches, and prints per configuration: padded tokens per step (measured over the steps run
@@ -14,6 +15,7 @@ and over a whole epoch's batch plan) and sequences/s after warm-up steps. It als
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -63,6 +65,18 @@ def make_shards(data_dir: Path, work: Path, seq_len: int, max_pred: int, dry_run
     return shards, vocab
 
 
+def corpus_shards(shards: Path, corpus: str) -> Path:
+    """The shard folder for `--corpus`: all texts, or a folder holding only the WikiText shard (made first,
+    index 0), whose articles are what Wikipedia-derived phase-2 data looks like."""
+    if corpus == "all":
+        return shards
+    only = shards.with_name(shards.name + "_wikitext")
+    if not only.is_dir():
+        only.mkdir()
+        os.link(shards / "bench_training_0.hdf5", only / "bench_training_0.hdf5")
+    return only
+
+
 def trimmed_text(source: Path, output: Path, lines: int) -> Path:
     output.write_text("\n".join(source.read_text(encoding="utf-8").splitlines()[:lines]) + "\n", encoding="utf-8")
     return output
@@ -110,6 +124,17 @@ def epoch_padding(trainer) -> tuple[float, float]:
         slots += len(rows) * width
         padded += len(rows) * width - int(shard["input_mask"][rows].sum())
     return padded / len(plan), slots / len(plan)
+
+
+def print_corpus(trainer) -> None:
+    """Sequences, their real lengths, and the most any padding scheme can save on them."""
+    from data.pretraining_dataset import load_shard
+
+    lengths = torch.cat([load_shard(path, trainer.max_pred)["input_mask"].sum(1) for path in trainer.files])
+    width = trainer.seq_len
+    print(f"{lengths.numel()} sequences in {len(trainer.files)} shard(s); real length mean {lengths.float().mean():.0f} "
+          f"of {width}, median {lengths.median():.0f}, {(lengths > width - 64).float().mean() * 100:.0f}% longer than "
+          f"{width - 64}; no padding at all would compute {width * lengths.numel() / lengths.sum():.2f}x fewer tokens")
 
 
 def epoch_estimate(trainer, reps: int) -> tuple[float, float, dict[int, float]]:
@@ -198,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--micro_batch", type=int, default=8, help="sequences per step")
     p.add_argument("--bin_size", type=int, default=64, help="bin width in tokens")
     p.add_argument("--reps", type=int, default=2, help="steps timed per batch width for the epoch estimate")
+    p.add_argument("--corpus", choices=("wikitext", "all"), default="wikitext",
+                   help="the WikiText-2 articles' shard (Wikipedia text), or that and six Gutenberg books")
     p.add_argument("--dry_run", action="store_true", help="tiny text, seq 128, tiny model, 2 steps")
     args = p.parse_args(argv)
     seq_len, max_pred, config = (128, 20, TINY_MODEL) if args.dry_run else (512, 80, MODEL)
@@ -206,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_bins_") as tmp:
         work = args.work_dir or Path(tmp)
         shards, vocab = make_shards(args.data_dir, work, seq_len, max_pred, args.dry_run)
+        shards = corpus_shards(shards, args.corpus)
         print(f"CPU: {describe_cpu()}")
         print(f"torch threads {torch.get_num_threads()}; shards {shards} "
               f"(seq {seq_len}, {max_pred} predictions); model {config['num_hidden_layers']} layers, hidden "
@@ -213,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.warmup}", flush=True)
         trainers = {name: build_trainer(shards, work, config, args.micro_batch, seq_len, max_pred, extra)
                     for name, extra in (("padded", []), (f"bins of {args.bin_size}", [f"--bin_size={args.bin_size}"]))}
+        print_corpus(trainers["padded"])
         results = measure(trainers, args.steps, args.warmup)
         for name, trainer in trainers.items():
             results[name]["epoch_padded"], results[name]["epoch_slots"] = epoch_padding(trainer)

@@ -64,7 +64,7 @@ def test_real_token_flops_are_the_per_sequence_flops_of_the_real_lengths():
 
 def test_counter_separates_real_and_padded_work_and_resets():
     config = _config()
-    counter = FlopsCounter(config, masked=20, seq_len=128)
+    counter = FlopsCounter(config, masked=20)
     mask = (torch.arange(128)[None] < torch.tensor([128, 64])[:, None]).long()
     counter.add(mask)
     work = counter.take()
@@ -73,6 +73,16 @@ def test_counter_separates_real_and_padded_work_and_resets():
     assert work.real_flops == pytest.approx(training_flops_per_sequence(config, 128, 20)
                                             + training_flops_per_sequence(config, 64, 20))
     assert counter.take().real_flops == 0.0
+
+
+def test_counter_counts_a_trimmed_batch_at_its_own_width():
+    """A length-binned batch trimmed to 64 columns is computed at 64, not at the shard's 128."""
+    config = _config()
+    counter = FlopsCounter(config, masked=20)
+    counter.add((torch.arange(64)[None] < torch.tensor([64, 40])[:, None]).long())
+    work = counter.take()
+    assert work.padded_tokens == 128
+    assert work.padded_flops == pytest.approx(2 * training_flops_per_sequence(config, 64, 20))
 
 
 def test_mfu_is_omitted_off_cuda():
