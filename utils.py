@@ -251,16 +251,21 @@ class Logger:
         self.stdout = stdout and enabled
         self.start = time.time()
         self._fh = None
-        if enabled and json_path:
-            path = Path(json_path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.path = Path(json_path) if json_path else None
+        if enabled and self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def _write(self, record: dict) -> None:
         if self._fh is None:
             return
-        self._fh.write("DLLL " + json.dumps(record) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write("DLLL " + json.dumps(record) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # a full disk must not end a training run over a log line
+            print(f"warning: {self.path}: cannot write the log ({exc.strerror}); from now on it goes to stdout only",
+                  file=sys.stderr, flush=True)
+            self._fh = None
 
     def _base(self, kind: str) -> dict:
         now = time.time()

@@ -381,3 +381,17 @@ def test_sigkill_during_a_checkpoint_write_resumes_exactly_and_leaves_no_temp_fi
     b = torch.load(ckpt / f"ckpt_{n}.pt", weights_only=True)["model"]
     assert all(torch.equal(a[key], b[key]) for key in a)
 
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (a device every write to fails with ENOSPC)")
+def test_a_log_line_that_cannot_be_written_warns_once_and_training_logging_goes_on(capsys):
+    import utils
+
+    logger = utils.Logger("/dev/full")
+    logger.log((0, 1), {"loss": 1.0})
+    logger.log((0, 2), {"loss": 0.5})
+    logger.close()
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["warning: /dev/full: cannot write the log (No space left on device); "
+                                "from now on it goes to stdout only"]
+    assert "Iteration: 1 loss : 1\n" in out and "Iteration: 2 loss : 0.5\n" in out
