@@ -128,7 +128,7 @@ def measure_reference(input_file: str, vocab_file: str, dupe_factor: int, output
 
 
 def measure_ours(input_file: str, vocab_file: str, dupe_factor: int, output_file: str, warmup_file: str) -> dict:
-    import create_pretraining_data as cpd
+    from data import shard_creation as cpd
 
     # Load the compiled functions and the tokenizer once, as a pool worker or a long run would.
     cpd.create_hdf5_from_text(warmup_file, output_file, vocab_file, dupe_factor=1, **SETTINGS)
@@ -155,7 +155,7 @@ def measure_ours(input_file: str, vocab_file: str, dupe_factor: int, output_file
 
 def measure_ours_files(files: list[str], vocab_file: str, dupe_factor: int, outdir: str, processes: int) -> dict:
     """Ours over every file, one shard each: one after another (processes=1) or on bertPrep's pool."""
-    import create_pretraining_data as cpd
+    from data import shard_creation as cpd
     from data.bertPrep import run_hdf5_jobs
 
     jobs = [dict(input_files=[name], output_file=str(Path(outdir) / f"{Path(name).stem}_{processes}.hdf5"),
@@ -175,9 +175,9 @@ def measure_ours_files(files: list[str], vocab_file: str, dupe_factor: int, outd
 
 
 def measure_import() -> float:
-    """Seconds a new Python process spends importing create_pretraining_data (torch comes in via utils):
+    """Seconds a new Python process spends importing data.shard_creation (torch comes in via utils):
     what each pool worker pays before its first shard."""
-    code = "import time; s = time.perf_counter(); import create_pretraining_data; print(time.perf_counter() - s)"
+    code = "import time; s = time.perf_counter(); import data.shard_creation; print(time.perf_counter() - s)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     return float(result.stdout.strip())
 
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         (f"ours, {len(files)} files one after another, 1 process", sequential),
         (f"ours, {len(files)} files on a {args.processes}-process pool (bertPrep)", pooled),
     ], reference)
-    print(f"\nimporting create_pretraining_data in a new process (each pool worker pays it once): "
+    print(f"\nimporting data.shard_creation in a new process (each pool worker pays it once): "
           f"{startup:.1f} s")
     print("\nphases (s):")
     print("  reference: " + ", ".join(f"{k} {v:.2f}" for k, v in reference["phases"].items()))

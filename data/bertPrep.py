@@ -242,9 +242,9 @@ def action_create_vocab(args: argparse.Namespace, layout: Layout) -> None:
 
 def _make_hdf5(job: dict) -> str:
     """Worker: one text shard -> one HDF5 file (create_pretraining_data renames it into place when done)."""
-    import create_pretraining_data
+    from data.shard_creation import create_hdf5_from_text
 
-    create_pretraining_data.create_hdf5_from_text(**job)
+    create_hdf5_from_text(**job)
     return job["output_file"]
 
 
@@ -254,7 +254,7 @@ def hdf5_jobs(args: argparse.Namespace, layout: Layout, vocab_file: Path) -> tup
     A shard already there is kept only when it records the settings this run would make it with
     (text, vocab, casing, masking, lengths, probabilities, dupe factor, seed); otherwise InputError.
     """
-    import create_pretraining_data as cpd
+    from data import shard_creation as cpd
 
     jobs, done = [], 0
     for shard in text_shards(args, layout):

@@ -78,7 +78,7 @@ def synthetic_rows(lengths: np.ndarray, seq_len: int, max_pred: int, rng: np.ran
 def write_synthetic_shard(path: str | Path, rows: int, seq_len: int, max_pred: int, profile: str = "wikitext",
                           seed: int = 0) -> Path:
     """A shard of `rows` synthetic rows at `path` (atomic write, the real format)."""
-    from create_pretraining_data import write_shard
+    from data.shard_creation import write_shard
 
     rng = np.random.default_rng(seed)
     lengths = sample_lengths(profile_for(profile, seq_len), rows, seq_len, rng)

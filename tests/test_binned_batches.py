@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, script_env, shared_path
 from pretrain_helpers import wikitext_documents
 
-import create_pretraining_data as cpd
+from data import shard_creation as cpd
 from data.pretraining_dataset import DataPosition, ShardStream, batch_plan, bin_edge, load_shard, read_shard
 from utils import InputError
 

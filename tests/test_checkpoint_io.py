@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ROOT, script_env
 
-import create_pretraining_data as cpd
+from data import shard_creation as cpd
 from checkpoint_io import CheckpointError, load_config_for_checkpoint, read_state_dict
 from modeling import BertConfig, BertModel
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, load_benchmark, script_env, shared_path
 
-import create_pretraining_data as cpd
+from data import shard_creation as cpd
 import tokenization
 from utils import InputError
 
@@ -127,7 +127,9 @@ def test_cased_vocab_without_lower_casing_matches_reference_and_keeps_case(tmp_p
 
 
 def test_lower_case_flags():
-    parse = cpd.build_parser().parse_args
+    import create_pretraining_data
+
+    parse = create_pretraining_data.build_parser().parse_args
     required = ["--input_file", "a.txt", "--output_file", "a.hdf5", "--vocab_file", "v.txt"]
     assert parse(required).do_lower_case is True
     assert parse([*required, "--do_lower_case"]).do_lower_case is True
@@ -433,7 +435,7 @@ def test_compiled_draws_equal_python_random():
 def test_runs_uncompiled_without_numba_with_identical_output(tmp_path, sample_text, uncased_vocab):
     output = tmp_path / "uncompiled.hdf5"
     code = ("import sys; sys.modules['numba'] = None\n"
-            "import create_pretraining_data as cpd\n"
+            "from data import shard_creation as cpd\n"
             "assert not cpd.COMPILED\n"
             f"cpd.create_hdf5_from_text({str(sample_text)!r}, {str(output)!r}, {str(uncased_vocab)!r}, "
             "dupe_factor=1, do_whole_word_mask=True)\n")

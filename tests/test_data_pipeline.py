@@ -609,7 +609,7 @@ def _sharded_mini(tmp_path: Path) -> list[str]:
 
 
 def test_shards_record_their_settings_and_a_rerun_with_other_settings_is_a_one_line_error(tmp_path):
-    import create_pretraining_data as cpd
+    from data import shard_creation as cpd
 
     vocab = shared_path("vocab", "bert-base-uncased-vocab.txt")
     common = [*_sharded_mini(tmp_path), *HDF5_COMMON]

@@ -12,7 +12,7 @@ import torch
 from conftest import shared_path
 from pretrain_helpers import wikitext_documents
 
-import create_pretraining_data as cpd
+from data import shard_creation as cpd
 from data.pretraining_dataset import (
     DataPosition,
     ShardStream,

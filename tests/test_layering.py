@@ -71,3 +71,11 @@ def test_no_import_cycle_between_project_modules():
 
     for start in sorted(graph):
         visit(start, [])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "data").glob("*.py")), ids=lambda p: p.name)
+def test_data_modules_import_no_script(path):
+    """data/ may use the core modules, never a top-level script (create_pretraining_data.py's engine is
+    data/shard_creation.py for that reason)."""
+    scripts = {p.stem for p in ROOT.glob("*.py")} - set(ALLOWED)
+    assert not imports_of(path) & scripts, f"data/{path.name} imports {sorted(imports_of(path) & scripts)}"

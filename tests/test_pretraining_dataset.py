@@ -11,7 +11,7 @@ import torch
 from conftest import shared_path
 from torch.utils.data import DataLoader
 
-import create_pretraining_data as cpd
+from data import shard_creation as cpd
 from data import inspect_hdf5
 from data.pretraining_dataset import (
     DataPosition,
