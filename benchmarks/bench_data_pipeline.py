@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,25 +149,47 @@ SITEINFO = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" versi
 """
 
 
-def write_dump(articles: list[tuple[str, list[str]]], pages: int, output: Path, seed: int = 0) -> int:
-    """A bz2 MediaWiki export of `pages` articles (plus a redirect and a Talk page per 20); returns XML bytes."""
+PAGES_PER_STREAM = 100  # as Wikimedia's multistream dumps
+
+
+def dump_pages(articles: list[tuple[str, list[str]]], pages: int, seed: int = 0) -> Iterator[str]:
+    """The XML of each page: `pages` articles, plus a redirect and a Talk page after every 20th."""
     rng = random.Random(seed)
-    size = 0
-    with bz2.open(output, "wt", encoding="utf-8", compresslevel=9) as dump:
-        dump.write(SITEINFO)
-        for page in range(pages):
-            title, paragraphs = articles[page % len(articles)]
-            start = rng.randrange(len(paragraphs))
-            chosen = (paragraphs[start:] + paragraphs[:start])[:rng.randint(3, 8)]
-            name = f"{title} ({page})"
-            chunk = _page_xml(name, 0, 3 * page + 1, page_wikitext(name, chosen, page, rng))
-            if page % 20 == 0:
-                chunk += _page_xml(f"{name} redirect", 0, 3 * page + 2, f"#REDIRECT [[{name}]]", redirect=name)
-                chunk += _page_xml(f"Talk:{name}", 1, 3 * page + 3, "Discussion that must not reach the corpus.")
-            dump.write(chunk)
-            size += len(chunk.encode())
-        dump.write("</mediawiki>\n")
-    return size
+    for page in range(pages):
+        title, paragraphs = articles[page % len(articles)]
+        start = rng.randrange(len(paragraphs))
+        chosen = (paragraphs[start:] + paragraphs[:start])[:rng.randint(3, 8)]
+        name = f"{title} ({page})"
+        yield _page_xml(name, 0, 3 * page + 1, page_wikitext(name, chosen, page, rng))
+        if page % 20 == 0:
+            yield _page_xml(f"{name} redirect", 0, 3 * page + 2, f"#REDIRECT [[{name}]]", redirect=name)
+            yield _page_xml(f"Talk:{name}", 1, 3 * page + 3, "Discussion that must not reach the corpus.")
+
+
+def write_dump(articles: list[tuple[str, list[str]]], pages: int, output: Path, seed: int = 0,
+               pages_per_stream: int | None = PAGES_PER_STREAM) -> int:
+    """A bz2 MediaWiki export of `pages` articles; returns its XML bytes. Multistream as Wikimedia ships
+    `pages-articles-multistream.xml.bz2` (`<siteinfo>` alone in the first bz2 stream, then one stream per
+    `pages_per_stream` pages, `</mediawiki>` in the last); `pages_per_stream=None`: one stream; a name
+    ending in `.xml`: not compressed."""
+    pieces = [SITEINFO]
+    chunk: list[str] = []
+    for xml in dump_pages(articles, pages, seed):
+        chunk.append(xml)
+        if pages_per_stream and len(chunk) == pages_per_stream:
+            pieces.append("".join(chunk))
+            chunk = []
+    pieces += ["".join(chunk)] if chunk else []
+    pieces.append("</mediawiki>\n")
+    data = [piece.encode() for piece in pieces]
+    with open(output, "wb") as dump:
+        if output.suffix != ".bz2":
+            dump.writelines(data)
+        elif pages_per_stream:
+            dump.writelines(bz2.compress(piece, 9) for piece in data)
+        else:
+            dump.write(bz2.compress(b"".join(data), 9))
+    return sum(map(len, data))
 
 
 # --------------------------------------------------------------------------------------------
