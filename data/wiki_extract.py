@@ -67,14 +67,23 @@ _NAMESPACES = frozenset((
     "file", "image", "media", "category", "wikipedia", "wp", "project", "help", "template", "portal", "user",
     "special", "draft", "module", "mediawiki", "book", "timedtext", "topic", "talk", "simple", "commons",
     "meta", "wikisource", "wikiquote", "wikibooks", "wikinews", "wikivoyage", "wikispecies", "wikidata", "d",
-    "s", "q", "b", "n", "v", "voy", "species", "c", "m", "mw", "phab", "wikt", "wiktionary", "w",
-))
+    "s", "q", "b", "n", "v", "voy", "species", "c", "m", "mw", "phab",
+))  # not w:, wikt:, wiktionary: (links to Wikipedia/Wiktionary words): WikiExtractor keeps those
+_KEPT_PREFIXES = frozenset(("w", "wikt", "wiktionary"))
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]+)*")
 _MAGIC_WORD = re.compile(r"__[A-Z]{2,}__")
 # WikiExtractor's (non-HTML) bold/italic rules: bold loses its quotes, italic becomes "quoted".
 _BOLD_ITALIC = re.compile(r"'''''(.*?)'''''")
 _QUOTE_QUOTE = re.compile(r'""([^"]*?)""')
 _TAG = re.compile(r"</?([A-Za-z][A-Za-z0-9]*)\b[^<>]*>")
+# The HTML and extension tags MediaWiki knows; any other `<word>` is shown as text (WikiText's `<formula>`).
+_KNOWN_TAGS = frozenset((
+    "a", "abbr", "b", "bdi", "bdo", "big", "blockquote", "br", "caption", "center", "cite", "code", "data", "dd", "del",
+    "dfn", "div", "dl", "dt", "em", "font", "h1", "h2", "h3", "h4", "h5", "h6", "hiero", "hr", "i", "ins", "kbd", "li",
+    "mark", "nowiki", "ol", "onlyinclude", "p", "poem", "q", "rb", "rp", "rt", "rtc", "ruby", "s", "samp", "section",
+    "small", "span", "strike", "strong", "sub", "sup", "table", "td", "th", "time", "tr", "tt", "u", "ul", "var",
+    "wbr", "includeonly", "noinclude", "templatestyles", "ref", "references", "indicator", "charinsert", "langconvert",
+))
 _LINE_BREAK_TAGS = frozenset(("br", "hr"))
 _BLOCK_TAGS = frozenset(("p", "center", "h1", "h2", "h3", "h4"))
 _SPACE_BEFORE_CLOSING = re.compile(r" (?=[,:.)\]»])")
@@ -128,6 +137,8 @@ def _is_namespaced(target: str) -> bool:
     if colon < 0:
         return False
     prefix = target[:colon].lstrip(":").strip()
+    if prefix in _KEPT_PREFIXES:
+        return False
     return prefix.lower() in _NAMESPACES or prefix.lower().endswith(" talk") or bool(_LANGUAGE_CODE.fullmatch(prefix))
 
 
@@ -137,7 +148,7 @@ def _internal_link(match: re.Match) -> str:
         return trail  # files (with their captions), categories, interlanguage links
     if label is None:
         return target + trail
-    return label[label.rfind("|") + 1:].strip() + trail  # [[File-like|opt|opt|label]]: the last part
+    return label.strip() + trail  # all after the first '|', as WikiExtractor
 
 
 def replace_internal_links(text: str) -> str:
@@ -152,6 +163,8 @@ def replace_internal_links(text: str) -> str:
 
 def _tag(match: re.Match) -> str:
     name = match.group(1).lower()
+    if name not in _KNOWN_TAGS:
+        return match.group()
     if name in _LINE_BREAK_TAGS:
         return " "
     return "\n" if name in _BLOCK_TAGS else ""
@@ -265,6 +278,8 @@ def paragraphs(text: str) -> list[str]:
                 continue
         if first == ":":
             page.append(line.lstrip(":"))
+        elif first == "<" and (line.startswith("<doc") or line.startswith("</doc>")):
+            continue  # would be read as a document boundary
         elif first in "*#;{|" or line[-1] == "}" or (first == "(" and line[-1] == ")") or not line.strip(".-"):
             continue
         else:
