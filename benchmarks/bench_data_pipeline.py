@@ -152,18 +152,20 @@ SITEINFO = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" versi
 PAGES_PER_STREAM = 100  # as Wikimedia's multistream dumps
 
 
-def dump_pages(articles: list[tuple[str, list[str]]], pages: int, seed: int = 0) -> Iterator[str]:
-    """The XML of each page: `pages` articles, plus a redirect and a Talk page after every 20th."""
+def dump_pages(articles: list[tuple[str, list[str]]], pages: int, seed: int = 0) -> Iterator[tuple[str, list[str], str]]:
+    """(title, WikiText paragraphs, XML) of each article page: `pages` of them, the XML of every 20th followed by
+    a redirect to it and its Talk page."""
     rng = random.Random(seed)
     for page in range(pages):
         title, paragraphs = articles[page % len(articles)]
         start = rng.randrange(len(paragraphs))
         chosen = (paragraphs[start:] + paragraphs[:start])[:rng.randint(3, 8)]
         name = f"{title} ({page})"
-        yield _page_xml(name, 0, 3 * page + 1, page_wikitext(name, chosen, page, rng))
+        xml = _page_xml(name, 0, 3 * page + 1, page_wikitext(name, chosen, page, rng))
         if page % 20 == 0:
-            yield _page_xml(f"{name} redirect", 0, 3 * page + 2, f"#REDIRECT [[{name}]]", redirect=name)
-            yield _page_xml(f"Talk:{name}", 1, 3 * page + 3, "Discussion that must not reach the corpus.")
+            xml += _page_xml(f"{name} redirect", 0, 3 * page + 2, f"#REDIRECT [[{name}]]", redirect=name)
+            xml += _page_xml(f"Talk:{name}", 1, 3 * page + 3, "Discussion that must not reach the corpus.")
+        yield name, chosen, xml
 
 
 def write_dump(articles: list[tuple[str, list[str]]], pages: int, output: Path, seed: int = 0,
@@ -174,7 +176,7 @@ def write_dump(articles: list[tuple[str, list[str]]], pages: int, output: Path, 
     ending in `.xml`: not compressed."""
     pieces = [SITEINFO]
     chunk: list[str] = []
-    for xml in dump_pages(articles, pages, seed):
+    for _, _, xml in dump_pages(articles, pages, seed):
         chunk.append(xml)
         if pages_per_stream and len(chunk) == pages_per_stream:
             pieces.append("".join(chunk))

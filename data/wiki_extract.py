@@ -565,9 +565,10 @@ def _check_streams_tile_the_file(path: Path, results: list[tuple[int, int | None
         raise InputError(f"{path}: damaged or truncated bz2 data after byte {expected}; delete it and download again")
 
 
-def _extract_multistream(path: Path, output_dir: Path, urlbase: str, pool, n_processes: int) -> int:
+def _extract_multistream(path: Path, output_dir: Path, urlbase: str, pool, n_processes: int,
+                         task_bytes: int | None) -> int:
     size = path.stat().st_size
-    step = range_bytes(size)
+    step = task_bytes or range_bytes(size)
     parts = output_dir / ".parts"
     parts.mkdir()
     jobs = ((path, start, min(start + step, size), urlbase, parts / f"{index:06d}")
@@ -599,9 +600,11 @@ def _chain_first(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-def extract_wikipedia(dump: str | os.PathLike, output_dir: str | os.PathLike, n_processes: int = 1) -> int:
+def extract_wikipedia(dump: str | os.PathLike, output_dir: str | os.PathLike, n_processes: int = 1,
+                      task_bytes: int | None = None) -> int:
     """Extract `dump` (`.xml` or `.xml.bz2`) into `output_dir` (created; must not exist) on `n_processes`
-    workers; returns the number of articles. On any error `output_dir` is removed: nothing half-written stays."""
+    workers; returns the number of articles. On any error `output_dir` is removed: nothing half-written stays.
+    `task_bytes`: compressed bytes per worker task of a multistream dump (default `range_bytes(size)`)."""
     dump, output_dir = Path(dump), Path(output_dir)
     if not dump.is_file():
         raise InputError(f"{dump}: Wikipedia dump not found; run --action download first")
@@ -612,7 +615,7 @@ def extract_wikipedia(dump: str | os.PathLike, output_dir: str | os.PathLike, n_
         with worker_pool(n_processes) as pool:
             if multistream:
                 try:
-                    return _extract_multistream(dump, output_dir, urlbase, pool, n_processes)
+                    return _extract_multistream(dump, output_dir, urlbase, pool, n_processes, task_bytes)
                 except NotPageAligned:
                     print(f"{dump}: its bz2 streams cut pages in two; reading it in one process", flush=True)
                     shutil.rmtree(output_dir)
