@@ -128,14 +128,19 @@ def page_wikitext(title: str, paragraphs: list[str], page: int, rng: random.Rand
             + f"[[Category:Topic {page % 50}]]\n[[Category:Articles with example sources]]\n")
 
 
+def xml_escape(text: str) -> str:
+    """As MediaWiki's dumps escape text: & < > and double quotes (apostrophes stay as they are)."""
+    return html.escape(text, quote=False).replace('"', "&quot;")
+
+
 def _page_xml(title: str, namespace: int, page_id: int, text: str, redirect: str | None = None) -> str:
-    redirect_tag = f'    <redirect title="{html.escape(redirect)}" />\n' if redirect else ""
-    return (f"  <page>\n    <title>{html.escape(title)}</title>\n    <ns>{namespace}</ns>\n    <id>{page_id}</id>\n"
+    redirect_tag = f'    <redirect title="{xml_escape(redirect)}" />\n' if redirect else ""
+    return (f"  <page>\n    <title>{xml_escape(title)}</title>\n    <ns>{namespace}</ns>\n    <id>{page_id}</id>\n"
             f"{redirect_tag}    <revision>\n      <id>{10_000_000 + page_id}</id>\n"
             f"      <timestamp>2024-01-01T00:00:00Z</timestamp>\n"
             f"      <contributor><username>Editor{page_id % 97}</username><id>{page_id % 97}</id></contributor>\n"
             f"      <model>wikitext</model>\n      <format>text/x-wiki</format>\n"
-            f'      <text bytes="{len(text.encode())}" xml:space="preserve">{html.escape(text, quote=True)}</text>\n'
+            f'      <text bytes="{len(text.encode())}" xml:space="preserve">{xml_escape(text)}</text>\n'
             f"    </revision>\n  </page>\n")
 
 

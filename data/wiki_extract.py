@@ -309,12 +309,15 @@ class NotPageAligned(Exception):
     """A bz2 stream that does not hold whole pages (not a Wikimedia multistream dump): read it serially."""
 
 
-def _between(text: str, opening: str, closing: str, start: int = 0) -> str:
-    begin = text.find(opening, start)
+def _between(text: str, opening: str, closing: str, start: int = 0, end: int | None = None) -> str:
+    """The text between the first `opening` in text[start:end] and the `closing` after it ('' if none)."""
+    end = len(text) if end is None else end
+    begin = text.find(opening, start, end)
     if begin < 0:
         return ""
     begin += len(opening)
-    return text[begin:text.find(closing, begin)]
+    stop = text.find(closing, begin, end)
+    return text[begin:stop if stop >= 0 else end]
 
 
 def url_base(xml_head: str) -> str:
@@ -330,30 +333,32 @@ def format_doc(page_id: str, title: str, body: list[str], urlbase: str) -> str:
 
 
 def article_docs(xml: str, urlbase: str) -> Iterator[str]:
-    """Each namespace-0, non-redirect `<page>` of `xml` (whole pages only) as a formatted doc."""
-    position = 0
+    """Each namespace-0, non-redirect `<page>` of `xml` as a formatted doc. `xml` must hold whole pages
+    (NotPageAligned otherwise): a bz2 stream of a multistream dump does, one cut anywhere does not.
+
+    Works on offsets into `xml`: only each page's short header and its text are scanned or copied."""
+    find, position = xml.find, 0
     while True:
-        start = xml.find("<page>", position)
+        start = find("<page>", position)
+        if find("</page>", position, start if start >= 0 else len(xml)) >= 0:
+            raise NotPageAligned("a </page> without its <page>")
         if start < 0:
             return
-        end = xml.find("</page>", start)
+        end = find("</page>", start)
         if end < 0:
             raise NotPageAligned("a <page> without its </page>")
         position = end + 7
-        page = xml[start:end]
-        if _between(page, "<ns>", "</ns>") != "0" or "<redirect" in page:
+        text_tag = find("<text", start, end)
+        header_end = text_tag if text_tag >= 0 else end
+        if _between(xml, "<ns>", "</ns>", start, header_end) != "0" or find("<redirect", start, header_end) >= 0:
             continue
-        text_tag = page.find("<text")
-        text_open = page.find(">", text_tag)
-        wikitext = "" if text_tag < 0 or page[text_open - 1] == "/" else page[text_open + 1:page.find("</text>")]
-        body = clean_xml_text(wikitext)
-        yield format_doc(_between(page, "<id>", "</id>"), _between(page, "<title>", "</title>"), body, urlbase)
-
-
-def _check_page_aligned(xml: str) -> None:
-    opened, closed = xml.count("<page>"), xml.count("</page>")
-    if opened != closed or (opened and xml.find("</page>") < xml.find("<page>")):
-        raise NotPageAligned("a bz2 stream cuts a page in two")
+        wikitext = ""
+        if text_tag >= 0:
+            text_open = find(">", text_tag, end)
+            if xml[text_open - 1] != "/":
+                wikitext = xml[text_open + 1:xml.rfind("</text>", text_open, end)]
+        yield format_doc(_between(xml, "<id>", "</id>", start, header_end),
+                         _between(xml, "<title>", "</title>", start, header_end), clean_xml_text(wikitext), urlbase)
 
 
 def _write_docs(docs: Iterable[str], part: Path) -> int:
@@ -441,7 +446,6 @@ def _extract_range(job: tuple[Path, int, int, str, Path]) -> tuple[int, int | No
         def docs() -> Iterator[str]:
             for _, data, after in bz2_streams(dump, path, first, end):
                 xml = data.decode("utf-8", errors="replace")
-                _check_page_aligned(xml)
                 yield from article_docs(xml, urlbase)
                 last_end[0] = after
 
