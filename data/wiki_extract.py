@@ -55,7 +55,9 @@ _DISCARDED_TAGS = (
     "score", "graph", "mapframe", "maplink",
 )
 _REF = re.compile(r"<ref\b[^>]*(?<!/)>[^<]*(?:<(?!/ref\s*>)[^<]*)*</ref\s*>", re.I)  # unrolled: [^<]* runs in C
-_DISCARDED = re.compile(r"<(" + "|".join(_DISCARDED_TAGS) + r")\b[^>]*(?<!/)>.*?</\1\s*>", re.I | re.S)
+_DISCARDED = r"<(?P<tag>" + "|".join(_DISCARDED_TAGS) + r")\b[^>]*(?<!/)>.*?</(?P=tag)\s*>"
+# All of them in one pass (the leftmost wins, so a comment's or gallery's content goes with it).
+_NON_PROSE = re.compile("|".join((_COMMENT.pattern, _SELF_CLOSING.pattern, _REF.pattern, _DISCARDED)), re.I | re.S)
 _INNERMOST_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 _URL_PROTOCOLS = ("https?://", "ftps?://", "//", "mailto:", "news:", "irc://", "ircs://", "git://", "sftp://",
                   "ssh://", "svn://", "telnet://", "urn:", "geo:", "tel:", "xmpp:")
@@ -200,11 +202,7 @@ def _xml_unescape_rest(text: str) -> str:
 def _drop_markup(text: str) -> str:
     """Comments, references and other non-prose elements, templates, tables: gone with their content."""
     if "<" in text:
-        text = _COMMENT.sub("", text)
-        text = _SELF_CLOSING.sub("", text)
-        text = _REF.sub("", text)
-        if "<" in text:
-            text = _DISCARDED.sub("", text)
+        text = _NON_PROSE.sub("", text)
     text = drop_templates(text)
     if "{|" in text:
         text = drop_nested(text, "{|", "|}")
