@@ -55,7 +55,11 @@ _DISCARDED_TAGS = (
     "score", "graph", "mapframe", "maplink",
 )
 _REF = re.compile(r"<ref\b[^>]*(?<!/)>[^<]*(?:<(?!/ref\s*>)[^<]*)*</ref\s*>", re.I)  # unrolled: [^<]* runs in C
-_DISCARDED = r"<(?P<tag>" + "|".join(_DISCARDED_TAGS) + r")\b[^>]*(?<!/)>.*?</(?P=tag)\s*>"
+# Content up to the element's own closing tag, never past another opening of the same element: an element
+# left unclosed (HTML allows it for <td>, <li>, ...) then fails at once instead of scanning to the end of the
+# page (which made a page with thousands of them quadratic).
+_DISCARDED = (r"<(?P<tag>" + "|".join(_DISCARDED_TAGS) + r")\b[^>]*(?<!/)>"
+              r"[^<]*(?:<(?!/?(?P=tag)\b)[^<]*)*</(?P=tag)\s*>")
 # All of them in one pass (the leftmost wins, so a comment's or gallery's content goes with it).
 _NON_PROSE = re.compile("|".join((_COMMENT.pattern, _SELF_CLOSING.pattern, _REF.pattern, _DISCARDED)), re.I | re.S)
 _INNERMOST_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
@@ -613,16 +617,24 @@ def extract_wikipedia(dump: str | os.PathLike, output_dir: str | os.PathLike, n_
     n_processes = max(1, n_processes)
     output_dir.mkdir(parents=True)
     try:
-        urlbase, multistream = _probe_bz2(dump) if dump.suffix == ".bz2" else ("", False)
-        with worker_pool(n_processes) as pool:
-            if multistream:
-                try:
-                    return _extract_multistream(dump, output_dir, urlbase, pool, n_processes, task_bytes)
-                except NotPageAligned:
-                    print(f"{dump}: its bz2 streams cut pages in two; reading it in one process", flush=True)
-                    shutil.rmtree(output_dir)
-                    output_dir.mkdir()
-            return _extract_serially_read(dump, output_dir, urlbase, pool, n_processes)
+        count = _extract(dump, output_dir, n_processes, task_bytes)
+        if count == 0:
+            raise InputError(f"{dump}: no articles (namespace-0 pages that are not redirects) found; "
+                             f"is it a MediaWiki pages-articles dump?")
+        return count
     except BaseException:
         shutil.rmtree(output_dir, ignore_errors=True)
         raise
+
+
+def _extract(dump: Path, output_dir: Path, n_processes: int, task_bytes: int | None) -> int:
+    urlbase, multistream = _probe_bz2(dump) if dump.suffix == ".bz2" else ("", False)
+    with worker_pool(n_processes) as pool:
+        if multistream:
+            try:
+                return _extract_multistream(dump, output_dir, urlbase, pool, n_processes, task_bytes)
+            except NotPageAligned:
+                print(f"{dump}: its bz2 streams cut pages in two; reading it in one process", flush=True)
+                shutil.rmtree(output_dir)
+                output_dir.mkdir()
+        return _extract_serially_read(dump, output_dir, urlbase, pool, n_processes)

@@ -89,6 +89,15 @@ def test_deliberate_differences_from_wikiextractor():
     assert wikiextractor_clean(wikitext) == ["Energy formula_1 is and. Write <b> or <formula> here."]
 
 
+def test_an_element_left_unclosed_keeps_its_text_and_does_not_swallow_the_page():
+    """HTML allows <td>, <li>, ... unclosed; each such one fails at the next opening of its kind (linear time on
+    a page of thousands of them), its tag goes and its text stays; a closed one is dropped with its content."""
+    assert wiki_extract.clean_wikitext("A <td>x <td>y</td> B <li>one <li>two</li> C") == ["A x B one C"]
+    page = "Intro. " + "".join(f"<tr><td>cell{i} " for i in range(3000)) + "end."
+    assert wiki_extract.clean_wikitext(page) == [
+        "Intro. " + " ".join(f"cell{i}" for i in range(3000)) + " end."]
+
+
 def test_templates_are_dropped_whatever_their_nesting_or_stray_braces():
     assert wiki_extract.drop_templates("a{{x|{1}|{{y}}}}b") == "ab"  # a single brace inside: the balanced scan
     assert wiki_extract.drop_templates("a{{x|{{y}} }}b {{p|{{q|}} c") == "ab {{p| c"  # never closed: stays text
@@ -116,6 +125,14 @@ def test_only_namespace_0_pages_that_are_not_redirects_are_articles(tmp_path):
         '<doc id="7" url="https://en.wikipedia.org/wiki?curid=7" title="Alpha &amp; Omega">\n'
         "Alpha &amp; Omega\n\nAlpha is first.\nUse.\nOften.\n\n</doc>\n"
         '<doc id="11" url="https://en.wikipedia.org/wiki?curid=11" title="Empty">\nEmpty\n\n\n\n</doc>\n')
+
+
+def test_a_dump_without_articles_is_a_clear_error(tmp_path):
+    dump = tmp_path / "talk.xml"
+    dump.write_text(bench.SITEINFO + page_xml("Talk:Alpha", 1, 9, "Talk text.") + "</mediawiki>\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"talk.xml: no articles .* is it a MediaWiki pages-articles dump\?"):
+        wiki_extract.extract_wikipedia(dump, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def synthetic_articles(count: int) -> list[tuple[str, list[str]]]:
