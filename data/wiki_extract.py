@@ -54,7 +54,7 @@ _DISCARDED_TAGS = (
     "img", "imagemap", "source", "syntaxhighlight", "small", "inputbox", "categorytree", "math", "chem", "ce",
     "score", "graph", "mapframe", "maplink",
 )
-_REF = re.compile(r"<ref\b[^>]*(?<!/)>[^<]*(?:<(?!/ref\s*>)[^<]*)*</ref\s*>", re.I)  # unrolled: [^<]* runs in C
+_REF = re.compile(r"<ref\b[^>]*(?<!/)>[^<]*(?:<(?!/?ref\b)[^<]*)*</ref\s*>", re.I)  # [^<]* runs in C; stops at the next ref
 # Content up to the element's own closing tag, never past another opening of the same element: an element
 # left unclosed (HTML allows it for <td>, <li>, ...) then fails at once instead of scanning to the end of the
 # page (which made a page with thousands of them quadratic).

@@ -93,6 +93,8 @@ def test_an_element_left_unclosed_keeps_its_text_and_does_not_swallow_the_page()
     """HTML allows <td>, <li>, ... unclosed; each such one fails at the next opening of its kind (linear time on
     a page of thousands of them), its tag goes and its text stays; a closed one is dropped with its content."""
     assert wiki_extract.clean_wikitext("A <td>x <td>y</td> B <li>one <li>two</li> C") == ["A x B one C"]
+    assert wiki_extract.clean_wikitext("A<ref>x B<ref>y</ref> C") == ["Ax B C"]
+    assert wiki_extract.clean_wikitext("A" + "<ref>cite " * 3000 + "B") == ["A" + "cite " * 3000 + "B"]
     page = "Intro. " + "".join(f"<tr><td>cell{i} " for i in range(3000)) + "end."
     assert wiki_extract.clean_wikitext(page) == [
         "Intro. " + " ".join(f"cell{i}" for i in range(3000)) + " end."]
