@@ -2,16 +2,19 @@
 and what that means for English Wikipedia on a 16-core node.
 
     python benchmarks/bench_data_pipeline.py [--data-dir ../shared/data] [--pages 3000] [--processes N]
+                                             [--wiki_extractor {fast,wikiextractor}]
 
-Input: a MediaWiki export (`pages-articles` XML, bz2-compressed as Wikipedia ships it) built from the
-shared WikiText-2 articles: each page takes paragraphs of one article and wraps them in what real
-pages carry (an infobox and other templates, a wikitable, `<ref>` citations, links, bold/italic
-markup, section headings, categories), plus redirects and Talk pages that the extractor must drop.
-Two dumps are measured, `--pages` and twice as many, to show that memory stays flat as input grows.
+Input: a MediaWiki export (`pages-articles-multistream` XML as Wikipedia ships it: bz2 streams of 100
+pages each, `<siteinfo>` alone in the first) built from the shared WikiText-2 articles: each page
+takes paragraphs of one article and wraps them in what real pages carry (an infobox and other
+templates, a wikitable, `<ref>` citations, links, bold/italic markup, section headings,
+categories), plus redirects and Talk pages that the extractor must drop. Two dumps are measured,
+`--pages` and twice as many, to show that memory stays flat as input grows.
 
 Stages, each `python data/bertPrep.py --action ...` in its own process with `--n_processes N`:
 
-  extraction    WikiExtractor: XML -> plain-text articles (timed as text_formatting minus formatting)
+  extraction    XML -> plain-text articles with --wiki_extractor (default fast: data/wiki_extract.py;
+                wikiextractor: the original's tool), timed as text_formatting minus formatting
   formatting    text_formatting with --skip_wikiextractor: articles -> one article per line
   sharding      sentence splitting (punkt) + balanced train/test text shards
   hdf5 p1/p2    create_hdf5_files at 128/20 (phase 1) and 512/80 (phase 2), dupe factor 5 and 1
@@ -23,8 +26,11 @@ Peak RSS is the largest single process and the whole process tree (sampled from 
 The extrapolation divides English Wikipedia's ~20 GB of extracted text by each stage's marginal
 rate (the larger dump's extra text over its extra CPU time, so start-up costs cancel) times 16
 cores, i.e. it assumes each stage keeps all 16 busy (each runs on a pool of --n_processes workers;
-WikiExtractor reads the dump in one process); HDF5 disk size scales with the measured output bytes
-per text byte.
+the fast extractor decompresses the multistream dump's streams on every worker, but WikiExtractor
+reads the dump in one process, so its wall time is capped by that reader, which this hides); HDF5
+disk size scales with the measured output bytes per text byte. Extraction's cost follows the XML
+more than the text, and real Wikipedia has more XML per text byte (~95 GB of XML for ~20 GB of
+text) than this dump, so its extrapolation is also printed from MB of XML per CPU-second.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +56,7 @@ from utils import describe_cpu  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 WIKIPEDIA_TEXT_MB = 20_000  # English Wikipedia after extraction, about 20 GB
+WIKIPEDIA_XML_MB = 95_000  # its pages-articles XML, decompressed
 NODE_CORES = 16
 DATASET = "wikicorpus_en"
 PHASES = (("hdf5 p1", 128, 20), ("hdf5 p2", 512, 80))
@@ -120,14 +128,19 @@ def page_wikitext(title: str, paragraphs: list[str], page: int, rng: random.Rand
             + f"[[Category:Topic {page % 50}]]\n[[Category:Articles with example sources]]\n")
 
 
+def xml_escape(text: str) -> str:
+    """As MediaWiki's dumps escape text: & < > and double quotes (apostrophes stay as they are)."""
+    return html.escape(text, quote=False).replace('"', "&quot;")
+
+
 def _page_xml(title: str, namespace: int, page_id: int, text: str, redirect: str | None = None) -> str:
-    redirect_tag = f'    <redirect title="{html.escape(redirect)}" />\n' if redirect else ""
-    return (f"  <page>\n    <title>{html.escape(title)}</title>\n    <ns>{namespace}</ns>\n    <id>{page_id}</id>\n"
+    redirect_tag = f'    <redirect title="{xml_escape(redirect)}" />\n' if redirect else ""
+    return (f"  <page>\n    <title>{xml_escape(title)}</title>\n    <ns>{namespace}</ns>\n    <id>{page_id}</id>\n"
             f"{redirect_tag}    <revision>\n      <id>{10_000_000 + page_id}</id>\n"
             f"      <timestamp>2024-01-01T00:00:00Z</timestamp>\n"
             f"      <contributor><username>Editor{page_id % 97}</username><id>{page_id % 97}</id></contributor>\n"
             f"      <model>wikitext</model>\n      <format>text/x-wiki</format>\n"
-            f'      <text bytes="{len(text.encode())}" xml:space="preserve">{html.escape(text, quote=True)}</text>\n'
+            f'      <text bytes="{len(text.encode())}" xml:space="preserve">{xml_escape(text)}</text>\n'
             f"    </revision>\n  </page>\n")
 
 
@@ -148,25 +161,49 @@ SITEINFO = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" versi
 """
 
 
-def write_dump(articles: list[tuple[str, list[str]]], pages: int, output: Path, seed: int = 0) -> int:
-    """A bz2 MediaWiki export of `pages` articles (plus a redirect and a Talk page per 20); returns XML bytes."""
+PAGES_PER_STREAM = 100  # as Wikimedia's multistream dumps
+
+
+def dump_pages(articles: list[tuple[str, list[str]]], pages: int, seed: int = 0) -> Iterator[tuple[str, list[str], str]]:
+    """(title, WikiText paragraphs, XML) of each article page: `pages` of them, the XML of every 20th followed by
+    a redirect to it and its Talk page."""
     rng = random.Random(seed)
-    size = 0
-    with bz2.open(output, "wt", encoding="utf-8", compresslevel=9) as dump:
-        dump.write(SITEINFO)
-        for page in range(pages):
-            title, paragraphs = articles[page % len(articles)]
-            start = rng.randrange(len(paragraphs))
-            chosen = (paragraphs[start:] + paragraphs[:start])[:rng.randint(3, 8)]
-            name = f"{title} ({page})"
-            chunk = _page_xml(name, 0, 3 * page + 1, page_wikitext(name, chosen, page, rng))
-            if page % 20 == 0:
-                chunk += _page_xml(f"{name} redirect", 0, 3 * page + 2, f"#REDIRECT [[{name}]]", redirect=name)
-                chunk += _page_xml(f"Talk:{name}", 1, 3 * page + 3, "Discussion that must not reach the corpus.")
-            dump.write(chunk)
-            size += len(chunk.encode())
-        dump.write("</mediawiki>\n")
-    return size
+    for page in range(pages):
+        title, paragraphs = articles[page % len(articles)]
+        start = rng.randrange(len(paragraphs))
+        chosen = (paragraphs[start:] + paragraphs[:start])[:rng.randint(3, 8)]
+        name = f"{title} ({page})"
+        xml = _page_xml(name, 0, 3 * page + 1, page_wikitext(name, chosen, page, rng))
+        if page % 20 == 0:
+            xml += _page_xml(f"{name} redirect", 0, 3 * page + 2, f"#REDIRECT [[{name}]]", redirect=name)
+            xml += _page_xml(f"Talk:{name}", 1, 3 * page + 3, "Discussion that must not reach the corpus.")
+        yield name, chosen, xml
+
+
+def write_dump(articles: list[tuple[str, list[str]]], pages: int, output: Path, seed: int = 0,
+               pages_per_stream: int | None = PAGES_PER_STREAM) -> int:
+    """A bz2 MediaWiki export of `pages` articles; returns its XML bytes. Multistream as Wikimedia ships
+    `pages-articles-multistream.xml.bz2` (`<siteinfo>` alone in the first bz2 stream, then one stream per
+    `pages_per_stream` pages, `</mediawiki>` in the last); `pages_per_stream=None`: one stream; a name
+    ending in `.xml`: not compressed."""
+    pieces = [SITEINFO]
+    chunk: list[str] = []
+    for _, _, xml in dump_pages(articles, pages, seed):
+        chunk.append(xml)
+        if pages_per_stream and len(chunk) == pages_per_stream:
+            pieces.append("".join(chunk))
+            chunk = []
+    pieces += ["".join(chunk)] if chunk else []
+    pieces.append("</mediawiki>\n")
+    data = [piece.encode() for piece in pieces]
+    with open(output, "wb") as dump:
+        if output.suffix != ".bz2":
+            dump.writelines(data)
+        elif pages_per_stream:
+            dump.writelines(bz2.compress(piece, 9) for piece in data)
+        else:
+            dump.write(bz2.compress(b"".join(data), 9))
+    return sum(map(len, data))
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +286,8 @@ def hdf5_folder(working_dir: Path, seq: int, preds: int, dupe: int) -> Path:
 
 
 def run_pipeline(working_dir: Path, dump: Path, vocab: Path, processes: int, shards: tuple[int, int],
-                 dupe_factors: tuple[int, ...]) -> tuple[dict[str, StageRun], float, dict[str, float]]:
+                 dupe_factors: tuple[int, ...], wiki_extractor: str = "fast",
+                 ) -> tuple[dict[str, StageRun], float, dict[str, float]]:
     """Every stage on one dump: {stage: run}, MB of formatted text, {hdf5 stage: output MB}."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     download = working_dir / "download" / DATASET
@@ -257,7 +295,7 @@ def run_pipeline(working_dir: Path, dump: Path, vocab: Path, processes: int, sha
     shutil.copy(dump, download / f"{DATASET}.xml.bz2")
     common = ["--working_dir", str(working_dir), "--dataset", DATASET, "--n_processes", str(processes)]
     runs: dict[str, StageRun] = {}
-    both = run_stage(["--action", "text_formatting", *common], env)
+    both = run_stage(["--action", "text_formatting", "--wiki_extractor", wiki_extractor, *common], env)
     formatted = working_dir / "formatted_one_article_per_line" / f"{DATASET}_one_article_per_line.txt"
     formatted.unlink()
     runs["formatting"] = run_stage(["--action", "text_formatting", "--skip_wikiextractor", "1", *common], env)
@@ -292,12 +330,15 @@ def per_core_rate(run: StageRun, text_mb: float) -> float:
     return text_mb / max(run.cpu_seconds, 1e-9)
 
 
-def print_stage_table(results: list[tuple[int, float, dict[str, StageRun], dict[str, float]]]) -> None:
+Result = tuple[int, float, dict[str, StageRun], dict[str, float], float]  # pages, text MB, runs, HDF5 MB, XML MB
+
+
+def print_stage_table(results: list[Result]) -> None:
     print(f"| {'stage':<12} | {'pages':>6} | {'text MB':>7} | {'wall s':>7} | {'CPU s':>7} | {'MB/s/core':>9} "
           f"| {'peak proc MB':>12} | {'peak tree MB':>12} |")
     print(f"|{'-' * 14}|{'-' * 8}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 11}|{'-' * 14}|{'-' * 14}|")
     for stage in ORDER:
-        for pages, text_mb, runs, _ in results:
+        for pages, text_mb, runs, *_ in results:
             if stage not in runs:
                 continue
             run = runs[stage]
@@ -316,8 +357,8 @@ def marginal_rate(small: tuple[float, StageRun], large: tuple[float, StageRun]) 
     return (large_mb - small_mb) / extra_cpu
 
 
-def print_extrapolation(results: list[tuple[int, float, dict[str, StageRun], dict[str, float]]]) -> None:
-    (_, small_mb, small_runs, _), (_, text_mb, runs, sizes) = results[0], results[-1]
+def print_extrapolation(results: list[Result], wiki_extractor: str) -> None:
+    (_, small_mb, small_runs, _, small_xml), (_, text_mb, runs, sizes, xml_mb) = results[0], results[-1]
     print(f"\nEnglish Wikipedia (~{WIKIPEDIA_TEXT_MB / 1000:.0f} GB of extracted text) on a {NODE_CORES}-core node, "
           f"from each stage's marginal rate (the larger input's extra text over its extra CPU time):")
 
@@ -327,6 +368,11 @@ def print_extrapolation(results: list[tuple[int, float, dict[str, StageRun], dic
         return WIKIPEDIA_TEXT_MB / (rate * NODE_CORES) / 60
 
     shared_minutes = sum(minutes(stage) for stage in ("extraction", "formatting", "sharding"))
+    xml_rate = marginal_rate((small_xml, small_runs["extraction"]), (xml_mb, runs["extraction"]))
+    print(f"  (extraction ({wiki_extractor}) by XML instead: {xml_rate:.2f} MB of XML/s/core -> "
+          f"{WIKIPEDIA_XML_MB / (xml_rate * NODE_CORES) / 60:.1f} min for Wikipedia's ~{WIKIPEDIA_XML_MB / 1000:.0f} GB "
+          f"of XML; this dump has {xml_mb / text_mb:.1f} bytes of XML per text byte, Wikipedia "
+          f"{WIKIPEDIA_XML_MB / WIKIPEDIA_TEXT_MB:.1f})")
     for dupe in (5, 1):
         stages = [f"{name} d{dupe}" for name, _, _ in PHASES]
         if not all(stage in runs for stage in stages):
@@ -346,6 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, nargs=2, default=(16, 4), metavar=("TRAINING", "TEST"),
                         help="text shards of the smaller dump (the larger has twice as many)")
     parser.add_argument("--dupe-factors", type=int, nargs="+", default=(5, 1), choices=(5, 1))
+    parser.add_argument("--wiki_extractor", default="fast", choices=("fast", "wikiextractor"),
+                        help="the extraction stage's extractor (bertPrep.py --wiki_extractor)")
     args = parser.parse_args(argv)
     wikitext = args.data_dir / "corpus" / "wikitext-2-raw" / "wiki.test.raw"
     vocab = args.data_dir / "vocab" / "bert-base-uncased-vocab.txt"
@@ -361,16 +409,16 @@ def main(argv: list[str] | None = None) -> None:
             xml_bytes = write_dump(articles, pages, dump)
             runs, text_mb, sizes = run_pipeline(Path(tmp) / f"run_{pages}", dump, vocab, args.processes,
                                                 (args.shards[0] * scale, args.shards[1] * scale),
-                                                tuple(args.dupe_factors))
+                                                tuple(args.dupe_factors), args.wiki_extractor)
             print(f"dump of {pages} pages: {xml_bytes / 1e6:.1f} MB XML ({dump.stat().st_size / 1e6:.1f} MB bz2) "
                   f"-> {text_mb:.1f} MB of article text ({xml_bytes / 1e6 / text_mb:.1f} bytes of XML per byte)",
                   flush=True)
-            results.append((pages, text_mb, runs, sizes))
+            results.append((pages, text_mb, runs, sizes, xml_bytes / 1e6))
             shutil.rmtree(Path(tmp) / f"run_{pages}")
-    print(f"\n{args.processes} worker processes per stage, {os.cpu_count()} CPUs")
+    print(f"\n{args.processes} worker processes per stage, {os.cpu_count()} CPUs, extraction: {args.wiki_extractor}")
     print(f"CPU: {describe_cpu()}\n")
     print_stage_table(results)
-    print_extrapolation(results)
+    print_extrapolation(results, args.wiki_extractor)
 
 
 if __name__ == "__main__":

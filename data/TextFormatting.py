@@ -1,6 +1,7 @@
 """Raw corpora -> one document per line (blank line after each), the input of TextSharding.
 
-Wikipedia: WikiExtractor (the `wikiextractor` package) turns the XML dump into `<doc>` blocks;
+Wikipedia: the fast extractor (`data/wiki_extract.py`, the default) or WikiExtractor (the
+`wikiextractor` package, `run_wikiextractor` here) turns the XML dump into `<doc>` blocks;
 each block becomes one line (title dropped, paragraphs joined by spaces), as the original's
 WikicorpusTextFormatting did. BookCorpus-style folders: each `*.txt` book becomes one line, as
 BookscorpusTextFormatting did. Everything streams: no corpus is held in memory.
@@ -49,7 +50,7 @@ def _last_line(path: Path) -> str:
 
 
 def extracted_files(extracted_dir: str | os.PathLike) -> list[Path]:
-    """WikiExtractor's outputs (`AA/wiki_00`, `AA/wiki_01`, ..., `AB/...`) in order."""
+    """The extracted files in WikiExtractor's layout (`AA/wiki_00`, `AA/wiki_01`, ..., `AB/...`) in order."""
     return sorted(p for p in Path(extracted_dir).glob("*/wiki_*") if p.is_file())
 
 
@@ -146,7 +147,7 @@ def format_wikipedia(extracted_dir: str | os.PathLike, output: str | os.PathLike
     """WikiExtractor's files -> one article per line, each file on a worker; written atomically, in file order."""
     files = extracted_files(extracted_dir)
     if not files:
-        raise InputError(f"{extracted_dir}: no WikiExtractor output (AA/wiki_00 ...); run it first")
+        raise InputError(f"{extracted_dir}: no extracted articles (AA/wiki_00 ...); run the extraction first")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     parts = Path(tempfile.mkdtemp(prefix=".tmp-formatting-", dir=output.parent))

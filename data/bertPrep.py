@@ -111,16 +111,24 @@ def _wikipedia_dump(layout: Layout, name: str) -> Path:
 
 
 def _extract_wikipedia(args: argparse.Namespace, layout: Layout, name: str) -> Path:
-    from data.TextFormatting import run_wikiextractor
-
     out = layout.extracted / name
     marker = out / ".extraction_complete"
     if args.skip_wikiextractor or marker.exists():
-        print(f"using existing WikiExtractor output in {out}", flush=True)
+        print(f"using existing extracted articles in {out}", flush=True)
         return out
     if out.exists():
         shutil.rmtree(out)  # an interrupted earlier run: its files cannot be trusted
-    run_wikiextractor(_wikipedia_dump(layout, name), out, args.n_processes)
+    dump = _wikipedia_dump(layout, name)
+    if args.wiki_extractor == "wikiextractor":
+        from data.TextFormatting import run_wikiextractor
+
+        run_wikiextractor(dump, out, args.n_processes)
+    else:
+        from data.wiki_extract import extract_wikipedia
+
+        print(f"extracting articles from {dump} on {args.n_processes} processes", flush=True)
+        count = extract_wikipedia(dump, out, args.n_processes)
+        print(f"{count} articles extracted to {out}", flush=True)
     marker.write_text("done\n", encoding="utf-8")
     return out
 
@@ -348,7 +356,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fraction_test_set", type=float, default=0.1, help="share of sentences in the test shards")
     p.add_argument("--segmentation_method", default="punkt", choices=METHODS + tuple(ALIASES),
                    help="sentence splitter (offline); 'nltk' = 'punkt'")
-    p.add_argument("--n_processes", type=int, default=4, help="WikiExtractor, sentence splitting and HDF5 workers")
+    p.add_argument("--n_processes", type=int, default=4, help="extraction, formatting, sentence splitting and HDF5 workers")
     p.add_argument("--random_seed", type=int, default=12345)
     p.add_argument("--dupe_factor", type=int, default=5)
     p.add_argument("--masked_lm_prob", type=float, default=0.15)
@@ -360,6 +368,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vocab_file", default=None, help="input of create_hdf5_files; output of create_vocab")
     p.add_argument("--vocab_size", type=int, default=30522, help="create_vocab: rows in the new vocab")
     p.add_argument("--skip_wikiextractor", type=int, default=0, help=">0: reuse extracted/<dataset>")
+    p.add_argument("--wiki_extractor", default="fast", choices=("fast", "wikiextractor"),
+                   help="Wikipedia XML -> articles: 'fast' (data/wiki_extract.py: parallel over the bz2 streams of a "
+                        "multistream dump, templates dropped) or 'wikiextractor' (the original's third-party tool, "
+                        "expands templates, one reader process)")
     p.add_argument("--interactive_json_config_generator", type=str, default=None, help="accepted, unused (as the original)")
     p.add_argument("--bookscorpus_dir", default=None, help="folder of *.txt books used as BookCorpus")
     p.add_argument("--google_models", default=None, help="comma-separated subset of Google's checkpoints (default all 7)")

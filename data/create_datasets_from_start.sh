@@ -8,7 +8,7 @@
 # Environment:
 #   BERT_PREP_WORKING_DIR  where everything goes (default: this data/ folder)
 #   BOOKSCORPUS_DIR        wiki_books only: a folder of *.txt books (Smashwords no longer serves BookCorpus)
-#   N_PROCESSES            WikiExtractor / sentence splitting / HDF5 workers (default 4)
+#   N_PROCESSES            extraction / formatting / sentence splitting / HDF5 workers (default 4)
 #   PYTHON                 interpreter (default python3)
 set -euo pipefail
 

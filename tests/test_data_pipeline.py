@@ -2,7 +2,8 @@
 
 Real inputs from ../shared/data/corpus: WikiText-2 articles, Gutenberg books (the Latin-1 Julius
 Caesar and the CRLF Moby Dick included), plus a MediaWiki export written here and run through the
-real WikiExtractor. Scripts run as users run them (`python data/bertPrep.py ...`).
+real WikiExtractor and through our fast extractor (data/wiki_extract.py, tested on its own in
+tests/test_wiki_extract.py). Scripts run as users run them (`python data/bertPrep.py ...`).
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def test_unknown_segmentation_method_is_a_clear_error():
         sentence_split.split_sentences("A b c.", "spacy")
 
 
-# ---------------------------------------------------------------- Wikipedia through WikiExtractor
+# ---------------------------------------------------------------- Wikipedia through both extractors
 
 WIKI_DUMP = load_benchmark("bench_data_pipeline").SITEINFO + """  <page>
     <title>AccessibleComputing</title>
@@ -198,8 +199,10 @@ EXPECTED_ARTICLES = [
 ]
 
 
+@pytest.mark.parametrize("extractor", ["fast", "wikiextractor"])
 @pytest.mark.parametrize("compressed", [False, True], ids=["xml", "xml.bz2"])
-def test_wikipedia_dump_to_one_article_per_line(tmp_path, compressed):
+def test_wikipedia_dump_to_one_article_per_line(tmp_path, compressed, extractor):
+    """Both extractors give the same articles on this dump (its templates expand to nothing in WikiExtractor)."""
     download = tmp_path / "download" / "wikicorpus_en"
     download.mkdir(parents=True)
     data = WIKI_DUMP.encode("utf-8")
@@ -207,14 +210,16 @@ def test_wikipedia_dump_to_one_article_per_line(tmp_path, compressed):
         (download / "wikicorpus_en.xml.bz2").write_bytes(bz2.compress(data))
     else:
         (download / "wikicorpus_en.xml").write_bytes(data)
-    ok(run_prep(tmp_path, "--action", "text_formatting", "--dataset", "wikicorpus_en", "--n_processes", "1"))
+    ok(run_prep(tmp_path, "--action", "text_formatting", "--dataset", "wikicorpus_en", "--n_processes", "1",
+                "--wiki_extractor", extractor))
     formatted = tmp_path / "formatted_one_article_per_line" / "wikicorpus_en_one_article_per_line.txt"
     # The redirect and the Talk: page are left out; markup and titles are gone; a blank line follows each.
     assert formatted.read_text(encoding="utf-8") == "".join(a + "\n\n" for a in EXPECTED_ARTICLES)
     assert (tmp_path / "extracted" / "wikicorpus_en" / ".extraction_complete").exists()
 
 
-def test_incomplete_or_damaged_wikipedia_download_is_reported(tmp_path):
+@pytest.mark.parametrize("extractor", ["fast", "wikiextractor"])
+def test_incomplete_or_damaged_wikipedia_download_is_reported(tmp_path, extractor):
     download = tmp_path / "download" / "wikicorpus_en"
     download.mkdir(parents=True)
     packed = bz2.compress(WIKI_DUMP.encode("utf-8") * 50)
@@ -224,8 +229,12 @@ def test_incomplete_or_damaged_wikipedia_download_is_reported(tmp_path):
 
     (download / "wikicorpus_en.xml.bz2").write_bytes(packed[: len(packed) // 2])  # truncated under the final name
     error = one_line_error(run_prep(tmp_path, "--action", "text_formatting", "--dataset", "wikicorpus_en",
-                                    "--n_processes", "1"))
-    assert "WikiExtractor failed on" in error and "truncated or damaged dump" in error
+                                    "--n_processes", "1", "--wiki_extractor", extractor))
+    if extractor == "wikiextractor":
+        assert "WikiExtractor failed on" in error and "truncated or damaged dump" in error
+    else:
+        assert "wikicorpus_en.xml.bz2: truncated or damaged" in error and "download again" in error
+        assert not (tmp_path / "extracted" / "wikicorpus_en").exists()
     assert not (tmp_path / "extracted" / "wikicorpus_en" / ".extraction_complete").exists()
     assert not (tmp_path / "formatted_one_article_per_line").exists()
 

@@ -326,18 +326,19 @@ def test_truncated_bz2_is_reported_and_leaves_no_output(tmp_path):
 
 def test_wiki_downloader_verifies_against_the_sha1_list(server, tmp_path, monkeypatch):
     dump = bz2.compress(b"<mediawiki>\n</mediawiki>\n")
-    server.files["/enwiki/latest/enwiki-latest-pages-articles.xml.bz2"] = dump
+    server.files["/enwiki/latest/enwiki-latest-pages-articles-multistream.xml.bz2"] = dump  # parallel extraction
     server.files["/enwiki/latest/enwiki-latest-sha1sums.txt"] = (
-        f"{'1' * 40}  enwiki-latest-pages-articles-multistream.xml.bz2\n"
-        f"{hashlib.sha1(dump).hexdigest()}  enwiki-latest-pages-articles.xml.bz2\n"
+        f"{'1' * 40}  enwiki-latest-pages-articles.xml.bz2\n"
+        f"{hashlib.sha1(dump).hexdigest()}  enwiki-latest-pages-articles-multistream.xml.bz2\n"
     ).encode()
     monkeypatch.setattr(WikiDownloader, "DUMP_ROOT", server.url(""))
     archive = WikiDownloader.WikiDownloader("en", tmp_path / "wikicorpus_en").download()
     assert archive == tmp_path / "wikicorpus_en" / "wikicorpus_en.xml.bz2"
     assert archive.read_bytes() == dump
 
-    server.files["/zhwiki/latest/zhwiki-latest-pages-articles.xml.bz2"] = dump
-    server.files["/zhwiki/latest/zhwiki-latest-sha1sums.txt"] = f"{'f' * 40}  zhwiki-latest-pages-articles.xml.bz2\n".encode()
+    server.files["/zhwiki/latest/zhwiki-latest-pages-articles-multistream.xml.bz2"] = dump
+    server.files["/zhwiki/latest/zhwiki-latest-sha1sums.txt"] = (
+        f"{'f' * 40}  zhwiki-latest-pages-articles-multistream.xml.bz2\n").encode()
     with pytest.raises(DownloadError, match="sha1 mismatch"):
         WikiDownloader.WikiDownloader("zh", tmp_path / "wikicorpus_zh").download()
     assert not (tmp_path / "wikicorpus_zh" / "wikicorpus_zh.xml.bz2").exists()
