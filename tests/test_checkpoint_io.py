@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import ROOT, script_env
 
-from data import shard_creation as cpd
 from checkpoint_io import CheckpointError, load_config_for_checkpoint, read_state_dict
+from data import shard_creation as cpd
 from modeling import BertConfig, BertModel
 
 TINY = ROOT / "bert_configs" / "tiny.json"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, load_benchmark, script_env, shared_path
 
-from data import shard_creation as cpd
 import tokenization
+from data import shard_creation as cpd
 from utils import InputError
 
 SETTINGS = dict(max_seq_length=128, max_predictions_per_seq=20, masked_lm_prob=0.15, short_seq_prob=0.1,

@@ -11,8 +11,8 @@ import torch
 from conftest import shared_path
 from torch.utils.data import DataLoader
 
-from data import shard_creation as cpd
 from data import inspect_hdf5
+from data import shard_creation as cpd
 from data.pretraining_dataset import (
     DataPosition,
     PretrainingShardDataset,
