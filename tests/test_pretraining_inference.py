@@ -346,7 +346,7 @@ def test_bad_inputs_give_one_line(trained, corpus, tmp_path):
     empty.mkdir()
     (empty / "wiki_training_0.hdf5").write_bytes(b"")  # training shards are not evaluated by default
     line = one_line_error(command + [f"--init_checkpoint={ckpt}", f"--eval_dir={empty}"])
-    assert str(empty) in line and "no shards" in line
+    assert str(empty) in line and "no .hdf5 shards" in line
 
     short = write_config(tmp_path / "short.json", max_position_embeddings=32)
     line = one_line_error(command + cli_args(ckpt, corpus, tmp_path / "x.json", f"--config_file={short}"))
