@@ -1,4 +1,4 @@
-"""LAMB, BertAdam and the parameter groups against plain re-statements of the spec's formulas (§6)."""
+"""LAMB, BertAdam and the parameter groups against plain float64 re-statements of the original's formulas."""
 from __future__ import annotations
 
 import importlib.util
@@ -76,7 +76,8 @@ def set_grads(params: dict[str, nn.Parameter], grads: dict[str, torch.Tensor | N
 
 def reference_lamb(weights, steps, lr, weight_decay, use_nvlamb, max_grad_norm=1.0, betas=(0.9, 0.999), eps=1e-6,
                    round_to=None):
-    """Spec §6.2 in float64, one tensor at a time."""
+    """NVIDIA's LAMB in float64, one tensor at a time: global-norm pre-normalisation, Adam moments with bias
+    correction, decoupled weight decay, trust ratio on decayed tensors (all with use_nvlamb)."""
     beta1, beta2 = betas
     decayed = {name for name, _, d in PARAM_SPECS if d}
     w = {n: t.clone() for n, t in weights.items()}
@@ -273,7 +274,7 @@ def test_build_lamb_falls_back_to_our_lamb_without_apex():
 
 
 def reference_bertadam(weights, steps, lr, warmup, t_total, weight_decay, b1=0.9, b2=0.999, e=1e-6, max_norm=1.0):
-    """Spec §6.4 in float64: per-tensor clip, no bias correction, schedule on the pre-update count."""
+    """The original's BertAdam in float64: per-tensor clip, no bias correction, schedule on the pre-update count."""
     decayed = {name for name, _, d in PARAM_SPECS if d}
     w = {n: t.clone() for n, t in weights.items()}
     m = {n: torch.zeros_like(t) for n, t in w.items()}

@@ -1,4 +1,4 @@
-"""LR schedules: every step against the spec's formulas (§6.3), with real optimizers stepping."""
+"""LR schedules: every step against the original's formulas written out plainly, with real optimizers stepping."""
 from __future__ import annotations
 
 import io
