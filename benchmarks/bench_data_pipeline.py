@@ -11,10 +11,11 @@ templates, a wikitable, `<ref>` citations, links, bold/italic markup, section he
 categories), plus redirects and Talk pages that the extractor must drop. Two dumps are measured,
 `--pages` and twice as many, to show that memory stays flat as input grows.
 
-Stages, each `python data/bertPrep.py --action ...` in its own process with `--n_processes N`:
+Stages, each in its own process with N worker processes (`python data/bertPrep.py --action ...
+--n_processes N`, and for extraction the functions that action calls first):
 
   extraction    XML -> plain-text articles with --wiki_extractor (default fast: data/wiki_extract.py;
-                wikiextractor: the original's tool), timed as text_formatting minus formatting
+                wikiextractor: the original's tool)
   formatting    text_formatting with --skip_wikiextractor: articles -> one article per line
   sharding      sentence splitting (punkt) + balanced train/test text shards
   hdf5 p1/p2    create_hdf5_files at 128/20 (phase 1) and 512/80 (phase 2), dupe factor 5 and 1
@@ -252,10 +253,31 @@ def _tree_rss_bytes(pid: int) -> tuple[int, int]:
 
 def run_stage(args: list[str], env: dict[str, str]) -> StageRun:
     """Run `bertPrep.py ARGS`; wall and CPU time of it and its workers, peak RSS per process and in total."""
+    return run_command([sys.executable, str(ROOT / "data" / "bertPrep.py"), *args], env)
+
+
+# The extraction stage on its own, in a process of its own: the functions `bertPrep.py --action
+# text_formatting` calls before formatting (argv: dump, output folder, processes, extractor).
+EXTRACT_ONLY = """
+import sys
+sys.path.insert(0, sys.argv[5])
+from data.TextFormatting import run_wikiextractor
+from data.wiki_extract import extract_wikipedia
+dump, out, processes, extractor = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+(run_wikiextractor if extractor == "wikiextractor" else extract_wikipedia)(dump, out, processes)
+"""
+
+
+def run_extraction(dump: Path, output: Path, processes: int, extractor: str, env: dict[str, str]) -> StageRun:
+    return run_command([sys.executable, "-c", EXTRACT_ONLY, str(dump), str(output), str(processes), extractor,
+                        str(ROOT)], env)
+
+
+def run_command(command: list[str], env: dict[str, str]) -> StageRun:
+    """Wall and CPU time of a command and its workers, peak RSS per process and in total."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, str(ROOT / "data" / "bertPrep.py"), *args], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks = [0, 0]
 
     def sample() -> None:
@@ -270,7 +292,7 @@ def run_stage(args: list[str], env: dict[str, str]) -> StageRun:
     seconds = time.perf_counter() - start
     sampler.join()
     if process.returncode != 0:
-        raise SystemExit(f"error: bertPrep.py {' '.join(args)} failed (exit {process.returncode}):\n{output[-2000:]}")
+        raise SystemExit(f"error: {' '.join(command[:4])} ... failed (exit {process.returncode}):\n{output[-2000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return StageRun(seconds, cpu, peaks[0] / 1e6, peaks[1] / 1e6)
@@ -295,13 +317,10 @@ def run_pipeline(working_dir: Path, dump: Path, vocab: Path, processes: int, sha
     shutil.copy(dump, download / f"{DATASET}.xml.bz2")
     common = ["--working_dir", str(working_dir), "--dataset", DATASET, "--n_processes", str(processes)]
     runs: dict[str, StageRun] = {}
-    both = run_stage(["--action", "text_formatting", "--wiki_extractor", wiki_extractor, *common], env)
-    formatted = working_dir / "formatted_one_article_per_line" / f"{DATASET}_one_article_per_line.txt"
-    formatted.unlink()
+    runs["extraction"] = run_extraction(download / f"{DATASET}.xml.bz2", working_dir / "extracted" / DATASET,
+                                        processes, wiki_extractor, env)
     runs["formatting"] = run_stage(["--action", "text_formatting", "--skip_wikiextractor", "1", *common], env)
-    runs["extraction"] = StageRun(both.seconds - runs["formatting"].seconds,
-                                  both.cpu_seconds - runs["formatting"].cpu_seconds,
-                                  both.peak_process_mb, both.peak_tree_mb)
+    formatted = working_dir / "formatted_one_article_per_line" / f"{DATASET}_one_article_per_line.txt"
     text_mb = formatted.stat().st_size / 1e6
     shard_args = ["--n_training_shards", str(shards[0]), "--n_test_shards", str(shards[1])]
     runs["sharding"] = run_stage(["--action", "sharding", *shard_args, *common], env)
