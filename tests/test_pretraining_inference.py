@@ -353,7 +353,7 @@ def test_bad_inputs_give_one_line(trained, corpus, tmp_path):
     assert "wiki_test_0.hdf5" in line and "sequence length 64" in line and "max_position_embeddings 32" in line
 
     line = one_line_error(pretrain_args(corpus, tmp_path / "run", eval_dir=empty, max_steps=2))
-    assert "no shards" in line
+    assert "no .hdf5 shards" in line
 
 
 @pytest.mark.slow  # needs the 60-step training run
