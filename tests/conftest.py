@@ -67,6 +67,22 @@ def script_env() -> dict[str, str]:
     return env
 
 
+def record_allreduces(ddp, world: int) -> list[int]:
+    """Give a DistributedDataParallel model a comm hook that averages gradients as DDP does and records the
+    bucket index of every all-reduce it runs; returns that (growing) record."""
+    import torch.distributed as dist
+
+    calls: list[int] = []
+
+    def counting_hook(state, bucket):
+        calls.append(bucket.index())
+        fut = dist.all_reduce(bucket.buffer().div_(world), async_op=True).get_future()
+        return fut.then(lambda f: f.value()[0])
+
+    ddp.register_comm_hook(None, counting_hook)
+    return calls
+
+
 def skip_reason(report: pytest.TestReport) -> str:
     """A skip's reason without the per-test detail after the first ': ' (e.g. which data file is absent)."""
     longrepr = report.longrepr

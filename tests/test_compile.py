@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import record_allreduces
 from pretrain_helpers import TINY_MODEL
 from test_unpadded import padded_batch
 
@@ -102,14 +103,7 @@ def _count_allreduces_through_compiled_loss(rank: int, world: int, init_file: st
     try:
         module = loss_module(dropout=0.0)
         ddp = DistributedDataParallel(module.model)
-        calls = []
-
-        def counting_hook(state, bucket):
-            calls.append(bucket.index())
-            fut = dist.all_reduce(bucket.buffer().div_(world), async_op=True).get_future()
-            return fut.then(lambda f: f.value()[0])
-
-        ddp.register_comm_hook(None, counting_hook)
+        calls = record_allreduces(ddp, world)
         step = torch.compile(PretrainingLoss(ddp, module.criterion), backend="eager")
         for micro in range(MICRO_STEPS):
             with training.gradient_sync(ddp, sync=(micro + 1) % ACCUMULATION == 0):

@@ -134,37 +134,52 @@ def split_exact(src: Path, dst_dir: Path, files: int, rows: int) -> None:
         copy_rows(src, dst_dir / f"part_training_{i}.hdf5", i * rows, (i + 1) * rows)
 
 
+# One process × accumulation 2k against 2 gloo ranks × accumulation k on the same global batches:
+# each shard holds exactly one rank's micro-batches for one step, so per step the single process
+# reads shards s and s+1 while rank 0 reads s and rank 1 reads s+1 (the original's assignment).
+EXACT_MICRO, EXACT_K, EXACT_STEPS = 4, 2, 3
+
+
+def exact_split_settings(corpus, tmp_path: Path) -> dict:
+    """base_args overrides for runs on exactly split shards, without dropout, with a checkpoint at the last
+    step (the end-of-run save must then be skipped on every rank alike)."""
+    src = next(corpus["phase1"].glob("*training_0.hdf5"))
+    data = tmp_path / "data"
+    split_exact(src, data, files=2 * EXACT_STEPS, rows=EXACT_MICRO * EXACT_K)
+    config = write_config(tmp_path / "nodrop.json", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return {"input_dir": data, "config_file": config, "max_steps": EXACT_STEPS, "learning_rate": 1e-2,
+            "num_steps_per_checkpoint": EXACT_STEPS}
+
+
+def one_process_model(corpus, out: Path, settings: dict, flags: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    run_pretraining(base_args(corpus, out, train_batch_size=2 * EXACT_K * EXACT_MICRO,
+                              gradient_accumulation_steps=2 * EXACT_K, **settings) + list(flags))
+    return torch.load(out / "ckpt" / f"ckpt_{EXACT_STEPS}.pt", weights_only=True)["model"]
+
+
+def two_rank_model(corpus, out: Path, settings: dict, flags: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "run_pretraining.py"), "--do_train", "--disable_progress_bar",
+           *base_args(corpus, out, train_batch_size=EXACT_K * EXACT_MICRO, gradient_accumulation_steps=EXACT_K,
+                      **settings), *flags]
+    proc = subprocess.run(cmd, env=script_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return torch.load(out / "ckpt" / f"ckpt_{EXACT_STEPS}.pt", weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4, msg=key)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("post_accumulation", [False, True])
 def test_ddp_matches_single_process(corpus, tmp_path, post_accumulation):
-    """2 ranks × accumulation k equal 1 process × accumulation 2k on the same global batch.
-
-    Each shard holds exactly one rank's micro-batches for one step, so per step the single process
-    reads shards s and s+1 while rank 0 reads s and rank 1 reads s+1 (the original's assignment).
-    """
-    micro, k, steps = 4, 2, 3
-    src = next(corpus["phase1"].glob("*training_0.hdf5"))
-    data = tmp_path / "data"
-    split_exact(src, data, files=2 * steps, rows=micro * k)
-    config = write_config(tmp_path / "nodrop.json", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    # A checkpoint at the last step: the end-of-run save must then be skipped on every rank alike.
-    common = {"input_dir": data, "config_file": config, "max_steps": steps, "learning_rate": 1e-2,
-              "num_steps_per_checkpoint": steps}
-    extra = ["--allreduce_post_accumulation"] if post_accumulation else []
-
-    single = tmp_path / "single"
-    run_pretraining(base_args(corpus, single, train_batch_size=2 * k * micro, gradient_accumulation_steps=2 * k, **common))
-    ddp = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "run_pretraining.py"), "--do_train", "--disable_progress_bar",
-           *base_args(corpus, ddp, train_batch_size=k * micro, gradient_accumulation_steps=k, **common), *extra]
-    proc = subprocess.run(cmd, env=script_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-    a = torch.load(single / "ckpt" / f"ckpt_{steps}.pt", weights_only=True)["model"]
-    b = torch.load(ddp / "ckpt" / f"ckpt_{steps}.pt", weights_only=True)["model"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4, msg=key)
+    """2 ranks × accumulation k equal 1 process × accumulation 2k on the same global batch."""
+    settings = exact_split_settings(corpus, tmp_path)
+    extra = ("--allreduce_post_accumulation",) if post_accumulation else ()
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert_same_weights(one_process_model(corpus, single, settings), two_rank_model(corpus, ddp, settings, extra))
     # The logged loss is rank 0's micro-batches only, so it is compared for presence, not value.
     assert step_losses(single / "dllogger.json").keys() == step_losses(ddp / "dllogger.json").keys()
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import record_allreduces
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -64,14 +65,7 @@ def _count_allreduces(rank: int, world: int, init_file: str, compiled: bool, out
     try:
         torch.manual_seed(0)
         ddp = DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)))
-        calls = []
-
-        def counting_hook(state, bucket):
-            calls.append(bucket.index())
-            fut = dist.all_reduce(bucket.buffer().div_(world), async_op=True).get_future()
-            return fut.then(lambda f: f.value()[0])
-
-        ddp.register_comm_hook(None, counting_hook)
+        calls = record_allreduces(ddp, world)
         model = torch.compile(ddp, backend="eager") if compiled else ddp
         for step in range(MICRO_STEPS):
             x = torch.full((2, 4), float(rank + step))
