@@ -256,15 +256,13 @@ def run_stage(args: list[str], env: dict[str, str]) -> StageRun:
     return run_command([sys.executable, str(ROOT / "data" / "bertPrep.py"), *args], env)
 
 
-# The extraction stage on its own, in a process of its own: the functions `bertPrep.py --action
-# text_formatting` calls before formatting (argv: dump, output folder, processes, extractor).
+# The extraction stage on its own, in a process of its own: what `bertPrep.py --action text_formatting`
+# runs before formatting (argv: dump, output folder, processes, extractor, project root).
 EXTRACT_ONLY = """
 import sys
 sys.path.insert(0, sys.argv[5])
-from data.TextFormatting import run_wikiextractor
-from data.wiki_extract import extract_wikipedia
-dump, out, processes, extractor = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-(run_wikiextractor if extractor == "wikiextractor" else extract_wikipedia)(dump, out, processes)
+from data.bertPrep import extract_articles
+extract_articles(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
 """
 
 

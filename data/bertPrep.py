@@ -118,19 +118,23 @@ def _extract_wikipedia(args: argparse.Namespace, layout: Layout, name: str) -> P
         return out
     if out.exists():
         shutil.rmtree(out)  # an interrupted earlier run: its files cannot be trusted
-    dump = _wikipedia_dump(layout, name)
-    if args.wiki_extractor == "wikiextractor":
-        from data.TextFormatting import run_wikiextractor
-
-        run_wikiextractor(dump, out, args.n_processes)
-    else:
-        from data.wiki_extract import extract_wikipedia
-
-        print(f"extracting articles from {dump} on {args.n_processes} processes", flush=True)
-        count = extract_wikipedia(dump, out, args.n_processes)
-        print(f"{count} articles extracted to {out}", flush=True)
+    extract_articles(_wikipedia_dump(layout, name), out, args.n_processes, args.wiki_extractor)
     marker.write_text("done\n", encoding="utf-8")
     return out
+
+
+def extract_articles(dump: Path | str, out: Path | str, n_processes: int, extractor: str) -> None:
+    """Wikipedia XML -> articles in WikiExtractor's format, with --wiki_extractor's choice."""
+    if extractor == "wikiextractor":
+        from data.TextFormatting import run_wikiextractor
+
+        run_wikiextractor(dump, out, n_processes)
+        return
+    from data.wiki_extract import extract_wikipedia
+
+    print(f"extracting articles from {dump} on {n_processes} processes", flush=True)
+    count = extract_wikipedia(dump, out, n_processes)
+    print(f"{count} articles extracted to {out}", flush=True)
 
 
 def format_corpus(args: argparse.Namespace, layout: Layout, part: str) -> Path:
