@@ -265,6 +265,8 @@ class Logger:
         except OSError as exc:  # a full disk must not end a training run over a log line
             print(f"warning: {self.path}: cannot write the log ({exc.strerror}); from now on it goes to stdout only",
                   file=sys.stderr, flush=True)
+            with contextlib.suppress(OSError):  # closing flushes the same unwritable line again
+                self._fh.close()
             self._fh = None
 
     def _base(self, kind: str) -> dict:
