@@ -322,8 +322,6 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * _cpu_dropout_scale_mask(x, dropped_levels)
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # Attention: one entry point, dispatched by input kind (padded or packed) and device
 # --------------------------------------------------------------------------------------------

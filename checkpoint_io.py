@@ -233,7 +233,6 @@ def _check_completeness(report: LoadReport, strict: bool, source: str) -> None:
         raise CheckpointError(f"{source}: missing backbone keys: {short_key_list(missing_backbone)}")
 
 
-
 def load_config_for_checkpoint(path: str | os.PathLike, config_file: str | os.PathLike | None = None, *,
                                allow_stored: bool = False) -> BertConfig:
     """The config given explicitly, else the bert_config.json / config.json beside a checkpoint, else (with
