@@ -17,10 +17,8 @@ The model (`modeling.py`) only calls:
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
-import time
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -34,128 +32,59 @@ from utils import InputError
 # --------------------------------------------------------------------------------------------
 
 # fp32 matrix products on the CPU: "onednn" sends them to oneDNN, "aten" leaves them to torch's BLAS
-# (MKL on x86). Which is faster depends on the CPU, not on the vendor: on an AMD Zen 5 MKL's sgemm
-# takes a generic path and oneDNN's runs about twice as fast; on an AMD Zen 4 and on Intel CPUs the
-# two are close. So "auto" times both on BERT-shaped products once per process (`probe_cpu_gemm_plan`)
-# and keeps the faster one for each of a linear's three products (forward, input gradient, weight
-# gradient). BERT_CPU_GEMM in the environment sets the default of --cpu_gemm, so setups written
-# before the flag keep working.
+# (MKL on x86). Which is faster depends on the CPU's vector width, not on the vendor: where torch runs
+# its AVX-512 kernels (Zen 4, Zen 5, Intel since Skylake-SP) oneDNN's fp32 GEMM is as fast as MKL's or
+# faster (2.4x on a Zen 5, 10-25% on a Zen 4's forward product); on AVX2-only CPUs (Zen 3 and older,
+# most laptops) MKL's is faster, by 10-45% on the gradient products of a Zen 3. So "auto" is a fixed
+# rule on torch's CPU capability (`default_cpu_gemm`), never a timing: a timing can differ between two
+# processes on one machine, and two libraries round differently, so a run and its resume (or two ranks)
+# would not compute the same weights. BERT_CPU_GEMM in the environment sets the default of --cpu_gemm,
+# so setups written before the flag keep working.
 CPU_GEMM_CHOICES = ("auto", "onednn", "aten")
 CPU_GEMM_ENV = "BERT_CPU_GEMM"
-GEMM_ROLES = ("forward", "input_grad", "weight_grad")
-
-
-@dataclass(frozen=True)
-class GemmPlan:
-    """The library ("onednn" or "aten") for each product of an fp32 CPU linear y = x·Wᵀ + b:
-    forward (x·Wᵀ), input_grad (dy·W) and weight_grad (dyᵀ·x)."""
-
-    forward: str
-    input_grad: str
-    weight_grad: str
-
-    @classmethod
-    def uniform(cls, backend: str) -> GemmPlan:
-        return cls(backend, backend, backend)
-
-    def summary(self) -> str:
-        """"onednn", "aten", or the per-product choice when they differ."""
-        chosen = {getattr(self, role) for role in GEMM_ROLES}
-        if len(chosen) == 1:
-            return chosen.pop()
-        return ", ".join(f"{role} {getattr(self, role)}" for role in GEMM_ROLES)
 
 
 def onednn_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-# Probe shape: 128 tokens of BERT-base through the fused Q/K/V projection (768 → 2304), about 0.45
-# GFLOP a product: large enough that the libraries' blocked kernels run as in training, small enough
-# that the whole probe (3 products × 2 libraries × 5 calls) takes about 0.2 s on one core.
-_PROBE_TOKENS, _PROBE_IN, _PROBE_OUT = 128, 768, 2304
-_PROBE_CALLS = 4
-# oneDNN must win by this margin to be chosen: on a near tie torch's own BLAS (what nn.Linear uses)
-# is kept, so timing noise does not flip the choice between runs on CPUs where the two are equal.
-_ONEDNN_MARGIN = 0.95
-
-
-def _probe_products() -> dict[str, list[Any]]:
-    """Per role: [aten call, oneDNN call] computing that product on BERT-shaped operands."""
-    g = torch.Generator().manual_seed(0)  # a private generator: the probe must not move the global RNG
-    x = torch.randn(_PROBE_TOKENS, _PROBE_IN, generator=g)
-    weight = torch.randn(_PROBE_OUT, _PROBE_IN, generator=g)
-    bias = torch.randn(_PROBE_OUT, generator=g)
-    grad = torch.randn(_PROBE_TOKENS, _PROBE_OUT, generator=g)
-    operands = {"forward": (x, weight, bias), "input_grad": (grad, weight.t(), None),
-                "weight_grad": (grad.t(), x.t(), None)}
-    return {role: [functools.partial(_product, backend, *ops) for backend in ("aten", "onednn")]
-            for role, ops in operands.items()}
-
-
-@functools.lru_cache(maxsize=1)
-def probe_cpu_gemm_plan() -> GemmPlan:
-    """Time torch's BLAS and oneDNN on each product of a BERT-shaped linear, once per process (cached);
-    returns the faster library per product.
-
-    The probe runs on one thread and counts that thread's CPU time, not wall time: on a shared machine
-    the wall clock mostly measures other processes, CPU time the library. The calls alternate between
-    the libraries and each keeps its fastest."""
+def default_cpu_gemm(capability: str | None = None) -> tuple[str, str]:
+    """The library "auto" picks on this CPU and why, from torch's CPU capability ("AVX512", "AVX2", ...)."""
+    capability = capability or torch.backends.cpu.get_cpu_capability()
     if not onednn_linear_available():
-        return GemmPlan.uniform("aten")
-    choice = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
-            for role, calls in _probe_products().items():
-                best = [math.inf, math.inf]
-                for repeat in range(_PROBE_CALLS + 1):
-                    for i, call in enumerate(calls):
-                        start = time.thread_time()
-                        call()
-                        if repeat:  # the first call of each builds its kernel
-                            best[i] = min(best[i], time.thread_time() - start)
-                choice[role] = "onednn" if best[1] < _ONEDNN_MARGIN * best[0] else "aten"
-    finally:
-        torch.set_num_threads(threads)
-    return GemmPlan(**choice)
+        return "aten", "this torch build has no oneDNN linear"
+    if capability.startswith("AVX512"):
+        return "onednn", f"the CPU runs torch's {capability} kernels, where oneDNN's fp32 GEMM is the faster"
+    return "aten", f"the CPU runs torch's {capability} kernels (no AVX-512), where MKL's fp32 GEMM is the faster"
 
 
-def _resolve_cpu_gemm(choice: str, source: str = CPU_GEMM_ENV) -> GemmPlan:
+def _resolve_cpu_gemm(choice: str, source: str = CPU_GEMM_ENV) -> str:
     if choice not in CPU_GEMM_CHOICES:
         raise InputError(f"{source}={choice!r}: choose one of {', '.join(CPU_GEMM_CHOICES)}")
     if choice == "auto":
-        return probe_cpu_gemm_plan()
+        return default_cpu_gemm()[0]
     if choice == "onednn" and not onednn_linear_available():
         raise InputError(f"{source}=onednn: this torch build has no oneDNN (mkldnn) linear")
-    return GemmPlan.uniform(choice)
+    return choice
 
 
-# None until first use: "auto" probes then, with the thread count the script has set by that time.
-_cpu_gemm_plan: GemmPlan | None = None
-
-
-def cpu_gemm_plan() -> GemmPlan:
-    """Which library does each fp32 CPU matrix product of a linear (resolved on first use)."""
-    global _cpu_gemm_plan
-    if _cpu_gemm_plan is None:
-        _cpu_gemm_plan = _resolve_cpu_gemm(os.environ.get(CPU_GEMM_ENV, "auto"))
-    return _cpu_gemm_plan
+# None until first use.
+_cpu_gemm: str | None = None
 
 
 def cpu_gemm_backend() -> str:
-    """"onednn", "aten", or the per-product choice when "auto" found them to differ (`GemmPlan.summary`)."""
-    return cpu_gemm_plan().summary()
+    """"onednn" or "aten": the library of every fp32 CPU matrix product of a linear (resolved on first use)."""
+    global _cpu_gemm
+    if _cpu_gemm is None:
+        _cpu_gemm = _resolve_cpu_gemm(os.environ.get(CPU_GEMM_ENV, "auto"))
+    return _cpu_gemm
 
 
-def set_cpu_gemm_backend(choice: str | GemmPlan, source: str = CPU_GEMM_ENV) -> str:
-    """Pick the fp32 CPU GEMM library ("auto", "onednn", "aten", or a `GemmPlan`); returns the
-    choice in use (`cpu_gemm_backend`). Within one process the plan stays fixed unless set again,
-    so results within a run are computed the same way throughout."""
-    global _cpu_gemm_plan
-    _cpu_gemm_plan = choice if isinstance(choice, GemmPlan) else _resolve_cpu_gemm(choice, source)
-    return _cpu_gemm_plan.summary()
+def set_cpu_gemm_backend(choice: str, source: str = CPU_GEMM_ENV) -> str:
+    """Pick the fp32 CPU GEMM library ("auto", "onednn" or "aten"); returns the library in use."""
+    global _cpu_gemm
+    _cpu_gemm = _resolve_cpu_gemm(choice, source)
+    return _cpu_gemm
 
 
 def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
@@ -163,8 +92,8 @@ def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("kernels")
     g.add_argument("--cpu_gemm", choices=CPU_GEMM_CHOICES, default=None,
                    help="library for fp32 matrix products on the CPU: onednn, aten (torch's BLAS, MKL on x86) or "
-                        "auto (times both on BERT-shaped products once at start-up and keeps the faster one "
-                        "per product; well under a second). "
+                        "auto (onednn where torch runs AVX-512 kernels, aten elsewhere: the faster of the two there, "
+                        "and the same choice in every process). "
                         f"Default: the {CPU_GEMM_ENV} environment variable, else auto")
 
 
@@ -241,53 +170,44 @@ def _onednn_matmul_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
 
 
-def _product(backend: str, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """a @ b.T (+ bias) in the given library; a and b may be transposed views."""
-    return _onednn_matmul_t(a, b, bias) if backend == "onednn" else F.linear(a, b, bias)
-
-
 class _OneDNNLinear(torch.autograd.Function):
-    """F.linear over [N, in] with each of its three products (forward, input and weight gradients) in
-    the library the `GemmPlan` names (at least one of them oneDNN)."""
+    """F.linear over [N, in] with its three products (forward, input and weight gradients) in oneDNN."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                plan: GemmPlan) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        ctx.plan = plan
-        return _product(plan.forward, x, weight, bias)
+        return _onednn_matmul_t(x, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        grad_x = _product(ctx.plan.input_grad, grad, weight.t()) if ctx.needs_input_grad[0] else None
-        grad_w = _product(ctx.plan.weight_grad, grad.t(), x.t()) if ctx.needs_input_grad[1] else None
+        grad_x = _onednn_matmul_t(grad, weight.t()) if ctx.needs_input_grad[0] else None
+        grad_w = _onednn_matmul_t(grad.t(), x.t()) if ctx.needs_input_grad[1] else None
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b
 
 
 def _onednn_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel() > 0
             and (bias is None or bias.dtype == torch.float32) and not torch.is_autocast_enabled("cpu")
-            and cpu_gemm_plan() != GemmPlan.uniform("aten"))
+            and cpu_gemm_backend() == "onednn")
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, with fp32 CPU products in oneDNN where the `GemmPlan` says so (see `cpu_gemm_plan`).
+    """F.linear, with fp32 CPU products in oneDNN where `cpu_gemm_backend` says so.
 
-    Autocast (bf16 already goes to oneDNN there), other devices and dtypes, an all-aten plan,
+    Autocast (bf16 already goes to oneDNN there), other devices and dtypes, the aten library,
     torch.compile (which lowers linears itself) and tracing or export (ONNX, TorchScript: the graph
     must hold F.linear) take F.linear.
     """
     if _tracing() or not _onednn_linear_applies(x, weight, bias):
         return F.linear(x, weight, bias)
-    plan = cpu_gemm_plan()
     if x.dim() == 2:
-        return _OneDNNLinear.apply(x, weight, bias, plan)
+        return _OneDNNLinear.apply(x, weight, bias)
     rows = x.reshape(-1, x.size(-1))
-    return _OneDNNLinear.apply(rows, weight, bias, plan).view(*x.shape[:-1], weight.size(0))
+    return _OneDNNLinear.apply(rows, weight, bias).view(*x.shape[:-1], weight.size(0))
 
 
 # --------------------------------------------------------------------------------------------

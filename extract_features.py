@@ -26,6 +26,7 @@ from finetuning import check_fits_positions
 from modeling import BertModel
 from processors.glue import encode_pair
 from utils import (
+    PRECISION_HELP,
     PRECISIONS,
     InputError,
     atomic_path,
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", default="-1,-2,-3,-4", help="comma-separated encoder layer indices (-1 = last)")
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--precision", choices=PRECISIONS, help="default fp32")
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--no_cuda", action="store_true")
     p.add_argument("--local_rank", type=int, default=-1, help="accepted for compatibility")
     add_kernel_arguments(p)
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     configure_kernels(args)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
-    precision = resolve_precision(args.precision)
+    precision = resolve_precision(args.precision, device=device)
     config = load_config_for_checkpoint(args.init_checkpoint, args.config_file)
     layers = parse_layers(args.layers, config.num_hidden_layers)
     check_fits_positions(args.max_seq_length, config)

@@ -53,6 +53,7 @@ from checkpoint_io import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, load_checkpoint
 from modeling import BertConfig
 from training import COMPATIBILITY_GROUP, LOSS_SCALE_HELP, gradient_sync, make_grad_scaler, progress_bar, wrap_ddp
 from utils import (
+    PRECISION_HELP,
     PRECISIONS,
     DistEnv,
     InputError,
@@ -122,9 +123,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, max_seq_length: int
                         "is cut to its longest sequence, which changes no result (SQuAD: see run_squad.py)")
 
     p = parser.add_argument_group("precision and devices")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="fp32, tf32, fp16 (autocast + GradScaler) or bf16 (autocast); default fp32, or fp16 "
-                        "with --fp16/--amp")
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--fp16", action="store_true", help="the original's flag: same as --precision fp16")
     p.add_argument("--amp", action="store_true", help="the original's flag: same as --precision fp16")
     p.add_argument("--loss_scale", type=float, default=0.0, help=LOSS_SCALE_HELP)
@@ -208,8 +207,8 @@ def start_run(args: argparse.Namespace) -> RunContext:
     if args.json_summary:
         check_output_file(args.json_summary, "--json-summary")
     configure_kernels(args)
-    precision = resolve_precision(args.precision, args.fp16 or args.amp)
     env = init_distributed("cpu" if args.no_cuda else None)
+    precision = resolve_precision(args.precision, args.fp16 or args.amp, env.device)
     apply_tf32(precision)
     # Every rank draws the same fresh head; DDP would broadcast rank 0's anyway.
     seed_everything(args.seed)

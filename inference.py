@@ -24,7 +24,7 @@ from checkpoint_io import load_checkpoint, load_config_for_checkpoint, resolve_v
 from finetuning import check_fits_positions
 from modeling import BertForQuestionAnswering
 from processors import squad
-from utils import PRECISIONS, InputError, autocast_context, resolve_precision, run_main, seed_everything
+from utils import PRECISION_HELP, PRECISIONS, InputError, autocast_context, resolve_precision, run_main, seed_everything
 
 DEFAULT_QUESTION = "Most antibiotics target bacteria and don't affect what class of organisms? "
 DEFAULT_CONTEXT = (
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--do_lower_case", action="store_true")
     p.add_argument("--version_2_with_negative", action="store_true", help="the answer may be '' (no answer)")
     p.add_argument("--null_score_diff_threshold", type=float, default=-11.0)
-    p.add_argument("--precision", choices=PRECISIONS, help="default fp32 (fp16 with --fp16)")
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--fp16", action="store_true", help="the original's flag: same as --precision fp16")
     p.add_argument("--no_cuda", action="store_true")
     p.add_argument("--local_rank", default=-1, help="accepted for compatibility")
@@ -157,7 +157,7 @@ def answer(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
         start, end = onnx_qa_logits(open_onnx_session(args.onnx_model), input_ids, segment_ids, input_mask)
     else:
         device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
-        precision = resolve_precision(args.precision, args.fp16)
+        precision = resolve_precision(args.precision, args.fp16, device)
         model = load_qa_model(args, device)
         start, end = pytorch_qa_logits(model, input_ids, segment_ids, input_mask, precision, device)
     results = [squad.RawResult(f.unique_id, start[i].tolist(), end[i].tolist()) for i, f in enumerate(features)]

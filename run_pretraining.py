@@ -29,6 +29,7 @@ from bert_kernels import (
     add_kernel_arguments,
     add_packing_arguments,
     configure_kernels,
+    cpu_gemm_backend,
     flash_varlen_available,
     pack_batch,
     use_packed_batches,
@@ -73,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42, help="seed; ranks use seed + rank for dropout")
     p.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--fp16", "--amp", dest="fp16", action="store_true", help="fp16 autocast with loss scaling")
-    p.add_argument("--precision", choices=utils.PRECISIONS, default=None, help="fp32, tf32, fp16 or bf16 (overrides --fp16)")
+    p.add_argument("--precision", choices=utils.PRECISIONS, default=None, help=utils.PRECISION_HELP)
     p.add_argument("--loss_scale", type=float, default=0.0, help=training.LOSS_SCALE_HELP)
     p.add_argument("--init_loss_scale", type=int, default=2**20, help="initial dynamic loss scale (fp16)")
     p.add_argument("--log_freq", type=float, default=1.0, help="log every N optimizer steps")
@@ -167,7 +168,7 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace, env: utils.DistEnv, logger: utils.Logger, tb_writer: Any = None):
         self.args, self.env, self.logger, self.tb_writer = args, env, logger, tb_writer
-        self.precision = utils.resolve_precision(args.precision, args.fp16)
+        self.precision = utils.resolve_precision(args.precision, args.fp16, env.device)
         utils.apply_tf32(self.precision)
         self.config = BertConfig.from_json_file(args.config_file)
         self.files = list_shards(args.input_dir, "training")
@@ -297,8 +298,9 @@ class Trainer:
                                          total=steps_target, initial=self.state.global_step, unit="step")
         train_start = self.train_start_time = time.time()  # also the origin of seconds_to_target
         log_start, log_samples = train_start, 0
+        gemm = {"cpu_gemm": cpu_gemm_backend()} if self.env.device.type == "cpu" else {}
         self.logger.log("PARAMETER", {"train_start": True, "batch_size_per_gpu": self.micro_batch,
-                                      "learning_rate": args.learning_rate, "precision": self.precision})
+                                      "learning_rate": args.learning_rate, "precision": self.precision, **gemm})
         while self.state.global_step < steps_target and not self.stop_requested:
             losses = [self.micro_step(batch, sync=(i == self.accum - 1))
                       for i, batch in enumerate(self.batches.step(self.accum))]

@@ -364,7 +364,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, default=-1, help="at most this many batches per rank (-1 = no bound)")
     p.add_argument("--max_samples", type=int, default=-1,
                    help="evaluate the first N sequences of the sorted shards (-1 = all)")
-    p.add_argument("--precision", choices=utils.PRECISIONS, default=None, help="fp32, tf32, fp16 or bf16")
+    p.add_argument("--precision", choices=utils.PRECISIONS, default=None, help=utils.PRECISION_HELP)
     p.add_argument("--fp16", "--amp", dest="fp16", action="store_true", help="same as --precision fp16")
     p.add_argument("--json-summary", dest="json_summary", default="results/dllogger_inference.json",
                    help="dllogger JSON output")
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> EvalResult:
         raise InputError(f"--init_checkpoint: not found: {args.init_checkpoint}")
     env = utils.init_distributed(args.device)
     try:
-        precision = utils.resolve_precision(args.precision, args.fp16)
+        precision = utils.resolve_precision(args.precision, args.fp16, env.device)
         utils.apply_tf32(precision)
         config = load_config_for_checkpoint(args.init_checkpoint, args.config_file, allow_stored=True)
         shards = find_eval_shards(args.input_dir, args.shard_kind)

@@ -36,7 +36,7 @@ import finetuning as ft  # noqa: E402
 from checkpoint_io import to_hf_state_dict  # noqa: E402
 from modeling import BertConfig, BertForQuestionAnswering  # noqa: E402
 from run_squad import squad_forward, squad_train_loss  # noqa: E402
-from utils import BENCHMARK_CLOCKS, autocast_context, describe_cpu  # noqa: E402
+from utils import BENCHMARK_CLOCKS, autocast_context, benchmark_precisions, describe_cpu  # noqa: E402
 
 BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 SHARED_SQUAD = ROOT.parent / "shared" / "data" / "squad" / "v1.1" / "train-v1.1.first11articles.json"
@@ -198,10 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"BERT-base QA, batch {args.batch_size} x seq {args.seq}, {torch.get_num_threads()} threads, "
           f"{args.clock} clock")
     print(f"CPU: {describe_cpu()}; ours' fp32 GEMMs: {kernels.cpu_gemm_backend()}")
+    precisions, skipped = benchmark_precisions(args.precisions.split(","), "cpu")
+    for precision, reason in skipped.items():
+        print(f"{precision} rows skipped: {reason}")
     rows = []
     for index, (batch, description) in enumerate(batches):
         print(f"  data {index}: {description}")
-        rows += [(index, precision, *measure(batch, precision, args)) for precision in args.precisions.split(",")]
+        rows += [(index, precision, *measure(batch, precision, args)) for precision in precisions]
     print(f"{'data':<6}{'precision':<10}{'train ours':>12}{'train HF':>12}{'ratio':>8}{'infer ours':>12}"
           f"{'infer HF':>12}{'ratio':>8}   (sequences/s)")
     for index, precision, train_ours, train_hf, infer_ours, infer_hf in rows:

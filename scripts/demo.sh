@@ -7,6 +7,7 @@
 # Steps: build the demo corpus -> one article per line -> sentence-split shards -> a WordPiece vocab
 # trained on the corpus -> HDF5 shards for seq 128 and seq 512 -> scripts/run_pretraining.sh (cpu_tiny).
 set -euo pipefail
+demo_start=$SECONDS
 
 CODEDIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$(mkdir -p "${1:-$CODEDIR/demo_out}" && cd "${1:-$CODEDIR/demo_out}" && pwd)
@@ -58,3 +59,11 @@ find "$OUT/results/checkpoints" -name 'ckpt_*.pt' -printf '                     
 echo "  loss curve, phase 1:  $OUT/results/dllogger_loss.png"
 echo "  loss curve, phase 2:  $OUT/results/dllogger_phase2_loss.png"
 echo "  logs:                 $OUT/results/*.log, $OUT/results/dllogger*.json"
+# What the run chose on this CPU (--precision auto, --cpu_gemm auto), from its own log.
+"$PYTHON" - "$OUT/results/dllogger.json" "$((SECONDS - demo_start))" <<'PY'
+import json, sys
+starts = [json.loads(line[5:])["data"] for line in open(sys.argv[1], encoding="utf-8") if line.startswith("DLLL ")]
+start = next(d for d in starts if d.get("train_start"))
+print(f"  precision {start['precision']}, fp32 GEMM library {start.get('cpu_gemm', '-')}, "
+      f"wall time {int(sys.argv[2]) // 60} min {int(sys.argv[2]) % 60} s")
+PY

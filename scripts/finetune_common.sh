@@ -9,11 +9,12 @@ arg_error() {
   return 2
 }
 
-# check_precision NAME: fp16, bf16, tf32 or fp32 (bf16 is accepted wherever fp16 is).
+# check_precision NAME: auto, fp16, bf16, tf32 or fp32 (bf16 is accepted wherever fp16 is; auto is bf16 on
+# a CPU that runs it natively, else fp32).
 check_precision() {
   case "$1" in
-    fp16 | bf16 | tf32 | fp32) ;;
-    *) arg_error "unknown precision '$1': use fp16, bf16, tf32 or fp32" ;;
+    auto | fp16 | bf16 | tf32 | fp32) ;;
+    *) arg_error "unknown precision '$1': use auto, fp16, bf16, tf32 or fp32" ;;
   esac
 }
 

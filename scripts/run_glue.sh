@@ -6,7 +6,7 @@
 #        [max_steps] [precision] [seed] [mode] [more run_glue.py flags...]
 #   bash scripts/run_glue.sh $(source scripts/configs/glue_config.sh && mrpc_dgxa100_8gpu_fp16)
 #
-# precision: fp16, bf16, tf32 or fp32. num_gpu > 1 launches that many processes with torchrun (forced to
+# precision: auto, fp16, bf16, tf32 or fp32. num_gpu > 1 launches that many processes with torchrun (forced to
 # 1 when mode is exactly "eval"). mode may contain "train", "eval" and/or "prediction" (default
 # "train eval"). batch_size is per process, for training and evaluation. Arguments after the 16th are
 # passed on to run_glue.py unchanged. Output, logfile and dllogger.json go to out_dir.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # BERT pretraining, phase 1 (seq 128) then phase 2 (seq 512), with the original's positional arguments:
 #   bash scripts/run_pretraining.sh $(source scripts/configs/pretrain_config.sh && dgxa100_8gpu_bf16)
-# 1 train_batch_size  2 learning_rate  3 precision (fp16|bf16|tf32|fp32)  4 num_gpus (0 = CPU)
+# 1 train_batch_size  2 learning_rate  3 precision (auto|fp16|bf16|tf32|fp32)  4 num_gpus (0 = CPU)
 # 5 warmup_proportion  6 train_steps  7 save_checkpoint_steps  8 resume_training (true|false)
 # 9 create_logfile  10 accumulate_gradients  11 gradient_accumulation_steps  12 seed  13 job_name
 # 14 allreduce_post_accumulation  15 allreduce_post_accumulation_fp16  16 train_batch_size_phase2
@@ -54,11 +54,8 @@ mkdir -p "$CHECKPOINTS_DIR"
 
 precision_flags() {
   case "$1" in
-    fp16) echo "--precision=fp16" ;;
-    bf16) echo "--precision=bf16" ;;
-    tf32) echo "--precision=tf32" ;;
-    fp32) echo "--precision=fp32" ;;
-    *) echo "Unknown precision $1: choose fp16, bf16, tf32 or fp32" >&2; return 1 ;;
+    auto | fp16 | bf16 | tf32 | fp32) echo "--precision=$1" ;;
+    *) echo "Unknown precision $1: choose auto, fp16, bf16, tf32 or fp32" >&2; return 1 ;;
   esac
 }
 

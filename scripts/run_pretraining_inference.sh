@@ -6,7 +6,7 @@
 #
 # init_checkpoint: ckpt_<step>.pt (or any layout the loader accepts); default the last phase-2 checkpoint.
 # eval_dir: folder of .hdf5 shards; the files whose name contains shard_kind (default "test") are evaluated.
-# precision: fp16, bf16, tf32 or fp32. num_gpus > 1 launches that many processes with torchrun (GPUs, or
+# precision: auto, fp16, bf16, tf32 or fp32. num_gpus > 1 launches that many processes with torchrun (GPUs, or
 # gloo processes on a CPU machine); the ranks split the batches and report the one-process numbers.
 # max_steps: batches per process (-1 = the whole set). Arguments after the 9th go to the Python script.
 # Output: RESULTS_DIR/dllogger_inference.json and a log file beside it.

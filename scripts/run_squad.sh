@@ -5,7 +5,7 @@
 #        [seed] [squad_dir] [vocab_file] [OUT_DIR] [mode] [CONFIG_FILE] [max_steps] [more run_squad.py flags...]
 #   bash scripts/run_squad.sh $(source scripts/configs/squad_config.sh && dgxa100_8gpu_fp16)
 #
-# precision: fp16, bf16, tf32 or fp32. num_gpu > 1 launches that many processes with torchrun (GPUs, or
+# precision: auto, fp16, bf16, tf32 or fp32. num_gpu > 1 launches that many processes with torchrun (GPUs, or
 # gloo processes on a CPU machine). mode: "train", "eval" (predict dev-v1.1.json and score it),
 # "prediction" (predict only), anything else (default "train eval") does all three. squad_dir holds
 # train-v1.1.json and dev-v1.1.json. Arguments after the 13th are passed on to run_squad.py unchanged.

@@ -5,7 +5,7 @@
 #        [batch_size] [gradient_accumulation_steps] [learning_rate] [warmup_proportion] [epochs] [max_steps] \
 #        [precision] [seed] [mode] [more run_swag.py flags...]
 #
-# data_dir holds train.csv and val.csv. precision: fp16, bf16, tf32 or fp32. num_gpu > 1 launches that
+# data_dir holds train.csv and val.csv. precision: auto, fp16, bf16, tf32 or fp32. num_gpu > 1 launches that
 # many processes with torchrun (forced to 1 when mode is exactly "eval"). mode may contain "train"
 # and/or "eval" (default "train eval"). Arguments after the 15th are passed on to run_swag.py unchanged.
 set -euo pipefail

@@ -46,22 +46,12 @@ def python_exe() -> str:
     return sys.executable
 
 
-def _onednn_linear_available() -> bool:
-    import bert_kernels
-
-    return bert_kernels.onednn_linear_available()
-
-
 def script_env() -> dict[str, str]:
     """Environment for running the project's scripts in a subprocess from the tests."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("OMP_NUM_THREADS", "2")
-    # One fixed fp32 GEMM library for every script a test starts: --cpu_gemm auto times the libraries
-    # in each process and, where they are close, two processes of one test (a run and its resume)
-    # could round differently.
-    env.setdefault("BERT_CPU_GEMM", "onednn" if _onednn_linear_available() else "aten")
     env["HF_HUB_OFFLINE"] = "1"
     env["TRANSFORMERS_OFFLINE"] = "1"
     return env

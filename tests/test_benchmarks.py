@@ -7,7 +7,8 @@ import sys
 
 from conftest import ROOT, script_env
 
-from utils import describe_cpu
+import utils
+from utils import benchmark_precisions, describe_cpu
 
 ZEN4_LSCPU = {"model name": "AMD EPYC", "vendor id": "AuthenticAMD", "cpu family": "25", "model": "17",
               "cpu(s)": "2", "flags": "fpu avx2 avx512f avx512_bf16"}
@@ -16,17 +17,17 @@ ZEN4_LSCPU = {"model name": "AMD EPYC", "vendor id": "AuthenticAMD", "cpu family
 def test_amd_family_and_generation_are_named():
     assert describe_cpu(ZEN4_LSCPU) == "AMD EPYC (AMD Zen 4: family 25, model 17; 2 logical CPUs; AVX-512, AVX-512 BF16)"
     zen3 = {**ZEN4_LSCPU, "flags": "fpu avx2", "model": "1"}
-    assert describe_cpu(zen3) == "AMD EPYC (AMD Zen 3: family 25, model 1; 2 logical CPUs)"
+    assert describe_cpu(zen3) == "AMD EPYC (AMD Zen 3: family 25, model 1; 2 logical CPUs; no native bf16)"
     zen5 = {**ZEN4_LSCPU, "cpu family": "26", "model": "2"}
     assert describe_cpu(zen5).startswith("AMD EPYC (AMD Zen 5: family 26, model 2;")
 
 
 def test_intel_and_cpuinfo_fields_keep_the_numbers_without_a_generation():
     cpuinfo = {"model name": "Intel(R) Xeon(R) Platinum 8480+", "vendor_id": "GenuineIntel", "cpu family": "6",
-               "model": "143", "flags": "avx512f amx_tile"}
+               "model": "143", "flags": "avx512f avx512_bf16 amx_bf16 amx_tile"}
     text = describe_cpu(cpuinfo)
     assert text.startswith("Intel(R) Xeon(R) Platinum 8480+ (family 6, model 143; ")
-    assert text.endswith("AVX-512, AMX)")
+    assert text.endswith("AVX-512, AVX-512 BF16, AMX)")
 
 
 def test_this_machine_is_described_with_lscpu_model_name_and_family():
@@ -57,3 +58,12 @@ def test_pretraining_benchmark_output_names_the_cpu_and_gemm_choice():
     line = next(line for line in proc.stdout.splitlines() if line.startswith("CPU: "))
     assert line == f"CPU: {describe_cpu()}; ours' fp32 GEMMs: aten"
     assert re.search(r"^small\s+fp32\s+2\s", proc.stdout, re.M)
+
+
+def test_bf16_rows_are_skipped_with_the_reason_where_the_cpu_only_emulates_bf16(monkeypatch):
+    monkeypatch.setattr(utils, "cpu_runs_bf16_natively", lambda: False)
+    kept, skipped = benchmark_precisions(["fp32", "bf16"], "cpu")
+    assert kept == ["fp32"] and "no native bf16" in skipped["bf16"]
+    assert benchmark_precisions(["fp32", "bf16"], "cuda") == (["fp32", "bf16"], {})
+    monkeypatch.setattr(utils, "cpu_runs_bf16_natively", lambda: True)
+    assert benchmark_precisions(["fp32", "bf16"], "cpu") == (["fp32", "bf16"], {})

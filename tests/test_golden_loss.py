@@ -22,9 +22,10 @@ from utils import read_dllogger
 
 GOLDEN = ROOT / "tests" / "assets" / "losses" / "pretrain_tiny_cpu_fp32.json"
 RELATIVE_TOLERANCE = 1e-6
-# The golden numbers were made with every fp32 GEMM in oneDNN. --cpu_gemm auto would time oneDNN
-# against torch's BLAS on the machine at hand and could pick the other library for some products,
-# which rounds differently (well within training noise, not within 1e-6), so the run names it.
+# The golden numbers were made with every fp32 GEMM in oneDNN. --cpu_gemm auto picks oneDNN or torch's
+# BLAS by the CPU (the same choice in every process: test_pretraining checks the default path for
+# bitwise reproducibility and exact resume), and the two libraries round differently (well within
+# training noise, not within 1e-6), so this run of fixed numbers names its library, as it names fp32.
 GOLDEN_CPU_GEMM = "onednn"
 
 # Positional arguments of scripts/run_pretraining.sh: phase 1 runs 6 steps of 8 sequences in 2

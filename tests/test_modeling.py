@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT, script_env
 
 import bert_kernels as kernels
 import checkpoint_io
@@ -341,8 +344,8 @@ needs_onednn = pytest.mark.skipif(
 
 @pytest.fixture
 def cpu_gemm():
-    """Sets the CPU GEMM backend for one test and restores the previous plan."""
-    before = kernels.cpu_gemm_plan()
+    """Sets the CPU GEMM library for one test and restores the previous one."""
+    before = kernels.cpu_gemm_backend()
     yield kernels.set_cpu_gemm_backend
     kernels.set_cpu_gemm_backend(before)
 
@@ -424,70 +427,49 @@ def test_cpu_gemm_flag_overrides_the_environment_default(cpu_gemm, monkeypatch):
     kernels.configure_kernels(parser.parse_args([]))  # no flag: the environment decides, as before the flag
     assert kernels.cpu_gemm_backend() == "aten"
     kernels.configure_kernels(parser.parse_args(["--cpu_gemm", "auto"]))
-    assert kernels.cpu_gemm_plan() == kernels.probe_cpu_gemm_plan()
+    assert kernels.cpu_gemm_backend() == kernels.default_cpu_gemm()[0]
     monkeypatch.setenv("BERT_CPU_GEMM", "blas")
     with pytest.raises(InputError, match="BERT_CPU_GEMM='blas'"):
         kernels.configure_kernels(parser.parse_args([]))
     assert "BERT_CPU_GEMM" in parser.format_help()
 
 
-def test_auto_probe_gives_one_valid_library_per_product_and_runs_once(cpu_gemm, monkeypatch):
-    monkeypatch.delenv("BERT_CPU_GEMM", raising=False)
-    threads = torch.get_num_threads()
-    rng_state = torch.get_rng_state()
-    plan = kernels.probe_cpu_gemm_plan()
-    assert set(kernels.GEMM_ROLES) == {"forward", "input_grad", "weight_grad"}
-    for role in kernels.GEMM_ROLES:
-        assert getattr(plan, role) in (("aten", "onednn") if kernels.onednn_linear_available() else ("aten",))
-    assert torch.get_num_threads() == threads  # the probe's single thread is given back
-    assert torch.equal(torch.get_rng_state(), rng_state)  # seeded runs draw the same numbers with or without it
-    misses = kernels.probe_cpu_gemm_plan.cache_info().misses
-    for _ in range(3):  # every "auto" in the process reuses the first probe: one plan for the whole run
-        assert cpu_gemm("auto") == plan.summary()
-        assert kernels.cpu_gemm_plan() is plan
-    assert kernels.probe_cpu_gemm_plan.cache_info().misses == misses
+@pytest.mark.parametrize(("capability", "expected"), [
+    ("AVX512", "onednn"), ("AVX512_BF16", "onednn"), ("AVX2", "aten"), ("DEFAULT", "aten")])
+def test_auto_gemm_is_a_fixed_rule_on_the_cpu_capability(monkeypatch, capability, expected):
+    """auto never times anything: the same CPU gives the same library in every process (no timing to
+    differ between a run and its resume), oneDNN where torch runs AVX-512 kernels, MKL elsewhere."""
+    monkeypatch.setattr(kernels, "onednn_linear_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    library, why = kernels.default_cpu_gemm()
+    assert library == expected
+    assert capability in why
+    monkeypatch.setattr(kernels, "onednn_linear_available", lambda: False)
+    assert kernels.default_cpu_gemm()[0] == "aten"
+
+
+def test_auto_gemm_is_the_same_in_every_process():
+    """Two fresh interpreters resolve auto to the same library (it was a per-process timing before)."""
+    code = "import bert_kernels as k; print(k.set_cpu_gemm_backend('auto'))"
+    env = {k: v for k, v in script_env().items() if k != "BERT_CPU_GEMM"}
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                           cwd=ROOT).stdout.strip() for _ in range(3)}
+    assert runs == {kernels.default_cpu_gemm()[0]}
 
 
 @pytest.mark.parametrize("choice", ["aten", pytest.param("onednn", marks=needs_onednn)])
-def test_explicit_cpu_gemm_choice_overrides_the_probe(cpu_gemm, monkeypatch, choice):
+def test_explicit_cpu_gemm_choice_overrides_auto(cpu_gemm, monkeypatch, choice):
     import argparse
 
     parser = argparse.ArgumentParser()
     kernels.add_kernel_arguments(parser)
     kernels.configure_kernels(parser.parse_args(["--cpu_gemm", choice]))
-    assert kernels.cpu_gemm_plan() == kernels.GemmPlan.uniform(choice)
     assert kernels.cpu_gemm_backend() == choice
     monkeypatch.setenv("BERT_CPU_GEMM", choice)
     kernels.configure_kernels(parser.parse_args([]))
-    assert kernels.cpu_gemm_plan() == kernels.GemmPlan.uniform(choice)
+    assert kernels.cpu_gemm_backend() == choice
     took_onednn = type(kernels.linear(torch.randn(4, 8, requires_grad=True), torch.randn(3, 8)).grad_fn).__name__
     assert took_onednn.startswith("_OneDNNLinear") == (choice == "onednn")
-
-
-@needs_onednn
-@pytest.mark.parametrize("plan", [("onednn", "aten", "aten"), ("aten", "onednn", "aten"), ("aten", "aten", "onednn")])
-def test_mixed_gemm_plan_matches_f_linear_values_and_gradients(cpu_gemm, plan):
-    """A plan the probe can return where the libraries are close: each product in its own library."""
-    cpu_gemm(kernels.GemmPlan(*plan))
-    torch.manual_seed(6)
-    x = torch.randn(2, 7, 24).transpose(0, 1).requires_grad_(True)  # non-contiguous rows
-    weight = torch.randn(40, 24, requires_grad=True)
-    bias = torch.randn(40, requires_grad=True)
-    upstream = torch.randn(7, 2, 40)
-    results = []
-    for fn in (kernels.linear, F.linear):
-        out = fn(x, weight, bias)
-        grads = torch.autograd.grad(out, (x, weight, bias), upstream)
-        results.append((out, *grads))
-    assert type(kernels.linear(x[0], weight, bias).grad_fn).__name__.startswith("_OneDNNLinear")
-    for ours, ref in zip(*results, strict=True):
-        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
-
-
-def test_gemm_plan_summary_names_the_library_per_product():
-    assert kernels.GemmPlan.uniform("aten").summary() == "aten"
-    assert kernels.GemmPlan("onednn", "onednn", "aten").summary() == \
-        "forward onednn, input_grad onednn, weight_grad aten"
 
 
 def test_unknown_cpu_gemm_backend_is_a_clear_error():

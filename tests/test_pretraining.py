@@ -172,6 +172,32 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4, msg=key)
 
 
+def default_path_args(corpus, out: Path, **overrides) -> list[str]:
+    """`base_args` with nothing pinned that a user would leave out: precision and GEMM library are auto."""
+    return [arg for arg in base_args(corpus, out, **overrides) if not arg.startswith("--precision=")]
+
+
+def test_default_runs_are_bitwise_equal_and_resume_exactly(corpus, tmp_path):
+    """With the defaults (--precision auto, --cpu_gemm auto, no environment pin) two runs give the same
+    weights bit for bit, and a run stopped by SIGTERM then resumed ends where they do."""
+    assert "BERT_CPU_GEMM" not in script_env()
+    n = 12
+    runs = [tmp_path / "first", tmp_path / "second"]
+    for out in runs:
+        proc = run_pretraining(default_path_args(corpus, out, max_steps=n, num_steps_per_checkpoint=4))
+        assert re.search(r"precision auto: (fp32|bf16) \(", proc.stderr), proc.stderr[-2000:]
+    resumed = tmp_path / "resumed"
+    returncode, out = sigterm_after_steps(default_path_args(corpus, resumed, max_steps=n, num_steps_per_checkpoint=4),
+                                          resumed / "dllogger.json", steps=5)
+    assert returncode == 75, out[-3000:]
+    run_pretraining(default_path_args(corpus, resumed, max_steps=n, num_steps_per_checkpoint=4,
+                                      **{"json-summary": resumed / "dllogger2.json"}) + ["--resume_from_checkpoint"])
+    weights = [torch.load(out / "ckpt" / f"ckpt_{n}.pt", weights_only=True)["model"] for out in (*runs, resumed)]
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), f"two default runs differ at {key}"
+        assert torch.equal(weights[0][key], weights[2][key]), f"the resumed default run differs at {key}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("post_accumulation", [False, True])
 def test_ddp_matches_single_process(corpus, tmp_path, post_accumulation):

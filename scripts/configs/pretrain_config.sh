@@ -29,8 +29,9 @@ dgx2_16gpu_fp32() { _emit 4096 128 fp32 16 false 2048 256; }
 dgx1_8gpu_fp16() { _emit 8192 512 fp16 8 true 4096 512; }
 dgx1_8gpu_fp32() { _emit 8192 1024 fp32 8 false 4096 1024; }
 
-# CPU presets: no GPUs (num_gpus 0), bf16 autocast (fast on CPUs with AVX-512 BF16; use fp32 elsewhere).
+# CPU presets: no GPUs (num_gpus 0), precision auto (bf16 where the CPU runs it natively, else fp32;
+# CPU_PRECISION=fp32 or bf16 pins it).
 # Phase 1: 150 steps of 32 sequences at seq 128; phase 2: 30 steps of 8 at seq 512.
 cpu_tiny() {
-  _emit 32 1 "${CPU_PRECISION:-bf16}" 0 false 8 1 150 30 50 2e-2 1e-2 0.1 0.1 "${TINY_CONFIG:-$CODEDIR/bert_configs/tiny.json}"
+  _emit 32 1 "${CPU_PRECISION:-auto}" 0 false 8 1 150 30 50 2e-2 1e-2 0.1 0.1 "${TINY_CONFIG:-$CODEDIR/bert_configs/tiny.json}"
 }
