@@ -10,7 +10,9 @@ bertPrep's dupe factor 5) from the same text with:
   one process, the pure-Python tokenizer line by line, token-string instances, row-by-row arrays;
 * ours in one process (create_hdf5_from_text);
 * ours over all cores: one shard per input file on bertPrep's process pool (what
-  `bertPrep.py --action create_hdf5_files` runs), against ours over the same files one after another.
+  `bertPrep.py --action create_hdf5_files` runs), against ours over the same files one after another,
+  on this text and on the files repeated to --large-megabytes (50 MB): the pool is sized from the
+  work, so it must be no slower than one process on the small corpus and use the cores on the large.
 
 Each measurement runs in a fresh process. It prints wall times, instances/s and ratios, a phase
 breakdown, and fails unless ours wrote exactly the reference's arrays (so identical statistics).
@@ -174,6 +176,19 @@ def measure_ours_files(files: list[str], vocab_file: str, dupe_factor: int, outd
             "instances": instances}
 
 
+def repeat_files(files: list[Path], factor: float, outdir: Path) -> list[Path]:
+    """Each file's text repeated about `factor` times (whole documents), as a larger corpus of as many files."""
+    outdir.mkdir()
+    repeats = max(1, round(factor))
+    copies = []
+    for path in files:
+        copy = outdir / path.name
+        text = path.read_text(encoding="utf-8").strip("\n")
+        copy.write_text("\n\n".join([text] * repeats) + "\n", encoding="utf-8")
+        copies.append(copy)
+    return copies
+
+
 def measure_import() -> float:
     """Seconds a new Python process spends importing data.shard_creation (torch comes in via utils):
     what each pool worker pays before its first shard."""
@@ -226,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--dupe-factor", type=int, default=5)
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="pool size for the all-cores run")
+    parser.add_argument("--large-megabytes", type=float, default=50.0,
+                        help="also time one process against the pool on this much text (the files repeated); 0: skip")
     args = parser.parse_args(argv)
     vocab = args.data_dir / "vocab" / "bert-base-uncased-vocab.txt"
     sample = args.data_dir / "corpus" / "bert_sample_text.txt"
@@ -251,6 +268,12 @@ def main(argv: list[str] | None = None) -> None:
                                   tmp, args.processes)
         identical, ref_stats, our_stats = compare_shards(ref_out, ours_out)
         startup = measure_import()
+        pool_rows = [(megabytes, sequential, pooled)]
+        if args.large_megabytes > 0:
+            large = repeat_files(files, args.large_megabytes / megabytes, workdir / "large")
+            large_mb = sum(path.stat().st_size for path in large) / 1e6
+            pool_rows.append((large_mb, *(in_fresh_process(measure_ours_files, [str(f) for f in large], str(vocab),
+                                                           args.dupe_factor, tmp, processes) for processes in (1, args.processes))))
 
     print()
     print_table([
@@ -261,6 +284,12 @@ def main(argv: list[str] | None = None) -> None:
         (f"ours, {len(files)} files one after another, 1 process", sequential),
         (f"ours, {len(files)} files on a {args.processes}-process pool (bertPrep)", pooled),
     ], reference)
+    print(f"\nbertPrep's pool (sized from the work: {args.processes} processes at most) vs one process:")
+    print(f"| {'text':>7} | {'files':>5} | {'1 process s':>11} | {'pool s':>7} | {'pool vs 1 process':>17} |")
+    print(f"|{'-' * 9}|{'-' * 7}|{'-' * 13}|{'-' * 9}|{'-' * 19}|")
+    for size, one, pool in pool_rows:
+        print(f"| {size:>5.1f}MB | {len(files):>5} | {one['seconds']:>11.2f} | {pool['seconds']:>7.2f} | "
+              f"{one['seconds'] / pool['seconds']:>16.2f}x |")
     print(f"\nimporting data.shard_creation in a new process (each pool worker pays it once): "
           f"{startup:.1f} s")
     print("\nphases (s):")

@@ -20,7 +20,8 @@ import os
 import re
 import shutil
 import sys
-from concurrent.futures import as_completed
+import threading
+from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,27 +290,87 @@ def hdf5_jobs(args: argparse.Namespace, layout: Layout, vocab_file: Path) -> tup
     return jobs, done
 
 
+# Each process beyond the first must be given at least this much work (bytes of text × dupe factor, about
+# 10 MB of text at dupe factor 5): a spawned worker spends 1-2 s starting (Python, the tokenizer, the
+# compiled instance code) before its first shard, and one process turns 50 MB·dupe into instances in
+# 5-10 s on the CPUs measured, so below this a second process costs about what it saves.
+MIN_WORK_PER_PROCESS = 50_000_000
+
+
+def job_work(job: dict) -> int:
+    """How much instance creation a job is: its text's bytes times its dupe factor."""
+    text_bytes = sum(Path(name).stat().st_size for name in job["input_files"])
+    return text_bytes * max(1, int(job.get("dupe_factor", 1)))
+
+
+def processes_for(works: list[int], n_processes: int) -> int:
+    """How many processes (this one included) are worth running: no more than asked, than jobs, or than
+    the total work can keep busy at `MIN_WORK_PER_PROCESS` each."""
+    return max(1, min(n_processes, len(works), sum(works) // MIN_WORK_PER_PROCESS))
+
+
 def run_hdf5_jobs(jobs: list[dict], n_processes: int) -> list[str]:
     """Run every job; return 'shard: reason' for each failure (the others still complete).
 
-    One worker runs the jobs in this process; more run on a spawn-started process pool.
+    The pool is sized from the work (`processes_for`), largest jobs first. This process runs jobs too:
+    with n processes, n − 1 spawned workers and this one take the next job as each becomes free, so a
+    worker's start-up overlaps work already under way here.
     """
     from tqdm import tqdm
 
-    workers = max(1, min(n_processes, len(jobs)))
-    names = [Path(job["input_files"][0]).name for job in jobs]
-    failures = []
-    if workers == 1:
-        for name, job in tqdm(list(zip(names, jobs, strict=True)), desc="hdf5 shards", unit="shard"):
-            failure = _failure_of(name, lambda job=job: _make_hdf5(job))
-            failures += [failure] if failure else []
-        return sorted(failures)
-    with worker_pool(workers, "spawn") as pool:
-        futures = {pool.submit(_make_hdf5, job): name for name, job in zip(names, jobs, strict=True)}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="hdf5 shards", unit="shard"):
-            failure = _failure_of(futures[future], future.result)
-            failures += [failure] if failure else []
+    works = [job_work(job) for job in jobs]
+    processes = processes_for(works, n_processes)
+    queue = [job for _, job in sorted(zip(works, jobs, strict=True), key=lambda pair: -pair[0])]
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def take() -> dict | None:
+        with lock:
+            return queue.pop(0) if queue else None
+
+    def give_back(job: dict) -> None:
+        with lock:
+            queue.insert(0, job)
+
+    def finish(failure: str | None) -> None:
+        with lock:
+            failures.extend([failure] if failure else [])
+            progress.update()
+
+    def run_here() -> None:
+        while (job := take()) is not None:
+            finish(_failure_of(_shard_name(job), lambda job=job: _make_hdf5(job)))
+
+    with tqdm(total=len(jobs), desc="hdf5 shards", unit="shard") as progress:
+        if processes > 1:
+            feeder = threading.Thread(target=_feed_pool, args=(processes - 1, take, give_back, finish), daemon=True)
+            feeder.start()
+            run_here()
+            feeder.join()
+        run_here()  # everything, or what a broken pool handed back
     return sorted(failures)
+
+
+def _shard_name(job: dict) -> str:
+    return Path(job["input_files"][0]).name
+
+
+def _feed_pool(workers: int, take, give_back, finish) -> None:
+    """Keep `workers` spawned processes busy with jobs from `take` until none is left (or the pool broke)."""
+    with worker_pool(workers, "spawn") as pool:
+        running: dict = {}
+        while True:
+            while len(running) < workers and (job := take()) is not None:
+                try:
+                    running[pool.submit(_make_hdf5, job)] = _shard_name(job)
+                except BrokenProcessPool:  # a worker died: hand the job back, this process runs the rest
+                    give_back(job)
+                    workers = 0
+            if not running:
+                return
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                finish(_failure_of(running.pop(future), future.result))
 
 
 def _failure_of(name: str, run) -> str | None:
