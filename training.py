@@ -1,18 +1,19 @@
 """Training plumbing shared by the pretraining Trainer (`run_pretraining.py`) and the fine-tuning loop
 (`finetuning.py`): the fp16 grad scaler, DDP wrapping and its no-sync context, the progress bar,
-"main process first", where feature caches go, stop signals.
+"main process first", where feature caches go, stop signals, the output folder's lock.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import torch.distributed as dist
@@ -280,3 +281,27 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
     t = torch.tensor([float(flag)], device=env.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+# In the output folder while a run writes there; it holds the pid of that run.
+LOCK_NAME = ".lock"
+
+
+def lock_output_dir(folder: str | os.PathLike) -> IO[str]:
+    """Hold an exclusive lock on `folder` for this process's life (keep the returned file open), or
+    InputError naming the run that holds it. Two runs on one folder deleted each other's checkpoint temp
+    files and interleaved their logs. flock goes with the process, so a SIGKILLed run leaves no stale lock."""
+    lock = open(Path(folder) / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held until the process ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise InputError(f"{folder} is in use by pid {holder} (another run writes there): wait for it to end or "
+                         "use another folder") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
