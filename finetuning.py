@@ -61,6 +61,7 @@ from training import (
     lock_output_dir,
     make_grad_scaler,
     progress_bar,
+    release_output_locks,
     wrap_ddp,
 )
 from utils import (
@@ -180,7 +181,6 @@ class RunContext:
     logger: Logger
     micro_batch_size: int
     output_dir: Path
-    lock: Any = None  # the open lock file of output_dir (main process): no second run writes there meanwhile
 
     @property
     def device(self) -> torch.device:
@@ -226,17 +226,16 @@ def start_run(args: argparse.Namespace) -> RunContext:
     # Every rank draws the same fresh head; DDP would broadcast rank 0's anyway.
     seed_everything(args.seed)
     output_dir = Path(args.output_dir)
-    lock = None
     if env.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        lock = lock_output_dir(output_dir)
+        lock_output_dir(output_dir)  # held until `finish`: a second run on this folder stops here
     json_path = args.json_summary or output_dir / "dllogger.json"
     logger = Logger(json_path, enabled=env.is_main)
     _log_units(logger)
     logger.log("PARAMETER", {"Config": [str(args)]})
     logger.log("PARAMETER", {"SEED": args.seed, "precision": precision, "world_size": env.world_size,
                              "device": str(env.device)})
-    return RunContext(args, env, precision, logger, micro_batch, output_dir, lock)
+    return RunContext(args, env, precision, logger, micro_batch, output_dir)
 
 
 def _log_units(logger: Logger) -> None:
@@ -660,3 +659,4 @@ def save_model(ctx: RunContext, model: nn.Module, config: BertConfig, vocab_file
 def finish(ctx: RunContext) -> None:
     barrier()
     ctx.logger.close()
+    release_output_locks()

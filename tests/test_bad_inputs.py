@@ -18,6 +18,7 @@ from conftest import shared_path
 from triton_helpers import load_triton_module, make_checkpoint
 
 from modeling import BertConfig, BertForPreTraining
+from training import LOCK_NAME
 from utils import InputError, run_main
 
 TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -270,8 +271,8 @@ def test_bad_settings_are_one_line_before_any_output(tmp_path, capsys, work, ind
     assert len(cases) == len(BAD_SETTING_IDS)
     name, argv, message = cases[index]
     assert_one_line_error(capsys, name, argv, message)
-    # Nothing but the run's log: no model, predictions, features or cache.
-    assert not [p for p in files_under(tmp_path / "out") if p.name != "dllogger.json"]
+    # Nothing but the run's log (and the folder's lock, removed at exit): no model, predictions, features or cache.
+    assert not [p for p in files_under(tmp_path / "out") if p.name not in ("dllogger.json", LOCK_NAME)]
     assert not list(tmp_path.rglob(".tmp-*")) and not list(tmp_path.rglob("*.npz"))
 
 
