@@ -39,6 +39,8 @@ import utils
 from checkpoint_io import CheckpointError, load_checkpoint, load_checkpoint_file
 from utils import InputError
 
+# Flags that set the shape of the LR schedule; a resume may change its length and peak, not these.
+SCHEDULE_SHAPE_FLAGS = ("lr_scheduler", "warmup_proportion")
 CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 # What utils.atomic_path leaves behind when a save is killed half-way: `.tmp-ckpt_<step>.pt.<random>`.
 TMP_PATTERN = re.compile(r"^\.tmp-ckpt_\d+\.pt\.")
@@ -200,15 +202,15 @@ class Checkpointer:
         if starting_phase2:
             require_finished_phase1(ckpt, path)
         if "optimizer" in ckpt:
-            self._load_optimizer(ckpt["optimizer"], reset_schedule=starting_phase2)
+            self._load_optimizer(ckpt["optimizer"], path, reset_schedule=starting_phase2)
         if starting_phase2:
             print(f"phase 2: starting from phase-1 checkpoint {path} (LR schedule restarts, LAMB moments carried over)")
             return None
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        if ckpt.get("scheduler"):
-            self.scheduler.load_state_dict(ckpt["scheduler"])
         self.state = RunState(**{**asdict(self.state), **ckpt.get("run_state", {}), "phase": self.state.phase})
+        if ckpt.get("scheduler"):
+            self._load_schedule(ckpt["scheduler"], ckpt.get("args") or {}, path)
         self._last_saved_step = self.name_step()
         rank = self.env.rank
         rngs, positions = ckpt.get("rng", []), ckpt.get("data_position", [])
@@ -226,10 +228,15 @@ class Checkpointer:
         is_torch_file = os.path.isfile(path) and not path.endswith(".safetensors")
         raw = load_checkpoint_file(path) if is_torch_file else {}
         if isinstance(raw, dict) and isinstance(raw.get("optimizer"), dict):
-            self._load_optimizer(raw["optimizer"], reset_schedule=True)
+            self._load_optimizer(raw["optimizer"], path, reset_schedule=True)
 
-    def _load_optimizer(self, sd: dict[str, Any], reset_schedule: bool) -> None:
-        """Load LAMB state; for a new phase keep the moments but restart the step counter and LR."""
+    def _load_optimizer(self, sd: dict[str, Any], path: str, reset_schedule: bool) -> None:
+        """Load LAMB state, checked against the model first; for a new phase keep the moments but restart
+        the step counter and LR."""
+        names = {id(param): name for name, param in self.model.named_parameters()}
+        problem = optimizer_state_mismatch(self.optimizer, sd, names)
+        if problem:
+            raise InputError(f"{path}: optimizer state does not fit this model: {problem}")
         if reset_schedule:
             for group in sd["param_groups"]:
                 group["step"] = 0
@@ -238,11 +245,37 @@ class Checkpointer:
         try:
             self.optimizer.load_state_dict(sd)
         except (ValueError, KeyError) as exc:
-            raise InputError(f"optimizer state does not fit this model: {exc}") from None
+            raise InputError(f"{path}: optimizer state does not fit this model: {exc}") from None
         if reset_schedule:
             for group in self.optimizer.param_groups:
                 group["initial_lr"] = self.learning_rate
             self.scheduler.base_lrs = [self.learning_rate for _ in self.optimizer.param_groups]
+
+    def _load_schedule(self, sd: dict[str, Any], stored_args: dict[str, Any], path: str) -> None:
+        """Continue the stored LR schedule; a new --max_steps or --learning_rate rebuilds it around the stored
+        step (loading the stored state alone kept the old horizon: a run extended past it trained at LR 0).
+        A new schedule shape (--lr_scheduler, --warmup_proportion) would jump the LR mid-run: refused."""
+        new_args = self.metadata.get("args") or {}
+        for flag in SCHEDULE_SHAPE_FLAGS:
+            old, new = stored_args.get(flag), new_args.get(flag)
+            if old is not None and new is not None and old != new:
+                raise InputError(f"{path} was trained with --{flag} {old}, this run asks for {new}: changing the "
+                                 f"shape of the LR schedule mid-run is not supported; resume with --{flag} {old}, "
+                                 "or start a new run from it with --init_checkpoint")
+        wanted_total, wanted_lrs = self.scheduler.total_steps, list(self.scheduler.base_lrs)
+        self.scheduler.load_state_dict(sd)
+        changes = []
+        if self.scheduler.total_steps != wanted_total:
+            changes.append(f"--max_steps {self.scheduler.total_steps} -> {wanted_total}")
+        if list(self.scheduler.base_lrs) != wanted_lrs:
+            changes.append(f"--learning_rate {self.scheduler.base_lrs[0]} -> {wanted_lrs[0]}")
+        if not changes or self.state.global_step >= wanted_total:
+            return  # unchanged, or already finished: nothing is trained with it
+        self.scheduler.total_steps, self.scheduler.base_lrs = wanted_total, wanted_lrs
+        for group, lr in zip(self.optimizer.param_groups, wanted_lrs, strict=True):
+            group["initial_lr"] = lr
+        print(f"resume: {', '.join(changes)}: LR schedule rebuilt for {wanted_total} steps, continuing at step "
+              f"{self.state.global_step}", flush=True)
 
     # ---- save ---------------------------------------------------------------------------------
 
@@ -311,6 +344,55 @@ def first_non_finite_parameter(model: torch.nn.Module) -> str | None:
     for name, param in model.named_parameters():
         if not bool(torch.isfinite(param.detach()).all()):
             return name
+    return None
+
+
+def optimizer_state_mismatch(optimizer: torch.optim.Optimizer, state_dict: Any,
+                             names: dict[int, str] | None = None) -> str | None:
+    """The first entry of a saved optimizer state that does not fit `optimizer`'s parameters, or None.
+
+    torch's loader checks only the group sizes and pairs saved moments with parameters by position, so
+    two swapped moments of different shapes reached the fused kernel, which wrote out of bounds (a
+    segfault). Checked here: the layout, the number of groups and of parameters per group, and that every
+    tensor saved for a parameter is floating point with the parameter's shape (0-d step counters aside)
+    and that no moment is missing. `names` maps id(parameter) to its name for the message.
+    """
+    if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict) \
+            or not isinstance(state_dict.get("param_groups"), list):
+        return "not an optimizer state (needs 'state' and 'param_groups')"
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(optimizer.param_groups):
+        return f"{len(saved_groups)} parameter groups, the model has {len(optimizer.param_groups)}"
+    moment_keys = getattr(optimizer, "_fp32_state_keys", ())
+    for g, (saved, group) in enumerate(zip(saved_groups, optimizer.param_groups, strict=True)):
+        if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
+            return f"parameter group {g} has no 'params' list"
+        if len(saved["params"]) != len(group["params"]):
+            return f"parameter group {g} holds {len(saved['params'])} parameters, the model's {len(group['params'])}"
+        step = saved.get("step", 0)
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 <= step < 2**53:
+            return f"parameter group {g} 'step' is {step!r}, not a count of steps"
+        for saved_id, param in zip(saved["params"], group["params"], strict=True):
+            where = f"parameter group {g}, {(names or {}).get(id(param), f'parameter id {saved_id}')}"
+            problem = _param_state_mismatch(state_dict["state"].get(saved_id, {}), param, moment_keys)
+            if problem:
+                return f"{where}: {problem}"
+    return None
+
+
+def _param_state_mismatch(entry: Any, param: torch.Tensor, moment_keys: tuple[str, ...]) -> str | None:
+    if not isinstance(entry, dict):
+        return f"state is a {type(entry).__name__}, not a dict"
+    if entry and moment_keys and not all(key in entry for key in moment_keys):
+        missing = [key for key in moment_keys if key not in entry]
+        return f"{missing[0]!r} is missing"
+    for key, value in entry.items():
+        if not isinstance(value, torch.Tensor) or (value.dim() == 0 and key not in moment_keys):
+            continue
+        if not value.is_floating_point():
+            return f"{key!r} has dtype {value.dtype}, not a floating-point type"
+        if value.shape != param.shape:
+            return f"{key!r} has shape {list(value.shape)}, the parameter {list(param.shape)}"
     return None
 
 

@@ -50,8 +50,20 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from bert_kernels import add_kernel_arguments, configure_kernels
 from checkpoint_io import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, load_checkpoint, load_config_for_checkpoint
+from checkpointing import first_non_finite_parameter
 from modeling import BertConfig
-from training import COMPATIBILITY_GROUP, LOSS_SCALE_HELP, gradient_sync, make_grad_scaler, progress_bar, wrap_ddp
+from training import (
+    COMPATIBILITY_GROUP,
+    LOSS_SCALE_HELP,
+    DivergenceGuard,
+    TrainingDiverged,
+    gradient_sync,
+    lock_output_dir,
+    make_grad_scaler,
+    progress_bar,
+    release_output_locks,
+    wrap_ddp,
+)
 from utils import (
     PRECISION_HELP,
     PRECISIONS,
@@ -215,6 +227,7 @@ def start_run(args: argparse.Namespace) -> RunContext:
     output_dir = Path(args.output_dir)
     if env.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        lock_output_dir(output_dir)  # held until `finish`: a second run on this folder stops here
     json_path = args.json_summary or output_dir / "dllogger.json"
     logger = Logger(json_path, enabled=env.is_main)
     _log_units(logger)
@@ -493,6 +506,7 @@ def train(ctx: RunContext, model: nn.Module, dataset: TensorDataset, loss_fn: Lo
                                  "gradient_accumulation_steps": plan.accumulation, "steps": plan.total_steps})
     model.train()
     global_step, sequences = 0, 0
+    divergence = DivergenceGuard(ctx.precision)
     window: list[torch.Tensor] = []
     logged: list[float] = []
     start = time.perf_counter()
@@ -508,6 +522,7 @@ def train(ctx: RunContext, model: nn.Module, dataset: TensorDataset, loss_fn: Lo
                 continue
             stepper.update()
             global_step += 1
+            _stop_if_diverged(divergence, loss, global_step, ctx.precision)
             if global_step % args.log_freq == 0 or global_step == plan.total_steps:
                 logged.append(_log_training(ctx, epoch, global_step, window, current_lr(optimizer, scheduler)))
                 window = []
@@ -516,6 +531,16 @@ def train(ctx: RunContext, model: nn.Module, dataset: TensorDataset, loss_fn: Lo
     elapsed = time.perf_counter() - start
     final_loss = all_reduce_mean(logged[-1] if logged else math.nan, ctx.device)
     return TrainResult(global_step, final_loss, elapsed, sequences, logged)
+
+
+def _stop_if_diverged(guard: DivergenceGuard, loss: torch.Tensor, global_step: int, precision: str) -> None:
+    """A NaN/inf loss (too high a learning rate, broken weights or labels) only gets worse, and AdamW would
+    train the weights to NaN: stop with one line before anything is written (one host sync per update)."""
+    if guard.update(bool(torch.isfinite(loss))):
+        raise TrainingDiverged(
+            f"training diverged: {guard.in_a_row} updates in a row had a non-finite loss ({precision}, last loss "
+            f"{float(loss)}) at step {global_step}; no model written; check --learning_rate, the init checkpoint's "
+            "weights and the labels")
 
 
 def _log_training(ctx: RunContext, epoch: int, global_step: int, window: list[torch.Tensor], lr: float) -> float:
@@ -619,6 +644,9 @@ def save_model(ctx: RunContext, model: nn.Module, config: BertConfig, vocab_file
     if ctx.args.skip_checkpoint or not ctx.is_main:
         return
     out = ctx.output_dir
+    bad = first_non_finite_parameter(unwrap(model))
+    if bad is not None:  # a NaN model would be evaluated, served and fine-tuned further without a word
+        raise InputError(f"weights are not finite ({bad}); {out / WEIGHTS_NAME} not written")
     atomic_torch_save({"model": unwrap(model).state_dict()}, out / WEIGHTS_NAME)
     config.to_json_file(out / CONFIG_NAME)
     if vocab_file is not None and Path(vocab_file).resolve() != (out / VOCAB_NAME).resolve():
@@ -630,3 +658,4 @@ def save_model(ctx: RunContext, model: nn.Module, config: BertConfig, vocab_file
 def finish(ctx: RunContext) -> None:
     barrier()
     ctx.logger.close()
+    release_output_locks()

@@ -435,6 +435,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         validate_args(args, env)
         configure_kernels(args)
         os.makedirs(args.output_dir, exist_ok=True)
+        if env.is_main:  # held for the run: a second run on this folder stops here
+            training.lock_output_dir(args.output_dir)
         logger = utils.Logger(args.json_summary, enabled=env.is_main)
         logger.log("PARAMETER", {"Config": [str(args)], "SEED": args.seed})
         trainer = Trainer(args, env, logger, training.tensorboard_writer(args.tensorboard_dir, env.is_main))
@@ -452,6 +454,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logger.close()
         return summary
     finally:
+        training.release_output_locks()
         utils.cleanup_distributed()
 
 

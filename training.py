@@ -1,18 +1,20 @@
 """Training plumbing shared by the pretraining Trainer (`run_pretraining.py`) and the fine-tuning loop
 (`finetuning.py`): the fp16 grad scaler, DDP wrapping and its no-sync context, the progress bar,
-"main process first", where feature caches go, stop signals.
+"main process first", where feature caches go, stop signals, the output folder's lock.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import fcntl
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import torch.distributed as dist
@@ -280,3 +282,56 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
     t = torch.tensor([float(flag)], device=env.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+# In the output folder while a run writes there; it holds the pid of that run.
+LOCK_NAME = ".lock"
+_held_locks: dict[str, IO[str]] = {}  # resolved folder -> its open lock file, for this process
+
+
+def lock_output_dir(folder: str | os.PathLike) -> IO[str]:
+    """Hold an exclusive lock on `folder` until `release_output_locks` or the end of the process, or
+    InputError naming the run that holds it. Two runs on one folder deleted each other's checkpoint temp
+    files and interleaved their logs. flock goes with the process, so a SIGKILLed run leaves no stale
+    lock (only the file, which the next run takes over). A process may lock the same folder again."""
+    key = os.path.realpath(folder)
+    if key in _held_locks:
+        return _held_locks[key]
+    path = os.path.join(key, LOCK_NAME)
+    while True:
+        lock = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held until released
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            lock.close()
+            raise InputError(f"{folder} is in use by pid {holder} (another run writes there): wait for it to end "
+                             "or use another folder") from None
+        if _same_file(lock, path):
+            break
+        lock.close()  # the run that held it removed the file as we opened it: lock the new one
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    if not _held_locks:
+        atexit.register(release_output_locks)
+    _held_locks[key] = lock
+    return lock
+
+
+def _same_file(lock: IO[str], path: str) -> bool:
+    try:
+        return os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def release_output_locks() -> None:
+    """Remove and unlock this process's output-folder locks (at the end of a run; also at exit)."""
+    while _held_locks:
+        key, lock = _held_locks.popitem()
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(key, LOCK_NAME))  # while still locked: no other run holds this file
+        lock.close()

@@ -195,9 +195,11 @@ def read_examples(
 
 def _check_float(path: str | os.PathLike, line_number: int, value: str) -> None:
     try:
-        float(value)
+        score = float(value)
     except ValueError as exc:
         raise InputError(f"{path}:{line_number}: score {value!r} is not a number") from exc
+    if not math.isfinite(score):  # 'nan', 'inf', '1e999': one such score makes every loss NaN
+        raise InputError(f"{path}:{line_number}: score {value!r} is not a finite number")
 
 
 def get_train_examples(task_name: str, data_dir: str | os.PathLike, skip_malformed: bool = False) -> list[InputExample]:

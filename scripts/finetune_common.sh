@@ -27,6 +27,59 @@ check_count() {
   fi
 }
 
+# check_number NAME VALUE: a decimal number such as 2.4e-5, 0.1, 3 or -1.0 (learning rates, warm-up
+# proportions, epochs, max_steps). Checked by pattern: an unchecked value can reach `$(( ))` or `[[ -gt ]]`,
+# where bash would evaluate it as an expression, `$(command)` included.
+check_number() {
+  if ! [[ $2 =~ ^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$ ]]; then
+    arg_error "$1 must be a number, got '$2'"
+  fi
+}
+
+# check_integer NAME VALUE: a whole number, possibly negative (seeds; -1 for "no limit").
+check_integer() {
+  if ! [[ $2 =~ ^[+-]?[0-9]+$ ]]; then
+    arg_error "$1 must be a whole number, got '$2'"
+  fi
+}
+
+# run_forwarding_signals COMMAND...: run COMMAND and return its exit code, passing TERM and USR1 on to it
+# (INT as TERM: a background command of a script ignores INT). Without this, a signal to the wrapper
+# ended the wrapper alone and the trainer went on writing checkpoints, unseen by whatever restarts it.
+run_forwarding_signals() {
+  "$@" &
+  CHILD_PID=$!
+  trap 'kill -TERM "$CHILD_PID" 2>/dev/null || true' TERM INT
+  trap 'kill -USR1 "$CHILD_PID" 2>/dev/null || true' USR1
+  local status
+  while :; do
+    status=0
+    wait "$CHILD_PID" || status=$?
+    # A trapped signal interrupts `wait` (status 128+N) while the child runs on.
+    kill -0 "$CHILD_PID" 2>/dev/null || break
+  done
+  if ((status > 128)); then  # interrupted just as the child ended: its own status is still to be collected
+    local again=0
+    wait "$CHILD_PID" 2>/dev/null || again=$?
+    ((again == 127)) || status=$again
+  fi
+  trap - TERM INT USR1
+  return "$status"
+}
+
+# run_tee_forwarding_signals LOGFILE COMMAND...: run_forwarding_signals with the output also copied
+# into LOGFILE; the copy (tee) ignores the signals, so the log is complete up to the command's last line.
+run_tee_forwarding_signals() {
+  local logfile=$1 log_fd tee_pid status=0
+  shift
+  exec {log_fd}> >(trap '' TERM INT USR1; exec tee "$logfile")
+  tee_pid=$!
+  run_forwarding_signals "$@" >&"$log_fd" 2>&1 || status=$?
+  exec {log_fd}>&-
+  wait "$tee_pid" 2>/dev/null || true
+  return "$status"
+}
+
 # PRECISION_ARGS: the python flags for a precision name.
 set_precision_args() {
   check_precision "$1" || return
@@ -51,7 +104,7 @@ run_logged() {
   mkdir -p "$(dirname "$logfile")"
   printf '%q ' "$@"
   echo
-  "$@" 2>&1 | tee "$logfile"
+  run_tee_forwarding_signals "$logfile" "$@"
 }
 
 # MODE_ARGS: --do_train/--do_eval/--do_predict flags for a mode string that may contain

@@ -35,6 +35,13 @@ seed=${15:-"2"}
 mode=${16:-"train eval"}
 extra_args=("${@:17}")
 
+check_count "batch_size (argument 8)" "$batch_size" 1
+check_count "gradient_accumulation_steps (argument 9)" "$gradient_accumulation_steps" 1
+check_number "learning_rate (argument 10)" "$learning_rate"
+check_number "warmup_proportion (argument 11)" "$warmup_proportion"
+check_number "epochs (argument 12)" "$epochs"
+check_number "max_steps (argument 13)" "$max_steps"
+check_integer "seed (argument 15)" "$seed"
 set_classifier_run "$mode" "$num_gpu" "$precision" "$batch_size" "$gradient_accumulation_steps"
 set_classifier_args "$init_checkpoint" "$data_dir" "$vocab_file" "$config_file" "$out_dir" \
   "$learning_rate" "$warmup_proportion" "$epochs" "$max_steps" "$seed"

@@ -45,7 +45,20 @@ PYTHON=${PYTHON:-python3}
 # shellcheck source=scripts/finetune_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/finetune_common.sh"
 check_precision "$precision"
-check_count num_gpus "$num_gpus" 0
+# Every numeric argument by pattern before any arithmetic (run_phase's $(( )) would run `$(command)`).
+check_count "train_batch_size (argument 1)" "$train_batch_size" 1
+check_number "learning_rate (argument 2)" "$learning_rate"
+check_count "num_gpus (argument 4)" "$num_gpus" 0
+check_number "warmup_proportion (argument 5)" "$warmup_proportion"
+check_count "train_steps (argument 6)" "$train_steps" 1
+check_count "save_checkpoint_steps (argument 7)" "$save_checkpoint_steps" 0
+check_count "gradient_accumulation_steps (argument 11)" "$gradient_accumulation_steps" 1
+check_integer "seed (argument 12)" "$seed"
+check_count "train_batch_size_phase2 (argument 16)" "$train_batch_size_phase2" 1
+check_number "learning_rate_phase2 (argument 17)" "$learning_rate_phase2"
+check_number "warmup_proportion_phase2 (argument 18)" "$warmup_proportion_phase2"
+check_count "train_steps_phase2 (argument 19)" "$train_steps_phase2" 1
+check_count "gradient_accumulation_steps_phase2 (argument 20)" "$gradient_accumulation_steps_phase2" 1
 check_count NPROC_PER_NODE "${NPROC_PER_NODE:-$num_gpus}" 0
 
 mkdir -p "$CHECKPOINTS_DIR"
@@ -78,10 +91,12 @@ run_phase() {  # run_phase <phase> <log tag> args...
   logfile="$RESULTS_DIR/$job_name.pyt_bert_pretraining_phase${phase}_${precision}_gbs${gbs}.${stamp}.log"
   echo "phase $phase: ${launcher[*]} $CODEDIR/run_pretraining.py $*" >&2
   local status=0
+  # TERM/USR1 to this script reach the trainer, which saves and exits 75 (see run_forwarding_signals).
   if [ "$create_logfile" = "true" ]; then
-    "${launcher[@]}" "$CODEDIR/run_pretraining.py" "$@" "${extra_args[@]}" 2>&1 | tee "$logfile" || status=$?
+    run_tee_forwarding_signals "$logfile" "${launcher[@]}" "$CODEDIR/run_pretraining.py" "$@" "${extra_args[@]}" \
+      || status=$?
   else
-    "${launcher[@]}" "$CODEDIR/run_pretraining.py" "$@" "${extra_args[@]}" || status=$?
+    run_forwarding_signals "${launcher[@]}" "$CODEDIR/run_pretraining.py" "$@" "${extra_args[@]}" || status=$?
   fi
   if [ "$status" -eq 75 ]; then  # run_pretraining.EXIT_STOPPED
     echo "phase $phase stopped by a signal before its last step; its checkpoint is in $CHECKPOINTS_DIR:" \

@@ -31,6 +31,8 @@ extra_args=("${@:10}")
 [ -e "$init_checkpoint" ] || { echo "Error: checkpoint $init_checkpoint not found" >&2; exit 1; }
 [ -d "$eval_dir" ] || { echo "Error: evaluation folder $eval_dir not found" >&2; exit 1; }
 [ -f "$CONFIG_FILE" ] || { echo "Error: BERT config $CONFIG_FILE not found" >&2; exit 1; }
+check_count "eval_batch_size (argument 3)" "$eval_batch_size" 1
+check_integer "max_steps (argument 7)" "$max_steps"
 set_precision_args "$precision"
 set_launcher "$num_gpus"
 

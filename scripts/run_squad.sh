@@ -32,6 +32,11 @@ CONFIG_FILE=${12:-"$CODEDIR/bert_config.json"}
 max_steps=${13:-"-1"}
 extra_args=("${@:14}")
 
+check_number "epochs (argument 2)" "$epochs"
+check_count "batch_size (argument 3)" "$batch_size" 1
+check_number "learning_rate (argument 4)" "$learning_rate"
+check_integer "seed (argument 7)" "$seed"
+check_number "max_steps (argument 13)" "$max_steps"
 set_precision_args "$precision"
 set_launcher "$num_gpu"
 

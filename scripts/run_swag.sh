@@ -32,6 +32,13 @@ seed=${14:-"42"}
 mode=${15:-"train eval"}
 extra_args=("${@:16}")
 
+check_count "batch_size (argument 7)" "$batch_size" 1
+check_count "gradient_accumulation_steps (argument 8)" "$gradient_accumulation_steps" 1
+check_number "learning_rate (argument 9)" "$learning_rate"
+check_number "warmup_proportion (argument 10)" "$warmup_proportion"
+check_number "epochs (argument 11)" "$epochs"
+check_number "max_steps (argument 12)" "$max_steps"
+check_integer "seed (argument 14)" "$seed"
 set_classifier_run "$mode" "$num_gpu" "$precision" "$batch_size" "$gradient_accumulation_steps"
 set_classifier_args "$init_checkpoint" "$data_dir" "$vocab_file" "$config_file" "$out_dir" \
   "$learning_rate" "$warmup_proportion" "$epochs" "$max_steps" "$seed"

@@ -18,6 +18,7 @@ from conftest import shared_path
 from triton_helpers import load_triton_module, make_checkpoint
 
 from modeling import BertConfig, BertForPreTraining
+from training import release_output_locks
 from utils import InputError, run_main
 
 TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -40,6 +41,7 @@ def assert_one_line_error(capsys, name: str, argv: list[str], expected: str) -> 
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         run_main(entry_point(name), [str(a) for a in argv])
+    release_output_locks()  # what the end of the script's process does (the lock file goes with it)
     err = capsys.readouterr().err
     assert info.value.code == 2, err
     lines = err.strip().splitlines()

@@ -354,6 +354,34 @@ def test_perf_reports_every_setting_as_table_csv_json_and_png(server, tmp_path, 
 
 
 # --------------------------------------------------------------------------------------------
+# A crashed tritonserver is started again (the bundled 2.51 dies on crafted requests, CVE-2025-23310)
+# --------------------------------------------------------------------------------------------
+
+
+def tritonserver_pid(server) -> int:
+    (pid,) = [pid for pid, cmd in cmdlines_containing(str(server.repo)).items()
+              if cmd.split(" ", 1)[0].endswith("/tritonserver")]
+    return pid
+
+
+def test_a_crashed_tritonserver_is_restarted_and_answers_the_next_request(server, reference_answers, capsys):
+    crashed = tritonserver_pid(server)
+    os.kill(crashed, signal.SIGSEGV)
+    while Path(f"/proc/{crashed}").exists():  # the launcher reaps it
+        time.sleep(0.1)
+    client_lib = load_triton_module("client_lib")
+    client_lib.TritonModel(server.http, "http", "bert_qa").wait_ready(180)
+    assert server.process.poll() is None
+    log = server.log.read_text(errors="replace")
+    assert "warning: tritonserver died (signal SIGSEGV); starting it again (restart 1)" in log, log[-3000:]
+    assert tritonserver_pid(server) != crashed
+    question, context = squad_cases()[0]
+    load_triton_module("client").main(["-u", server.http, "-i", "http", "--question", question, "--context", context,
+                                       "--json"])
+    assert json.loads(capsys.readouterr().out)["answer"] == reference_answers[0][0]
+
+
+# --------------------------------------------------------------------------------------------
 # Stopping by PID leaves nothing behind (runs last)
 # --------------------------------------------------------------------------------------------
 

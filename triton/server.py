@@ -15,7 +15,10 @@ What this launcher takes care of:
 * gives the python backend a shared-memory prefix unique to this server, and on SIGTERM/SIGINT
   stops `tritonserver` gracefully, waits for it, then removes any of its /dev/shm regions and
   stub processes that a crash could have left behind;
-* the server is started with a parent-death signal, so it never outlives this launcher.
+* the server is started with a parent-death signal, so it never outlives this launcher;
+* when the server dies after it was ready (the bundled 2.51 crashes on crafted HTTP requests,
+  CVE-2025-23310/23311, see docs/serving.md), it is cleaned up and started again; one that does not
+  come back ready ends the launcher with an error (`--no-restart`: end with the server's exit code).
 """
 from __future__ import annotations
 
@@ -60,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds to wait for the models to load before giving up (default 300)")
     parser.add_argument("--tritonserver", type=Path, default=None,
                         help="a tritonserver binary to use instead of the one bundled with nvidia-pytriton")
+    parser.add_argument("--no-restart", action="store_true",
+                        help="end when tritonserver dies instead of starting it again")
     return parser.parse_args(argv)
 
 
@@ -249,17 +254,39 @@ def check_repository(path: Path) -> None:
                          "(build one with triton/model_repository.py)")
 
 
+def serve_once(args: argparse.Namespace) -> int:
+    """Start tritonserver, wait until it is ready, serve until it exits; its exit code."""
+    install_stop_handlers()  # again after a restart: the previous shutdown ignored the signals
+    with running_server(args) as process:
+        wait_until_ready(process, args)
+        print(f"server ready: http {args.host}:{args.http_port}, grpc {args.host}:{args.grpc_port} "
+              f"(pid {os.getpid()}; stop with SIGTERM or Ctrl-C)", flush=True)
+        process.wait()
+        return process.returncode
+
+
+def describe_exit(code: int) -> str:
+    if code >= 0:
+        return f"exit code {code}"
+    with contextlib.suppress(ValueError):
+        return f"signal {signal.Signals(-code).name}"
+    return f"signal {-code}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_repository(args.model_repository)
-    install_stop_handlers()
+    restarts = 0
     try:
-        with running_server(args) as process:
-            wait_until_ready(process, args)
-            print(f"server ready: http {args.host}:{args.http_port}, grpc {args.host}:{args.grpc_port} "
-                  f"(pid {os.getpid()}; stop with SIGTERM or Ctrl-C)", flush=True)
-            process.wait()
-            return process.returncode
+        while True:
+            code = serve_once(args)
+            # The launcher never stops a ready server itself except on a stop signal (KeyboardInterrupt),
+            # so any exit here is a crash: serve again unless asked not to.
+            if args.no_restart:
+                return code
+            restarts += 1
+            print(f"warning: tritonserver died ({describe_exit(code)}); starting it again (restart {restarts})",
+                  file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         return 0
     except RuntimeError as exc:
