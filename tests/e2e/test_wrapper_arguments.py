@@ -36,8 +36,8 @@ def wrapper_argv(script: str, precision: str, gpus: str, tmp: Path) -> list[str]
 
 
 CASES = [
-    ("fp8", "1", "unknown precision 'fp8': use fp16, bf16, tf32 or fp32"),
-    ("FP16", "1", "unknown precision 'FP16': use fp16, bf16, tf32 or fp32"),
+    ("fp8", "1", "unknown precision 'fp8': use auto, fp16, bf16, tf32 or fp32"),
+    ("FP16", "1", "unknown precision 'FP16': use auto, fp16, bf16, tf32 or fp32"),
     ("fp32", "two", "must be a whole number >= {min}, got 'two'"),
     ("fp32", "-1", "must be a whole number >= {min}, got '-1'"),
     ("fp32", "1.5", "must be a whole number >= {min}, got '1.5'"),
