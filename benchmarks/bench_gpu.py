@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -489,10 +490,14 @@ def run_subprocess(out: JsonLines, out_path: Path, cmd: list[str], limit_s: floa
     before = len(records_of(out_path))
     start = time.perf_counter()
     with open(log, "w", encoding="utf-8") as fh:
+        # A session of its own, so that a timeout also ends the compile workers inductor started.
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=limit_s, check=False)
-            rc: int | str = proc.returncode
+            rc: int | str = proc.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             rc = f"killed after its limit of {limit_s:.0f} s"
     seconds = time.perf_counter() - start
     outcomes = {r.get("kind") for r in records_of(out_path)[before:]} & {"row", "sdpa", "failed", "skipped"}

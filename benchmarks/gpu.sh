@@ -68,7 +68,7 @@ for group in "${TEST_GROUPS[@]}"; do
     emit tests group "$name" rc "not run" summary "pytest is not installed for $PY (see docs/gpu.md: .gpu_deps)"
     continue
   fi
-  timeout "$limit" "$PY" -m pytest -v -p no:cacheprovider tests/test_cuda.py -k "$tests" >"$log" 2>&1
+  timeout -k 10 "$limit" "$PY" -m pytest -v -p no:cacheprovider tests/test_cuda.py -k "$tests" >"$log" 2>&1
   rc=$?
   if [ "$rc" = 124 ]; then rc="124 (timed out after $limit s)"; fi
   emit tests group "$name" rc "$rc" summary "$(tail -n 1 "$log")" \
@@ -82,7 +82,7 @@ done
 left=$(( BUDGET_S - (SECONDS - START) ))
 bench_args=(--out "$JSONL" --budget_s "$(( left - 30 ))")
 [ -n "$DRY_RUN" ] && bench_args+=(--dry-run)
-timeout "$(( left > 10 ? left : 10 ))" "$PY" benchmarks/bench_gpu.py "${bench_args[@]}" >"$OUT/bench_gpu.log" 2>&1
+timeout -k 10 "$(( left > 10 ? left : 10 ))" "$PY" benchmarks/bench_gpu.py "${bench_args[@]}" >"$OUT/bench_gpu.log" 2>&1
 rc=$?
 emit finished script benchmarks/gpu.sh bench_rc "$rc" seconds "$(( SECONDS - START ))"
 
