@@ -439,6 +439,7 @@ class Setup:
     """What every row process needs, written once by the planner (`setup.json` in its work folder)."""
 
     device: str
+    preset: str
     phases: list[dict[str, Any]]
     config: str
     data: dict[str, str]
@@ -527,7 +528,7 @@ def plan_and_run(args: argparse.Namespace) -> int:
         setup_file.write_text(json.dumps(asdict(setup)))
         selected = [int(i) for i in args.rows.split(",")] if args.rows else list(range(len(ROWS)))
         out.write("plan", rows=[f"{i}: {ROWS[i].label()}" for i in selected], budget_s=budget,
-                  estimates=asdict(estimates), phases=setup.phases)
+                  estimates=asdict(estimates), preset=setup.preset, phases=setup.phases)
         measured: dict[bool, float] = {}
         profiled: set[tuple[str, bool]] = set()
         for index in selected:
@@ -565,7 +566,7 @@ def prepare(args: argparse.Namespace, device: torch.device, base: Path) -> Setup
         phases = (Phase("phase1", 64, 10, 4, 64), Phase("phase2", 128, 20, 2, 128))
         config = base / "tiny.json"
         config.write_text(json.dumps(TINY_CONFIG))
-        window, windows = 2, 1
+        window, windows, preset = 2, 1, "dry run"
     else:
         name = torch.cuda.get_device_name(device)
         preset = args.preset or ("dgxh100_8gpu_bf16" if ("H100" in name or "H200" in name) else "dgxa100_8gpu_bf16")
@@ -574,7 +575,7 @@ def prepare(args: argparse.Namespace, device: torch.device, base: Path) -> Setup
         window, windows = args.window_accum, args.windows
     # warm-up, sync check, timed windows, profile, and a spare
     data = {p.name: str(write_shards(base, p, (window * (windows + 4) + 1) * p.micro)) for p in phases}
-    return Setup(device.type, [asdict(p) for p in phases], str(config), data, window, windows)
+    return Setup(device.type, preset, [asdict(p) for p in phases], str(config), data, window, windows)
 
 
 def load_setup(path: str) -> tuple[Setup, dict[str, Phase], torch.device]:
@@ -601,8 +602,7 @@ def run_row(args: argparse.Namespace) -> int:
             result = measure_row(row, phase, trainer, setup.windows)
             out.write("row", index=args.row, label=row.label(), pid=os.getpid(), **result)
             if args.profile:
-                out.write("kernels", index=args.row, phase=row.phase, packed=row.unpadded, label=row.label(),
-                          top=kernel_table(trainer))
+                write_kernel_table(out, args.row, row, trainer)
     except NotImplementedError as exc:
         out.write("skipped", index=args.row, label=row.label(), **asdict(row), reason=str(exc))
     except Exception as exc:  # noqa: BLE001 - recorded; the planner goes on with the next row
@@ -615,6 +615,15 @@ def run_row(args: argparse.Namespace) -> int:
             trainer.stream.close()
         out.close()
     return 0
+
+
+def write_kernel_table(out: JsonLines, index: int, row: Row, trainer: run_pretraining.Trainer) -> None:
+    """The row's kernel table; a profiler failure is recorded with it and leaves the measured row alone."""
+    where = {"index": index, "phase": row.phase, "packed": row.unpadded, "label": row.label()}
+    try:
+        out.write("kernels", **where, top=kernel_table(trainer))
+    except Exception as exc:  # noqa: BLE001 - the row itself was measured
+        out.write("kernels", **where, top=[], error=f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
 def run_probe(args: argparse.Namespace) -> int:
