@@ -548,7 +548,7 @@ def plan_and_run(args: argparse.Namespace) -> int:
                                           "projected": why})
             if ok:
                 measured[row.compiled] = seconds - (estimates.profile_s if profile else 0.0)
-                if any(r.get("kind") == "kernels" and r.get("index") == index for r in records_of(out_path)):
+                if any(r.get("kind") == "kernels" and r.get("index") == index and r.get("top") for r in records_of(out_path)):
                     profiled.add(key)
         # The probe last and alone: whatever it does to its CUDA context cannot reach a row.
         probe_limit = min(120.0, max(budget - (time.perf_counter() - start), 30.0))
