@@ -26,13 +26,15 @@ import training
 import utils
 from bert_kernels import (
     PackedSequences,
+    UnpadChoice,
     add_kernel_arguments,
     add_packing_arguments,
+    choose_unpad,
     configure_kernels,
     cpu_gemm_backend,
-    flash_varlen_available,
+    flash_varlen_problem,
+    mark_token_count_dynamic,
     pack_batch,
-    use_packed_batches,
 )
 from checkpointing import Checkpointer, RunState, plain_flags
 from data.pretraining_dataset import (
@@ -171,6 +173,7 @@ class Trainer:
         self.precision = utils.resolve_precision(args.precision, args.fp16, env.device)
         utils.apply_tf32(self.precision)
         self.config = BertConfig.from_json_file(args.config_file)
+        self.unpad = self._choose_unpad()  # before any work: `--unpad on` where it cannot run is an input error
         self.files = list_shards(args.input_dir, "training")
         self.micro_batch = args.train_batch_size // args.gradient_accumulation_steps
         self.seq_len, self.max_pred = check_shard_shapes(self.files, args.max_seq_length, args.max_predictions_per_seq,
@@ -203,13 +206,13 @@ class Trainer:
         self.stream = ShardStream(self.files, env.rank, env.world_size, self.micro_batch, self.max_pred, args.seed,
                                   position, masker=masker, bin_size=args.bin_size,
                                   limits=TokenLimits(self.config.vocab_size, self.config.type_vocab_size))
-        self.flash_attention = flash_varlen_available(env.device, self.precision)
-        self.packed = use_packed_batches(args.unpad, args.dense_seq_output, self.flash_attention)
+        self.flash_attention, self.packed = self.unpad.flash, self.unpad.packed
         self.forward_model = self._wrap_model()
         self.compiled = training.compile_wanted(args.compile, env.device)
         self.loss_fn: torch.nn.Module = training.PretrainingLoss(self.forward_model, self.criterion)
+        self.compile_stats = training.CompileStats()
         if self.compiled:
-            self.loss_fn = training.compile_module(self.loss_fn)
+            self.loss_fn = training.compile_module(self.loss_fn, self.compile_stats)
         self.batches = training.DeviceBatches(self.stream, self.prepare_batch, env.device)
         self.flops = FlopsCounter(self.config, self.max_pred if args.dense_seq_output else None)
 
@@ -217,6 +220,17 @@ class Trainer:
     def state(self) -> RunState:
         """The run's counters (step, skipped steps, samples seen): saved and restored with the checkpoints."""
         return self.checkpointer.state
+
+    def _choose_unpad(self) -> UnpadChoice:
+        """--unpad resolved for this device, precision and head dim; `auto` says once which path it took and why."""
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        choice = choose_unpad(self.args.unpad, self.args.dense_seq_output,
+                              flash_varlen_problem(self.env.device, self.precision, head_dim))
+        if self.args.unpad == "auto":
+            self.logger.log("PARAMETER", {"unpad": choice.reason})
+            if self.env.is_main:
+                print(f"--unpad auto: {choice.reason}", flush=True)
+        return choice
 
     def _wrap_model(self) -> torch.nn.Module:
         model: torch.nn.Module = self.model
@@ -249,6 +263,8 @@ class Trainer:
         """Forward and backward of one micro-batch already on the device (`training.DeviceBatches`);
         returns (loss, mlm, nsp) as device tensors: nothing here waits for the device."""
         packed = PackedSequences.from_fields(batch)
+        if packed is not None and self.compiled:
+            mark_token_count_dynamic(batch["input_ids"], batch["segment_ids"], packed.position_ids)
         with training.gradient_sync(self.forward_model, sync), utils.autocast_context(self.precision, self.env.device):
             loss, mlm, nsp = self.loss_fn(batch["input_ids"], batch["segment_ids"], batch.get("input_mask"),
                                           batch["positions"], batch["labels"], batch["nsp_labels"], packed)
@@ -263,7 +279,9 @@ class Trainer:
                                              self.args.allreduce_post_accumulation_fp16)
 
     def optimizer_step(self) -> bool:
-        """Scheduler then LAMB (the original's order). False when fp16 overflow skipped the update."""
+        """Scheduler then LAMB (the original's order). False when the GradScaler skipped the update (fp16
+        overflow). LAMB's own skip of a non-finite step happens on the device and is booked later, by
+        `settle_skips`, so that nothing here waits for the device."""
         if self.args.allreduce_post_accumulation:
             self.allreduce_gradients()
         self.scheduler.step()  # sets the LR of the update about to happen from the count of successful ones
@@ -275,9 +293,28 @@ class Trainer:
         if applied:
             self.state.global_step += 1
         else:
-            self.state.skipped_steps += 1
-            self.logger.log("PARAMETER", {"loss_scale": self.scaler.get_scale(), "skipped_steps": self.state.skipped_steps})
+            self._count_skipped_step()
         return applied
+
+    def _count_skipped_step(self) -> None:
+        self.state.skipped_steps += 1
+        self.logger.log("PARAMETER", {"loss_scale": self.scaler.get_scale(), "skipped_steps": self.state.skipped_steps})
+
+    def settle_skips(self) -> bool:
+        """Book the steps LAMB skipped on the device (non-finite gradients) since the last call: one read
+        of the device, made where the loop reads it anyway (log and checkpoint steps, the end). Earlier
+        ones count against the divergence limit as if in a row. True when the latest step was skipped."""
+        settle = getattr(self.optimizer, "settle", None)  # apex's FusedLAMB skips nothing itself
+        late = settle() if settle is not None else 0
+        if not late:
+            return False
+        latest = bool(self.optimizer.last_step_skipped)
+        self.state.global_step -= late  # each was counted as applied when it was taken
+        for _ in range(late):
+            self._count_skipped_step()
+        for _ in range(late - latest):  # the latest goes through the loop's own check
+            self.divergence.update(False)
+        return latest
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -305,6 +342,8 @@ class Trainer:
             losses = [self.micro_step(batch, sync=(i == self.accum - 1))
                       for i, batch in enumerate(self.batches.step(self.accum))]
             applied = self.optimizer_step()
+            if applied and self._reads_device_now(steps_target) and self.settle_skips():
+                applied = False
             attempted += 1
             self.state.samples_seen += global_batch
             log_samples += global_batch
@@ -323,6 +362,7 @@ class Trainer:
             if applied and args.num_steps_per_checkpoint > 0 and self.state.global_step % args.num_steps_per_checkpoint == 0:
                 self.save_checkpoint()
             self.stop_requested = training.any_rank(self.stop_requested, self.env)  # all stop at one step
+        self.settle_skips()
         raw_time = time.time() - train_start
         if progress is not None:
             progress.close()
@@ -339,6 +379,11 @@ class Trainer:
             # A signal that came with the last step stopped nothing: the run is finished.
             "stopped_by_signal": self.stop_requested and self.state.global_step < steps_target,
         }
+
+    def _reads_device_now(self, steps_target: int) -> bool:
+        """Whether this step logs, checkpoints or ends the run (the loop reads the device then anyway)."""
+        step, every = self.state.global_step, self.args.num_steps_per_checkpoint
+        return step % self.args.log_freq == 0 or (every > 0 and step % every == 0) or step >= steps_target
 
     def _stop_if_diverged(self, applied: bool, step_loss: torch.Tensor) -> None:
         """Stop with an error rather than skip forever (the count is the same on every rank: the gradients are
