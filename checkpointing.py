@@ -374,8 +374,8 @@ def entry_error(path: str, entry: str):
         raise InputError(f"{path}: entry '{entry}' cannot be restored: {exc}") from None
 
 
-# Weights above this in absolute value are a diverged run's, not a trained model's (whose weights stay within a few
-# units): a checkpoint holding one is not recommended to resume from.
+# Weights above this in absolute value are taken for a diverged run's: orders of magnitude above what BERT's
+# initialisation (std 0.02) and LAMB's trust-ratio-bounded updates lead to. Such a checkpoint is not recommended.
 SANE_WEIGHT_LIMIT = 1e4
 
 
