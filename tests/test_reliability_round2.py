@@ -203,12 +203,17 @@ def traceback_cases(w: Path, t: Path) -> list[tuple[str, list, str]]:
          f"{w / 'vocab.txt'}: the vocab has ids up to 30521, the model config's vocab_size is 1000"),
         ("run_squad", [*squad, "--config_file", small_vocab],
          f"{w / 'vocab.txt'}: the vocab has ids up to 30521, the model config's vocab_size is 1000"),
+        ("extract_features", ["--init_checkpoint", w / "ckpt.pt", "--vocab_file", w / "vocab.txt", "--input_file",
+                              w / "vocab.txt", "--output_file", out / "f.jsonl", "--layers", "-1", "--config_file",
+                              small_vocab],
+         f"{w / 'vocab.txt'}: the vocab has ids up to 30521, the model config's vocab_size is 1000"),
     ]
 
 
 TRACEBACK_IDS = ["glue-nan-learning-rate", "glue-nan-epochs", "glue-log-freq-0", "squad-seed-1e23",
                  "config-shadows-method", "config-shadows-property", "config-negative-initializer-range",
-                 "config-nan-initializer-range", "glue-vocab-above-vocab-size", "squad-vocab-above-vocab-size"]
+                 "config-nan-initializer-range", "glue-vocab-above-vocab-size", "squad-vocab-above-vocab-size",
+                 "features-vocab-above-vocab-size"]
 
 
 @pytest.mark.parametrize("index", range(len(TRACEBACK_IDS)), ids=TRACEBACK_IDS)
