@@ -49,7 +49,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from bert_kernels import add_kernel_arguments, configure_kernels
-from checkpoint_io import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, load_checkpoint, load_config_for_checkpoint
+from checkpoint_io import (
+    CONFIG_NAME,
+    VOCAB_NAME,
+    WEIGHTS_NAME,
+    load_checkpoint,
+    load_config_for_checkpoint,
+    resolve_vocab_file,
+)
 from checkpointing import first_non_finite_parameter
 from modeling import BertConfig
 from training import (
@@ -77,6 +84,7 @@ from utils import (
     autocast_context,
     barrier,
     check_at_least_one,
+    check_number_ranges,
     check_output_dir,
     check_output_file,
     init_distributed,
@@ -211,9 +219,22 @@ def validate_batch_arguments(args: argparse.Namespace) -> int:
     return args.train_batch_size // accum
 
 
+def check_training_numbers(args: argparse.Namespace) -> None:
+    """A NaN learning rate or epoch count, or a log interval of 0, used to end in a traceback (or a NaN model)."""
+    check_number_ranges({  # flag: (value, lowest allowed, lowest is allowed, highest)
+        "--learning_rate": (args.learning_rate, 0.0, False, math.inf),
+        "--num_train_epochs": (args.num_train_epochs, 0.0, False, math.inf),
+        "--max_steps": (args.max_steps, -math.inf, False, math.inf),
+        "--weight_decay": (args.weight_decay, 0.0, True, math.inf),
+        "--loss_scale": (args.loss_scale, 0.0, True, math.inf),
+        "--log_freq": (args.log_freq, 1, True, math.inf),
+    })
+
+
 def start_run(args: argparse.Namespace) -> RunContext:
     """Precision, process group, seeds and logger for a fine-tuning run."""
     micro_batch = validate_batch_arguments(args)
+    check_training_numbers(args)
     # Output paths are checked before any work, so a bad one costs seconds, not a training run.
     check_output_dir(args.output_dir)
     if args.json_summary:
@@ -262,12 +283,15 @@ def check_fits_positions(max_seq_length: int, config: BertConfig) -> None:
                          f"{config.max_position_embeddings}")
 
 
-def load_model(ctx: RunContext, build: Callable[[BertConfig], nn.Module], *, strict: bool = False
-               ) -> tuple[nn.Module, BertConfig]:
-    """The task model from --init_checkpoint (+ --config_file); heads the checkpoint lacks start fresh."""
+def load_model(ctx: RunContext, build: Callable[[BertConfig], nn.Module], *, strict: bool = False,
+               tokenizer: Any = None) -> tuple[nn.Module, BertConfig]:
+    """The task model from --init_checkpoint (+ --config_file); heads the checkpoint lacks start fresh.
+    With `tokenizer`, its vocab must fit the config's vocab_size."""
     args = ctx.args
     config = load_config_for_checkpoint(args.init_checkpoint, args.config_file)
     check_fits_positions(args.max_seq_length, config)
+    if tokenizer is not None:
+        check_vocab_fits(tokenizer.vocab, config, resolve_vocab_file(args.vocab_file, args.init_checkpoint))
     model = build(config)
     ctx.logger.log("PARAMETER", {"loading_checkpoint": str(args.init_checkpoint)})
     report = load_checkpoint(model, args.init_checkpoint, strict=strict)
@@ -279,6 +303,14 @@ def load_model(ctx: RunContext, build: Callable[[BertConfig], nn.Module], *, str
     ctx.logger.log("PARAMETER", {"loaded_checkpoint": str(args.init_checkpoint),
                                  "model_weights_num": sum(p.numel() for p in model.parameters())})
     return model.to(ctx.device), config
+
+
+def check_vocab_fits(vocab: dict[str, int], config: BertConfig, source: str | os.PathLike) -> None:
+    """A token id past the embedding rows used to end the first batch in an IndexError traceback."""
+    largest = max(vocab.values(), default=-1)
+    if largest >= config.vocab_size:
+        raise InputError(f"{source}: the vocab has ids up to {largest}, the model config's vocab_size is "
+                         f"{config.vocab_size}; pass the vocab the model was trained with")
 
 
 def arrays_to_dataset(arrays: dict[str, np.ndarray], names: Sequence[str]) -> TensorDataset:

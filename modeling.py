@@ -61,6 +61,13 @@ def check_config_fields(obj: dict[str, Any], source: str = "config") -> None:
         value = obj.get(key, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
             raise InputError(f"{source}: {key} must be a probability in [0, 1), got {value!r}")
+    value = obj.get("initializer_range", 0.02)  # a normal's standard deviation
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < math.inf:
+        raise InputError(f"{source}: initializer_range must be a finite number > 0, got {value!r}")
+    shadowing = sorted(key for key in obj if hasattr(BertConfig, key))  # fields are instance attributes only
+    if shadowing:  # {"to_dict": 1} replaced the method and failed at the first save
+        raise InputError(f"{source}: key {shadowing[0]!r} is the name of a BertConfig method or property, "
+                         "not a config field")
 
 
 class BertConfig:

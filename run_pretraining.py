@@ -87,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip_checkpoint", action="store_true", help="do not write checkpoints")
     p.add_argument("--keep_checkpoints", type=int, default=3, help="ckpt_*.pt of --output_dir to keep, newest by step, whichever job wrote them (0 = all)")
     p.add_argument("--phase2", action="store_true", help="phase-2 semantics: start from phase 1's last checkpoint")
+    p.add_argument("--allow_missing_optimizer_state", action="store_true",
+                   help="resume from a checkpoint without optimizer state (LAMB's moments restart from zero); "
+                        "refused otherwise")
     p.add_argument("--allreduce_post_accumulation", action="store_true", help="all-reduce gradients once per optimizer step")
     p.add_argument("--allreduce_post_accumulation_fp16", action="store_true", help="do that all-reduce in fp16")
     p.add_argument("--phase1_end_step", type=int, default=7038, help="steps of phase 1; offsets phase-2 checkpoint names")
@@ -94,13 +97,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json-summary", dest="json_summary", default="results/dllogger.json", help="dllogger JSON output")
     p.add_argument("--disable_progress_bar", action="store_true", help="no tqdm progress bar")
     p.add_argument("--steps_this_run", type=int, default=-1,
-                   help="stop once the (global, in-phase) step reaches this, e.g. to chain time-limited jobs with one "
-                        "command line; -1 = max_steps. The LR horizon stays max_steps")
+                   help="stop once the phase's global step (counted from 0 in each phase, not per job) reaches "
+                        "this; -1 = max_steps. The LR horizon stays max_steps. A chain of time-limited jobs passes "
+                        "a larger value to each resumed job (or relies on run.sub's requeue on a stop signal)")
     # Added by this implementation.
     p.add_argument("--lr_scheduler", default="poly", choices=("poly", "linear", "cosine", "constant"), help="LR schedule")
     p.add_argument("--no_dense_seq_output", dest="dense_seq_output", action="store_false",
                    help="compute MLM logits at every position instead of only the masked ones")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--tensorboard_dir", default=None, help="also write TensorBoard scalars here")
     p.add_argument("--loss_curve", default=None, help="PNG loss curve written at the end (default: next to --json-summary)")
     add_lamb_arguments(p)
@@ -132,6 +136,8 @@ def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
         )
     if not Path(args.input_dir).is_dir():
         raise InputError(f"--input_dir: not a folder: {args.input_dir}")
+    utils.check_output_dir(args.output_dir)  # a file there, or a read-only folder: one line before any work
+    utils.check_output_file(args.json_summary, "--json-summary")
     if args.eval_every_samples and not args.eval_dir:
         raise InputError("--eval_every_samples needs --eval_dir")
     check_finite_settings(args)
@@ -152,7 +158,34 @@ def check_finite_settings(args: argparse.Namespace) -> None:
         "--init_loss_scale": (float(args.init_loss_scale), 0.0, False, math.inf),
         "--pack_bucket": (args.pack_bucket, 1, True, math.inf),
         "--bin_size": (args.bin_size, 0, True, math.inf),
+        "--log_freq": (args.log_freq, 0.0, False, math.inf),
+        # Negative values named checkpoints ckpt_-98.pt that resume and pruning never see, or kept everything.
+        "--phase1_end_step": (args.phase1_end_step, 0, True, math.inf),
+        "--keep_checkpoints": (args.keep_checkpoints, 0, True, math.inf),
     })
+
+
+def data_position(stored: dict[str, int] | None, output_dir: str) -> DataPosition | None:
+    """The stored data position (checked plain counts, see checkpointing.check_resume_entries) or None."""
+    if stored is None:
+        return None
+    unknown = set(stored) - set(DataPosition.__dataclass_fields__)
+    if unknown:
+        raise InputError(f"{output_dir}: the checkpoint's entry 'data_position' has unknown fields {sorted(unknown)}")
+    return DataPosition(**stored)
+
+
+def warn_if_shards_changed(stored: list[str], files: list[str]) -> None:
+    """The data position indexes the shard order of (seed, epoch, shard list): another list resumes training
+    on other samples. Adding shards is a reason to do that, so it is a warning, loud and specific, not an error."""
+    before, now = {os.path.basename(f) for f in stored}, {os.path.basename(f) for f in files}
+    if before == now:
+        return
+    added, removed = sorted(now - before), sorted(before - now)
+    print(f"warning: the shards differ from the checkpoint's ({len(added)} added, {len(removed)} removed: "
+          f"{', '.join([*('+' + a for a in added[:2]), *('-' + r for r in removed[:2])])}"
+          f"{' ...' if len(added) > 2 or len(removed) > 2 else ''}); the resume is not exact: this epoch's "
+          "shard order and position now point to other samples", file=sys.stderr, flush=True)
 
 
 def final_step(args: argparse.Namespace) -> int:
@@ -182,6 +215,7 @@ class Trainer:
         self.accum = args.gradient_accumulation_steps
         self.stop_requested = False
         self.divergence = training.DivergenceGuard(self.precision)
+        self.loss_finite = True  # the last step's, on every rank
         self.evaluator: Any = None
 
         utils.seed_everything(args.seed)  # identical initial weights on every rank
@@ -198,11 +232,14 @@ class Trainer:
             env=env, learning_rate=args.learning_rate, phase2=args.phase2, phase1_end_step=args.phase1_end_step,
             keep=args.keep_checkpoints, enabled=not args.skip_checkpoint, logger=logger,
             metadata={"config": self.config.to_dict(), "args": plain_flags(args)},
+            allow_missing_optimizer_state=args.allow_missing_optimizer_state,
         )
         utils.seed_everything(args.seed + env.rank)  # dropout differs per rank, as in the original
         stored = self.checkpointer.restore(resume=args.resume_from_checkpoint, resume_step=args.resume_step,
                                            init_checkpoint=args.init_checkpoint)
-        position = DataPosition(**stored) if stored is not None else None
+        position = data_position(stored, self.checkpointer.output_dir)
+        if env.is_main and self.checkpointer.resumed_files:
+            warn_if_shards_changed(self.checkpointer.resumed_files, self.files)
         self.stream = ShardStream(self.files, env.rank, env.world_size, self.micro_batch, self.max_pred, args.seed,
                                   position, masker=masker, bin_size=args.bin_size,
                                   limits=TokenLimits(self.config.vocab_size, self.config.type_vocab_size))
@@ -386,16 +423,22 @@ class Trainer:
         return step % self.args.log_freq == 0 or (every > 0 and step % every == 0) or step >= steps_target
 
     def _stop_if_diverged(self, applied: bool, step_loss: torch.Tensor) -> None:
-        """Stop with an error rather than skip forever (the count is the same on every rank: the gradients are
-        all-reduced, so all ranks stop together)."""
-        if self.divergence.update(applied):
+        """Stop with an error rather than skip forever or train on a NaN loss. The loss is this rank's: every
+        rank checks it here, and `any_rank` makes all stop together (the gradients are all-reduced already)."""
+        self.loss_finite = not training.any_rank(not bool(torch.isfinite(step_loss)), self.env)
+        if self.divergence.update(applied, self.loss_finite):
+            what = "non-finite gradients" if not applied else "a non-finite loss"
             raise training.TrainingDiverged(
-                f"training diverged: {self.divergence.in_a_row} optimizer steps in a row had non-finite gradients "
+                f"training diverged: {self.divergence.in_a_row} optimizer steps in a row had {what} "
                 f"({self.precision}, last loss {float(step_loss)}) at step {self.state.global_step}; stopped without "
-                f"a checkpoint (newest complete checkpoint: {self.checkpointer.latest or 'none from this run'}); "
-                "check the learning rate and the init checkpoint's weights")
+                f"a checkpoint (last sane checkpoint: {self.checkpointer.last_sane_checkpoint()}); "
+                "check the learning rate, the shards' masked-LM labels and the init checkpoint's weights")
 
     def save_checkpoint(self, unless_current: bool = False) -> None:
+        if not self.loss_finite:  # the state that gave a NaN loss is no state to resume from
+            raise training.TrainingDiverged(
+                f"the loss is not finite at step {self.state.global_step} ({self.precision}); no checkpoint written "
+                f"(last sane checkpoint: {self.checkpointer.last_sane_checkpoint()})")
         position = asdict(self.stream.position)
         files = epoch_file_order(self.files, position["epoch"], self.args.seed)
         if unless_current:

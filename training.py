@@ -277,13 +277,15 @@ def skip_limit(precision: str) -> int:
 
 
 class DivergenceGuard:
-    """Counts optimizer steps skipped in a row (non-finite gradients); `update` is True once the limit is reached."""
+    """Counts optimizer steps in a row that were skipped (non-finite gradients) or whose loss was not finite
+    (e.g. shards without a masked-LM label: the gradients stay finite, the loss is NaN throughout); `update`
+    is True once the limit is reached."""
 
     def __init__(self, precision: str):
         self.limit, self.in_a_row = skip_limit(precision), 0
 
-    def update(self, applied: bool) -> bool:
-        self.in_a_row = 0 if applied else self.in_a_row + 1
+    def update(self, applied: bool, loss_finite: bool = True) -> bool:
+        self.in_a_row = 0 if applied and loss_finite else self.in_a_row + 1
         return self.in_a_row >= self.limit
 
 

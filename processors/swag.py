@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from processors.glue import check_max_seq_length, truncate_seq_pair
-from utils import InputError, read_text_file
+from utils import InputError, allow_csv_fields_of, read_text_file
 
 NUM_CHOICES = 4
 _ENDINGS = tuple(f"ending{i}" for i in range(NUM_CHOICES))
@@ -64,7 +64,7 @@ def read_swag_examples(input_file: str | os.PathLike, is_training: bool = True) 
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     examples = []
-    with io.StringIO(read_text_file(path), newline="") as fh:
+    with io.StringIO(allow_csv_fields_of(read_text_file(path)), newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:

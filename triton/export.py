@@ -242,8 +242,18 @@ def largest_difference(runner, reference, batches: list[dict[str, np.ndarray]]) 
         for mine, ref in zip(got, reference(batch), strict=True):
             if mine.shape != ref.shape:
                 raise RuntimeError(f"output shape {mine.shape} differs from PyTorch's {ref.shape}")
-            worst = max(worst, float(np.max(np.abs(mine - ref))))
+            worst = max(worst, nan_aware_max_difference(mine, ref))
     return worst, seconds
+
+
+def nan_aware_max_difference(mine: np.ndarray, ref: np.ndarray) -> float:
+    """max |mine − ref|, infinite where either side is not finite: NaN outputs never pass as equal
+    (`max(0.0, nan)` is 0.0 in Python, and NaN − NaN is NaN, so a plain max let them through)."""
+    if mine.size == 0:
+        return 0.0
+    with np.errstate(invalid="ignore"):  # inf − inf: NaN, reported as infinite below
+        difference = np.abs(mine.astype(np.float64) - ref.astype(np.float64))
+    return float(difference.max()) if np.isfinite(difference).all() else math.inf
 
 
 # --------------------------------------------------------------------------------------------
