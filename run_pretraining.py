@@ -3,7 +3,8 @@
 Single process, `torchrun`, or `srun` (SLURM variables). Reads top to bottom: flags, then the
 `Trainer` — micro-batches from this rank's `ShardStream` → forward/backward under autocast
 (`micro_step`) → at each accumulation boundary all-reduce, LAMB step skipped on fp16 overflow,
-schedule (`optimizer_step`) → log, evaluate, checkpoint (`train`) — then `main`.
+schedule (`optimizer_step`; both through `training.Stepper`, the step fine-tuning uses too) → log,
+evaluate, checkpoint (`train`) — then `main`.
 
 Components behind small interfaces: the data stream (`data/pretraining_dataset.py`), checkpoints
 (`checkpointing.Checkpointer`), FLOPs/MFU (`flops.py`), shared plumbing (`training.py`) and the
@@ -206,6 +207,9 @@ class Trainer:
         self.flash_attention = flash_varlen_available(env.device, self.precision)
         self.packed = use_packed_batches(args.unpad, args.dense_seq_output, self.flash_attention)
         self.forward_model = self._wrap_model()
+        allreduce = self.allreduce_gradients if args.allreduce_post_accumulation else None
+        self.stepper = training.Stepper(self.forward_model, self.optimizer, self.scheduler, self.precision, env.device,
+                                        scaler=self.scaler, allreduce=allreduce)
         self.compiled = training.compile_wanted(args.compile, env.device)
         self.loss_fn: torch.nn.Module = training.PretrainingLoss(self.forward_model, self.criterion)
         if self.compiled:
@@ -249,13 +253,16 @@ class Trainer:
         """Forward and backward of one micro-batch already on the device (`training.DeviceBatches`);
         returns (loss, mlm, nsp) as device tensors: nothing here waits for the device."""
         packed = PackedSequences.from_fields(batch)
-        with training.gradient_sync(self.forward_model, sync), utils.autocast_context(self.precision, self.env.device):
+
+        def losses(_model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
             loss, mlm, nsp = self.loss_fn(batch["input_ids"], batch["segment_ids"], batch.get("input_mask"),
                                           batch["positions"], batch["labels"], batch["nsp_labels"], packed)
             # The manual all-reduce path divides once at reduction time; DDP averages over ranks itself.
             scaled = loss if self.args.allreduce_post_accumulation else loss / self.accum
-            self.scaler.scale(scaled).backward()
-        return loss.detach(), mlm.detach(), nsp.detach()
+            return scaled, loss, mlm, nsp
+
+        _, loss, mlm, nsp = self.stepper.accumulate(batch, losses, sync=sync)
+        return loss, mlm, nsp
 
     def allreduce_gradients(self) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -263,15 +270,9 @@ class Trainer:
                                              self.args.allreduce_post_accumulation_fp16)
 
     def optimizer_step(self) -> bool:
-        """Scheduler then LAMB (the original's order). False when fp16 overflow skipped the update."""
-        if self.args.allreduce_post_accumulation:
-            self.allreduce_gradients()
-        self.scheduler.step()  # sets the LR of the update about to happen from the count of successful ones
-        before = self.optimizer.param_groups[0]["step"]
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        applied = self.optimizer.param_groups[0]["step"] != before
+        """`training.Stepper.update` (all-reduce, scheduler then LAMB: the original's order) and the run's
+        counters. False when fp16 overflow (or a non-finite gradient) skipped the update."""
+        applied = self.stepper.update()
         if applied:
             self.state.global_step += 1
         else:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from utils import DistEnv, InputError, barrier
+from utils import DistEnv, InputError, autocast_context, barrier
 
 COMPILE_CHOICES = ("auto", "on", "off")
 COMPATIBILITY_GROUP = "accepted for compatibility with the original (no effect)"  # argparse group title
@@ -168,6 +168,88 @@ def allreduce_post_accumulation(grads: list[torch.Tensor], divisor: int, fp16: b
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+# --------------------------------------------------------------------------------------------
+# One optimizer step (pretraining and fine-tuning)
+# --------------------------------------------------------------------------------------------
+
+LossFn = Callable[[nn.Module, Any], Any]
+
+
+class Stepper:
+    """One optimizer update from k micro-batches: the same for pretraining and fine-tuning.
+
+    `accumulate` (each micro-batch): forward under autocast, then backward of `weight` × the loss
+    through the GradScaler; DDP's gradient all-reduce is skipped (`no_sync`) unless `sync` is set,
+    i.e. on every micro-batch but the update's last, so gradients cross the network once per update.
+    `loss_fn(model, batch)` returns the loss, or a tuple whose first element is the loss to
+    backpropagate (the rest is only returned, detached).
+
+    `update` (once k micro-batches are in), in this order:
+
+    1. `allreduce`, when given (pretraining's --allreduce_post_accumulation: one flat all-reduce of
+       the accumulated gradients instead of DDP's);
+    2. unscale (fp16), so that 3. clipping the global gradient norm (`clip_grad_norm`) sees true gradients;
+    4. the scheduler, *before* the optimizer as in the original: it sets the LR of the update about to
+       happen from the count of updates made so far;
+    5. the optimizer, through the scaler (which skips it when fp16 gradients overflowed), then the
+       scaler's update of its scale;
+    6. zero_grad.
+
+    `update` returns whether the optimizer applied the update: False when the scaler skipped it (fp16
+    overflow) or the optimizer did (LAMB skips a step whose gradient norm is not finite).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, precision: str,
+                 device: torch.device, clip_grad_norm: float | None = None, loss_scale: float = 0.0, *,
+                 scaler: torch.amp.GradScaler | None = None, allreduce: Callable[[], None] | None = None):
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.precision = precision
+        self.device = device
+        self.clip_grad_norm = clip_grad_norm
+        # disabled (a pass-through) unless fp16
+        self.scaler = scaler if scaler is not None else make_grad_scaler(precision, device, loss_scale)
+        self.allreduce = allreduce
+        self._params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def accumulate(self, batch: Any, loss_fn: LossFn, weight: float = 1.0, sync: bool = True) -> Any:
+        with gradient_sync(self.model, sync):
+            with autocast_context(self.precision, self.device):
+                out = loss_fn(self.model, batch)
+            loss = out[0] if isinstance(out, tuple) else out
+            self.scaler.scale(loss.float() * weight).backward()
+        return tuple(t.detach() for t in out) if isinstance(out, tuple) else out.detach()
+
+    def update(self) -> bool:
+        if self.allreduce is not None:
+            self.allreduce()
+        self.scaler.unscale_(self.optimizer)
+        if self.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        before = updates_applied(self.optimizer)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return updates_applied(self.optimizer) != before
+
+
+def updates_applied(optimizer: torch.optim.Optimizer) -> Any:
+    """The optimizer's count of the updates it applied. LAMB keeps it per parameter group (and leaves it
+    alone when it skips a non-finite step); torch's optimizers and BertAdam keep it per parameter, from
+    the first update of that parameter on."""
+    group = optimizer.param_groups[0]
+    if "step" in group:
+        return group["step"]
+    for param in group["params"]:
+        state = optimizer.state.get(param)
+        if state and "step" in state:
+            return float(state["step"])
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
