@@ -12,7 +12,7 @@ from conftest import ROOT
 ALLOWED = {
     "utils": set(),
     "bert_kernels": {"utils"},
-    "modeling": {"bert_kernels", "utils", "checkpoint_io"},  # checkpoint_io only lazily: see test below
+    "modeling": {"bert_kernels", "utils"},
     "checkpoint_io": {"modeling", "bert_kernels", "utils"},
     "tokenization": {"utils"},
     "optimization": {"schedulers", "utils"},
@@ -47,11 +47,6 @@ def imports_of(path: Path, module_level_only: bool = False) -> set[str]:
 def test_core_module_imports_only_the_rooms_below_it(module):
     ours = imports_of(ROOT / f"{module}.py") & project_modules()
     assert ours <= ALLOWED[module], f"{module}.py imports {sorted(ours - ALLOWED[module])}"
-
-
-def test_modeling_reaches_checkpoint_io_only_on_first_use():
-    """`modeling.load_checkpoint` stays importable, but modeling must load without checkpoint_io."""
-    assert "checkpoint_io" not in imports_of(ROOT / "modeling.py", module_level_only=True)
 
 
 def test_no_import_cycle_between_project_modules():
