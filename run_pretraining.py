@@ -8,7 +8,7 @@ evaluate, checkpoint (`train`) — then `main`.
 
 Components behind small interfaces: the data stream (`data/pretraining_dataset.py`), checkpoints
 (`checkpointing.Checkpointer`), FLOPs/MFU (`flops.py`), shared plumbing (`training.py`) and the
-periodic evaluator (`run_pretraining_inference.PeriodicEvaluator`).
+periodic evaluator (`evaluation.PeriodicEvaluator`).
 """
 from __future__ import annotations
 
@@ -47,10 +47,10 @@ from data.pretraining_dataset import (
     list_shards,
     masker_from_args,
 )
+from evaluation import PeriodicEvaluator, add_periodic_evaluation_arguments
 from flops import FlopsCounter, model_flops_utilization
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
 from optimization import add_lamb_arguments, build_lamb, fused_lamb_setting, pretraining_param_groups
-from run_pretraining_inference import PeriodicEvaluator, add_periodic_evaluation_arguments
 from schedulers import build_scheduler
 from utils import InputError
 
