@@ -1,6 +1,7 @@
 """Training plumbing shared by the pretraining Trainer (`run_pretraining.py`) and the fine-tuning loop
-(`finetuning.py`): the fp16 grad scaler, DDP wrapping and its no-sync context, the progress bar,
-"main process first", where feature caches go, stop signals, the output folder's lock.
+(`finetuning.py`): the one optimizer step (`Stepper`), the fp16 grad scaler, DDP wrapping and its
+no-sync context, the progress bar, "main process first", where feature caches go, stop signals, the
+output folder's lock.
 """
 from __future__ import annotations
 
