@@ -215,6 +215,11 @@ class Stepper:
         self.scaler = scaler if scaler is not None else make_grad_scaler(precision, device, loss_scale)
         self.allreduce = allreduce
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._stepped = False
+        optimizer.register_step_post_hook(self._mark_stepped)
+
+    def _mark_stepped(self, *_: Any) -> None:
+        self._stepped = True
 
     def accumulate(self, batch: Any, loss_fn: LossFn, weight: float = 1.0, sync: bool = True) -> Any:
         with gradient_sync(self.model, sync):
@@ -232,25 +237,16 @@ class Stepper:
             torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
         if self.scheduler is not None:
             self.scheduler.step()
-        before = updates_applied(self.optimizer)
-        self.scaler.step(self.optimizer)
+        # LAMB counts the updates it applies per group, and skips a step whose gradient is not finite
+        # without counting it; other optimizers apply every step they are called for.
+        count = self.optimizer.param_groups[0].get("step")
+        self._stepped = False
+        self.scaler.step(self.optimizer)  # calls optimizer.step() unless fp16 gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return updates_applied(self.optimizer) != before
-
-
-def updates_applied(optimizer: torch.optim.Optimizer) -> Any:
-    """The optimizer's count of the updates it applied. LAMB keeps it per parameter group (and leaves it
-    alone when it skips a non-finite step); torch's optimizers and BertAdam keep it per parameter, from
-    the first update of that parameter on."""
-    group = optimizer.param_groups[0]
-    if "step" in group:
-        return group["step"]
-    for param in group["params"]:
-        state = optimizer.state.get(param)
-        if state and "step" in state:
-            return float(state["step"])
-    return 0
+        if count is not None:
+            return self.optimizer.param_groups[0]["step"] != count
+        return self._stepped
 
 
 # --------------------------------------------------------------------------------------------
