@@ -9,7 +9,7 @@
 * writing Hugging Face names back: `to_hf_state_dict`;
 * the files beside a checkpoint: `load_config_for_checkpoint`, `checkpoint_folder`, `resolve_vocab_file`.
 
-Imports modeling and utils only; `modeling.load_checkpoint` and friends forward here.
+Imports modeling and utils only.
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ batch becomes a loss or predictions; everything else lives here once:
   output or a Hugging Face folder; heads the checkpoint lacks are initialised fresh and reported);
 * the training loop (`train`): the original's two parameter groups, AdamW + LinearWarmUp (or the
   original's BertAdam), gradient accumulation, autocast with a GradScaler for fp16, DDP with
-  `no_sync` while accumulating, optional global gradient clipping (SQuAD), tqdm, periodic logs;
+  `no_sync` while accumulating, optional global gradient clipping (SQuAD) — one update is
+  `training.Stepper`, the same as pretraining's — tqdm, periodic logs;
 * batched prediction (`predict`) and the original's summary metrics;
 * saving `pytorch_model.bin` (`{'model': state_dict}`) + `bert_config.json` (+ `vocab.txt`) atomically.
 
@@ -63,10 +64,9 @@ from training import (
     COMPATIBILITY_GROUP,
     LOSS_SCALE_HELP,
     DivergenceGuard,
+    Stepper,
     TrainingDiverged,
-    gradient_sync,
     lock_output_dir,
-    make_grad_scaler,
     progress_bar,
     release_output_locks,
     wrap_ddp,
@@ -384,7 +384,7 @@ def trim_padding(batch: list[torch.Tensor], mask_index: int = 1, sequence_column
 
 
 # --------------------------------------------------------------------------------------------
-# Optimizer, precision and one update
+# Optimizer and scheduler (one update is training.Stepper)
 # --------------------------------------------------------------------------------------------
 
 
@@ -414,45 +414,6 @@ def current_lr(optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
         step = optimizer.state.get(group["params"][0], {}).get("step", 0)
         return float(scheduled(group, max(int(step) - 1, 0)))
     return float(group["lr"])
-
-
-class Stepper:
-    """One micro-batch forward/backward and one optimizer update, for every precision and DDP.
-
-    `accumulate` scales the loss by `weight` (1 / micro-batches in this update) and skips DDP's
-    gradient all-reduce unless `sync` is set (the last micro-batch of an update). `update` unscales
-    (fp16), clips the global gradient norm when asked, steps the scheduler *before* the optimizer
-    (as the original), steps the optimizer through the GradScaler and clears the gradients.
-    """
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, precision: str,
-                 device: torch.device, clip_grad_norm: float | None = None, loss_scale: float = 0.0):
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.precision = precision
-        self.device = device
-        self.clip_grad_norm = clip_grad_norm
-        self.scaler = make_grad_scaler(precision, device, loss_scale)  # disabled (a pass-through) unless fp16
-        self._params = [p for group in optimizer.param_groups for p in group["params"]]
-
-    def accumulate(self, batch: Sequence[torch.Tensor], loss_fn: LossFn, weight: float = 1.0,
-                   sync: bool = True) -> torch.Tensor:
-        with gradient_sync(self.model, sync):
-            with autocast_context(self.precision, self.device):
-                loss = loss_fn(self.model, batch)
-            self.scaler.scale(loss.float() * weight).backward()
-        return loss.detach()
-
-    def update(self) -> None:
-        self.scaler.unscale_(self.optimizer)
-        if self.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
 
 
 # --------------------------------------------------------------------------------------------

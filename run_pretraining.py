@@ -3,11 +3,12 @@
 Single process, `torchrun`, or `srun` (SLURM variables). Reads top to bottom: flags, then the
 `Trainer` — micro-batches from this rank's `ShardStream` → forward/backward under autocast
 (`micro_step`) → at each accumulation boundary all-reduce, LAMB step skipped on fp16 overflow,
-schedule (`optimizer_step`) → log, evaluate, checkpoint (`train`) — then `main`.
+schedule (`optimizer_step`; both through `training.Stepper`, the step fine-tuning uses too) → log,
+evaluate, checkpoint (`train`) — then `main`.
 
 Components behind small interfaces: the data stream (`data/pretraining_dataset.py`), checkpoints
 (`checkpointing.Checkpointer`), FLOPs/MFU (`flops.py`), shared plumbing (`training.py`) and the
-periodic evaluator (`run_pretraining_inference.PeriodicEvaluator`).
+periodic evaluator (`evaluation.PeriodicEvaluator`).
 """
 from __future__ import annotations
 
@@ -48,10 +49,10 @@ from data.pretraining_dataset import (
     list_shards,
     masker_from_args,
 )
+from evaluation import PeriodicEvaluator, add_periodic_evaluation_arguments
 from flops import FlopsCounter, model_flops_utilization
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
 from optimization import add_lamb_arguments, build_lamb, fused_lamb_setting, pretraining_param_groups
-from run_pretraining_inference import PeriodicEvaluator, add_periodic_evaluation_arguments
 from schedulers import build_scheduler
 from utils import InputError
 
@@ -245,6 +246,9 @@ class Trainer:
                                   limits=TokenLimits(self.config.vocab_size, self.config.type_vocab_size))
         self.flash_attention, self.packed = self.unpad.flash, self.unpad.packed
         self.forward_model = self._wrap_model()
+        allreduce = self.allreduce_gradients if args.allreduce_post_accumulation else None
+        self.stepper = training.Stepper(self.forward_model, self.optimizer, self.scheduler, self.precision, env.device,
+                                        scaler=self.scaler, allreduce=allreduce)
         self.compiled = training.compile_wanted(args.compile, env.device)
         self.loss_fn: torch.nn.Module = training.PretrainingLoss(self.forward_model, self.criterion)
         self.compile_stats = training.CompileStats()
@@ -302,13 +306,16 @@ class Trainer:
         packed = PackedSequences.from_fields(batch)
         if packed is not None and self.compiled:
             mark_token_count_dynamic(batch["input_ids"], batch["segment_ids"], packed.position_ids)
-        with training.gradient_sync(self.forward_model, sync), utils.autocast_context(self.precision, self.env.device):
+
+        def losses(_model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
             loss, mlm, nsp = self.loss_fn(batch["input_ids"], batch["segment_ids"], batch.get("input_mask"),
                                           batch["positions"], batch["labels"], batch["nsp_labels"], packed)
             # The manual all-reduce path divides once at reduction time; DDP averages over ranks itself.
             scaled = loss if self.args.allreduce_post_accumulation else loss / self.accum
-            self.scaler.scale(scaled).backward()
-        return loss.detach(), mlm.detach(), nsp.detach()
+            return scaled, loss, mlm, nsp
+
+        _, loss, mlm, nsp = self.stepper.accumulate(batch, losses, sync=sync)
+        return loss, mlm, nsp
 
     def allreduce_gradients(self) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -316,17 +323,11 @@ class Trainer:
                                              self.args.allreduce_post_accumulation_fp16)
 
     def optimizer_step(self) -> bool:
-        """Scheduler then LAMB (the original's order). False when the GradScaler skipped the update (fp16
-        overflow). LAMB's own skip of a non-finite step happens on the device and is booked later, by
-        `settle_skips`, so that nothing here waits for the device."""
-        if self.args.allreduce_post_accumulation:
-            self.allreduce_gradients()
-        self.scheduler.step()  # sets the LR of the update about to happen from the count of successful ones
-        before = self.optimizer.param_groups[0]["step"]
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        applied = self.optimizer.param_groups[0]["step"] != before
+        """`training.Stepper.update` (all-reduce, scheduler then LAMB: the original's order) and the run's
+        counters. False when the GradScaler skipped the update (fp16 overflow). LAMB's own skip of a
+        non-finite step happens on the device and is booked later, by `settle_skips`, so that nothing here
+        waits for the device."""
+        applied = self.stepper.update()
         if applied:
             self.state.global_step += 1
         else:

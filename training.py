@@ -1,6 +1,7 @@
 """Training plumbing shared by the pretraining Trainer (`run_pretraining.py`) and the fine-tuning loop
-(`finetuning.py`): the fp16 grad scaler, DDP wrapping and its no-sync context, the progress bar,
-"main process first", where feature caches go, stop signals, the output folder's lock.
+(`finetuning.py`): the one optimizer step (`Stepper`), the fp16 grad scaler, DDP wrapping and its
+no-sync context, the progress bar, "main process first", where feature caches go, stop signals, the
+output folder's lock.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from utils import DistEnv, InputError, barrier
+from utils import DistEnv, InputError, autocast_context, barrier
 
 COMPILE_CHOICES = ("auto", "on", "off")
 COMPATIBILITY_GROUP = "accepted for compatibility with the original (no effect)"  # argparse group title
@@ -169,6 +170,84 @@ def allreduce_post_accumulation(grads: list[torch.Tensor], divisor: int, fp16: b
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+# --------------------------------------------------------------------------------------------
+# One optimizer step (pretraining and fine-tuning)
+# --------------------------------------------------------------------------------------------
+
+LossFn = Callable[[nn.Module, Any], Any]
+
+
+class Stepper:
+    """One optimizer update from k micro-batches: the same for pretraining and fine-tuning.
+
+    `accumulate` (each micro-batch): forward under autocast, then backward of `weight` × the loss
+    through the GradScaler; DDP's gradient all-reduce is skipped (`no_sync`) unless `sync` is set,
+    i.e. on every micro-batch but the update's last, so gradients cross the network once per update.
+    `loss_fn(model, batch)` returns the loss, or a tuple whose first element is the loss to
+    backpropagate (the rest is only returned, detached).
+
+    `update` (once k micro-batches are in), in this order:
+
+    1. `allreduce`, when given (pretraining's --allreduce_post_accumulation: one flat all-reduce of
+       the accumulated gradients instead of DDP's);
+    2. unscale (fp16), so that 3. clipping the global gradient norm (`clip_grad_norm`) sees true gradients;
+    4. the scheduler, *before* the optimizer as in the original: it sets the LR of the update about to
+       happen from the count of updates made so far;
+    5. the optimizer, through the scaler (which skips it when fp16 gradients overflowed), then the
+       scaler's update of its scale;
+    6. zero_grad.
+
+    `update` returns whether the optimizer applied the update: False when the scaler skipped it (fp16
+    overflow) or the optimizer did (LAMB skips a step whose gradient norm is not finite).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, precision: str,
+                 device: torch.device, clip_grad_norm: float | None = None, loss_scale: float = 0.0, *,
+                 scaler: torch.amp.GradScaler | None = None, allreduce: Callable[[], None] | None = None):
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.precision = precision
+        self.device = device
+        self.clip_grad_norm = clip_grad_norm
+        # disabled (a pass-through) unless fp16
+        self.scaler = scaler if scaler is not None else make_grad_scaler(precision, device, loss_scale)
+        self.allreduce = allreduce
+        self._params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._stepped = False
+        optimizer.register_step_post_hook(self._mark_stepped)
+
+    def _mark_stepped(self, *_: Any) -> None:
+        self._stepped = True
+
+    def accumulate(self, batch: Any, loss_fn: LossFn, weight: float = 1.0, sync: bool = True) -> Any:
+        with gradient_sync(self.model, sync):
+            with autocast_context(self.precision, self.device):
+                out = loss_fn(self.model, batch)
+            loss = out[0] if isinstance(out, tuple) else out
+            self.scaler.scale(loss.float() * weight).backward()
+        return tuple(t.detach() for t in out) if isinstance(out, tuple) else out.detach()
+
+    def update(self) -> bool:
+        if self.allreduce is not None:
+            self.allreduce()
+        self.scaler.unscale_(self.optimizer)
+        if self.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        # LAMB counts the updates it applies per group, and skips a step whose gradient is not finite
+        # without counting it; other optimizers apply every step they are called for.
+        count = self.optimizer.param_groups[0].get("step")
+        self._stepped = False
+        self.scaler.step(self.optimizer)  # calls optimizer.step() unless fp16 gradients overflowed
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if count is not None:
+            return self.optimizer.param_groups[0]["step"] != count
+        return self._stepped
 
 
 # --------------------------------------------------------------------------------------------

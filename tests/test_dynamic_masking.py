@@ -25,7 +25,7 @@ from data.pretraining_dataset import (
     sample_uniforms,
     unmasked_input_ids,
 )
-from run_pretraining_inference import BatchSlice, ShardInfo, iter_batches
+from evaluation import BatchSlice, ShardInfo, iter_batches
 from utils import InputError
 
 SEQ, PRED = 128, 20

@@ -568,18 +568,6 @@ def test_packed_tokens_round_trip_and_shape_rounding():
     assert kernels.PackedTokens.from_mask(kernels.padding_mask(mask), multiple=64).index.numel() == 8
 
 
-def test_checkpoint_names_stay_importable_from_modeling():
-    """Public API: `modeling.load_checkpoint` and friends are checkpoint_io's, not copies."""
-    from modeling import CheckpointError as from_modeling
-    from modeling import load_checkpoint as load_from_modeling
-
-    assert load_from_modeling is checkpoint_io.load_checkpoint
-    assert from_modeling is checkpoint_io.CheckpointError
-    assert modeling.LoadReport is checkpoint_io.LoadReport
-    with pytest.raises(AttributeError):
-        modeling.no_such_name  # noqa: B018
-
-
 def autograd_node_names(output: torch.Tensor) -> list[str]:
     seen, stack, names = set(), [output.grad_fn], []
     while stack:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.append(str(Path(__file__).resolve().parent))
 
 import bert_io  # noqa: E402
+from torchscript_twin import scriptable  # noqa: E402
 
 from utils import InputError, atomic_path, atomic_write_json, run_main  # noqa: E402
 
@@ -145,7 +146,7 @@ def export_torchscript(wrapper: ExportWrapper, example: tuple[torch.Tensor, ...]
     with torch.no_grad():
         if mode == "ts-script":
             try:
-                module = torch.jit.script(wrapper)
+                module = torch.jit.script(scriptable(wrapper))  # modeling.py's TorchScript twin
             except Exception as exc:  # noqa: BLE001 - scripting failures are many kinds of errors
                 reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
                 raise InputError(f"torch.jit.script cannot compile this model ({reason}): "
