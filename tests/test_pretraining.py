@@ -185,7 +185,7 @@ def test_default_runs_are_bitwise_equal_and_resume_exactly(corpus, tmp_path):
     runs = [tmp_path / "first", tmp_path / "second"]
     for out in runs:
         proc = run_pretraining(default_path_args(corpus, out, max_steps=n, num_steps_per_checkpoint=4))
-        assert re.search(r"precision auto: (fp32|bf16) \(", proc.stderr), proc.stderr[-2000:]
+        assert re.search(r"precision auto: (fp32|bf16) \(", proc.stdout), proc.stdout[-2000:]
     resumed = tmp_path / "resumed"
     returncode, out = sigterm_after_steps(default_path_args(corpus, resumed, max_steps=n, num_steps_per_checkpoint=4),
                                           resumed / "dllogger.json", steps=5)
