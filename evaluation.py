@@ -25,8 +25,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import utils
+from batch_packing import masked_positions_from_labels
 from data.pretraining_dataset import DynamicMasker, PretrainingShardDataset, list_shards, unmasked_input_ids
-from modeling import BertConfig, masked_positions_from_labels
+from modeling import BertConfig
 from utils import InputError
 
 BATCH_KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_labels", "next_sentence_labels")

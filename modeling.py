@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bert_kernels import (  # noqa: F401 - masked_positions_from_labels: public here since the first build
+from bert_kernels import (
     PackedSequences,
     PackedTokens,
     StackedParameters,
@@ -32,7 +32,6 @@ from bert_kernels import (  # noqa: F401 - masked_positions_from_labels: public 
     fuse_qkv_products,
     gather_positions,
     linear,
-    masked_positions_from_labels,
     round_up,
     should_pack,
 )
@@ -440,7 +439,7 @@ class BertModel(BertPreTrainedModel):
         output_all_encoded_layers: bool | None = None,
         packed: Any = None,  # PackedSequences or None
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """With `packed`, input_ids and token_type_ids are packed [T] (see `bert_kernels.pack_batch`),
+        """With `packed`, input_ids and token_type_ids are packed [T] (see `batch_packing.pack_batch`),
         attention_mask is unused, and the encoded layers are [T, H]."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -472,7 +471,7 @@ class BertForPreTraining(BertPreTrainedModel):
         masked_lm_positions: torch.Tensor | None = None,
         packed: PackedSequences | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """With `packed` (ids packed [T], see `bert_kernels.pack_batch`), masked_lm_positions [B, P] are
+        """With `packed` (ids packed [T], see `batch_packing.pack_batch`), masked_lm_positions [B, P] are
         packed indices and must be given."""
         encoded, pooled = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False,
                                     packed=packed)

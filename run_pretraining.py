@@ -25,17 +25,14 @@ import torch
 
 import training
 import utils
+from batch_packing import UnpadChoice, add_packing_arguments, choose_unpad, masked_positions_from_labels, pack_batch
 from bert_kernels import (
     PackedSequences,
-    UnpadChoice,
     add_kernel_arguments,
-    add_packing_arguments,
-    choose_unpad,
     configure_kernels,
     cpu_gemm_backend,
     flash_varlen_problem,
     mark_token_count_dynamic,
-    pack_batch,
 )
 from checkpointing import Checkpointer, RunState, plain_flags
 from data.pretraining_dataset import (
@@ -51,7 +48,7 @@ from data.pretraining_dataset import (
 )
 from evaluation import PeriodicEvaluator, add_periodic_evaluation_arguments
 from flops import FlopsCounter, model_flops_utilization
-from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
+from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion
 from optimization import add_lamb_arguments, build_lamb, fused_lamb_setting, pretraining_param_groups
 from schedulers import build_scheduler
 from utils import InputError

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import bert_kernels as kernels  # noqa: E402
-from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels  # noqa: E402
+from batch_packing import masked_positions_from_labels
+from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion  # noqa: E402
 from optimization import build_lamb, pretraining_param_groups  # noqa: E402
 from utils import autocast_context, benchmark_precisions, describe_cpu  # noqa: E402
 

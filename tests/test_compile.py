@@ -9,7 +9,8 @@ from conftest import record_allreduces
 from pretrain_helpers import TINY_MODEL, write_config
 from test_unpadded import padded_batch
 
-from bert_kernels import mark_token_count_dynamic, pack_batch
+from batch_packing import pack_batch
+from bert_kernels import mark_token_count_dynamic
 from data.synthetic_shards import write_synthetic_shard
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion
 from training import PretrainingLoss

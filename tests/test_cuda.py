@@ -30,8 +30,9 @@ from test_optimization import gradient_steps, initial_weights, make_groups, make
 from torch import nn
 
 import utils
+from batch_packing import masked_positions_from_labels
 from data.synthetic_shards import write_synthetic_shard
-from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
+from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion
 from optimization import Lamb
 from utils import read_dllogger
 
@@ -207,7 +208,8 @@ def test_post_accumulation_allreduce_on_device_tensors(tmp_path):
 
 def test_packed_cuda_model_matches_padded_model():
     """The packed model on the device (flash under bf16 autocast where it runs) against the padded one."""
-    from bert_kernels import flash_varlen_available, pack_batch
+    from batch_packing import pack_batch
+    from bert_kernels import flash_varlen_available
 
     config = BertConfig.from_dict({**TINY_MODEL, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
     torch.manual_seed(0)
@@ -341,7 +343,7 @@ def test_packed_layer_stack_gradients_match_padded():
     """Two BERT-large-wide layers (hidden 1024, 16 heads, intermediate 4096) with embeddings and heads,
     dropout 0, bf16 autocast: the packed path (host packing, FlashAttention varlen) against the padded
     path (SDPA with the padding mask), every parameter's gradient."""
-    from bert_kernels import pack_batch
+    from batch_packing import pack_batch
 
     config = BertConfig.from_dict({**TINY_MODEL, "hidden_size": 1024, "num_attention_heads": 16,
                                    "intermediate_size": 4096, "num_hidden_layers": 2, "max_position_embeddings": 512,
@@ -479,7 +481,8 @@ def test_compiled_bert_step_matches_eager():
     on packed bf16 batches of two different token counts, dropout 0: one graph for both (the token
     count is marked dynamic), loss and every gradient as eager computes them."""
     import training
-    from bert_kernels import mark_token_count_dynamic, pack_batch
+    from batch_packing import pack_batch
+    from bert_kernels import mark_token_count_dynamic
 
     torch._dynamo.reset()
     config = BertConfig.from_dict({**TINY_MODEL, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})

@@ -15,6 +15,7 @@ from conftest import ROOT, script_env
 import bert_kernels as kernels
 import checkpoint_io
 import modeling
+from batch_packing import masked_positions_from_labels
 from checkpoint_io import CheckpointError, load_checkpoint
 from modeling import (
     BertConfig,
@@ -23,7 +24,6 @@ from modeling import (
     BertForSequenceClassification,
     BertModel,
     BertPretrainingCriterion,
-    masked_positions_from_labels,
 )
 from utils import InputError
 

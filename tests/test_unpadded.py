@@ -14,18 +14,16 @@ import torch
 from conftest import ROOT, script_env
 from pretrain_helpers import TINY_MODEL, write_config
 
+from batch_packing import UnpadChoice, choose_unpad, masked_positions_from_labels, pack_batch
 from bert_kernels import (
     FlashVarlenAttention,
     PackedSequences,
-    UnpadChoice,
     block_diagonal_attention,
-    choose_unpad,
     flash_varlen_problem,
-    pack_batch,
     varlen_attention,
 )
 from data.synthetic_shards import write_synthetic_shard
-from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
+from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion
 from utils import InputError, read_dllogger
 
 LENGTHS = (32, 25, 12, 32, 9, 20)
