@@ -224,10 +224,11 @@ def _say_on_main_rank(message: str, stream: Any = None) -> None:
         print(message, file=stream or sys.stdout, flush=True)
 
 
-def resolve_precision(precision: str | None, fp16_flag: bool = False, device: Any = "cpu") -> str:
+def resolve_precision(precision: str | None, fp16_flag: bool = False, device: Any = "cpu", notes: Any = None) -> str:
     """The precision a run uses: `--precision` when given (auto or absent: see `auto_precision`); the
-    original's `--fp16`/`--amp` map to fp16 unless `--precision` names another. Says on stdout what auto
-    chose and why, and warns on stderr when bf16 is asked for on a CPU that only emulates it."""
+    original's `--fp16`/`--amp` map to fp16 unless `--precision` names another. Says what auto chose and
+    why on `notes` (stdout by default; a script whose stdout is its answer passes stderr), and warns on
+    stderr when bf16 is asked for on a CPU that only emulates it."""
     if precision not in (None, "auto") and precision not in PRECISIONS:
         raise ValueError(f"--precision: unknown value {precision!r}; choose from {', '.join(PRECISIONS)}")
     device_type = device if isinstance(device, str) else device.type
@@ -236,7 +237,7 @@ def resolve_precision(precision: str | None, fp16_flag: bool = False, device: An
         if fp16_flag:
             return "fp16"
         chosen, why = auto_precision(device_type)
-        _say_on_main_rank(f"precision auto: {chosen} ({why})")
+        _say_on_main_rank(f"precision auto: {chosen} ({why})", notes)
         return chosen
     if precision == "bf16" and device_type == "cpu" and not cpu_runs_bf16_natively():
         _say_on_main_rank("warning: --precision bf16 on a CPU without native bf16 (no AVX-512 BF16 or AMX): its "
