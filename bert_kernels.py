@@ -12,7 +12,7 @@ The model (`modeling.py`) only calls:
   tokens only from the embeddings on, with the sequences' offsets), and `varlen_attention` over it:
   FlashAttention's variable-length kernel with dropout on CUDA (`flash_varlen_available`), a
   block-diagonal SDPA reference elsewhere. Scripts expose the backend choices through `add_kernel_arguments` and
-`configure_kernels`. This module imports torch and utils only.
+`configure_kernels`. This module imports torch and input_checks only.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from utils import InputError
+from input_checks import InputError
 
 # --------------------------------------------------------------------------------------------
 # Backend choice (flags and environment)

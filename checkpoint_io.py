@@ -9,7 +9,7 @@
 * writing Hugging Face names back: `to_hf_state_dict`;
 * the files beside a checkpoint: `load_config_for_checkpoint`, `checkpoint_folder`, `resolve_vocab_file`.
 
-Imports modeling and utils only; `modeling.load_checkpoint` and friends forward here.
+Imports modeling, bert_kernels and input_checks only; `modeling.load_checkpoint` and friends forward here.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from bert_kernels import round_up
+from input_checks import InputError
 from modeling import BertConfig, BertModel
-from utils import InputError
 
 CONFIG_NAME = "bert_config.json"
 WEIGHTS_NAME = "pytorch_model.bin"

@@ -48,10 +48,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from atomic_io import atomic_path, atomic_torch_save
 from bert_kernels import add_kernel_arguments, configure_kernels
 from checkpoint_io import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, load_checkpoint, load_config_for_checkpoint
 from checkpointing import first_non_finite_parameter
+from distributed import DistEnv, all_reduce_mean, barrier, init_distributed, seed_everything
+from input_checks import InputError, check_at_least_one, check_output_dir, check_output_file
 from modeling import BertConfig
+from precision import PRECISION_HELP, PRECISIONS, apply_tf32, autocast_context, resolve_precision
+from run_log import Logger
 from training import (
     COMPATIBILITY_GROUP,
     LOSS_SCALE_HELP,
@@ -63,25 +68,6 @@ from training import (
     progress_bar,
     release_output_locks,
     wrap_ddp,
-)
-from utils import (
-    PRECISION_HELP,
-    PRECISIONS,
-    DistEnv,
-    InputError,
-    Logger,
-    all_reduce_mean,
-    apply_tf32,
-    atomic_path,
-    atomic_torch_save,
-    autocast_context,
-    barrier,
-    check_at_least_one,
-    check_output_dir,
-    check_output_file,
-    init_distributed,
-    resolve_precision,
-    seed_everything,
 )
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]

@@ -37,7 +37,7 @@ from bert_kernels import (  # noqa: F401 - masked_positions_from_labels: public 
     round_up,
     should_pack,
 )
-from utils import InputError, read_json_file
+from input_checks import InputError, read_json_file
 
 REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -135,7 +135,7 @@ class BertConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        from utils import atomic_write_text
+        from atomic_io import atomic_write_text
 
         atomic_write_text(path, self.to_json_string())
 

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from input_checks import InputError
 from schedulers import constant_warmup_factor, cosine_warmup_factor, linear_warmup_factor, poly_warmup_factor
-from utils import InputError
 
 # Substrings of parameter names that exempt a parameter from weight decay.
 PRETRAINING_NO_DECAY = ("bias", "gamma", "beta", "LayerNorm")

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 import finetuning as ft
+from atomic_io import atomic_write_json
 from checkpoint_io import resolve_vocab_file
+from input_checks import InputError, run_main
 from modeling import BertForSequenceClassification
 from processors import glue
 from training import feature_cache_dir, main_process_first
-from utils import InputError, atomic_write_json, run_main
 
 FEATURE_COLUMNS = ("input_ids", "input_mask", "segment_ids", "label_ids")
 

@@ -22,8 +22,11 @@ from typing import Any
 
 import torch
 
+import distributed
+import input_checks
+import loss_curve
+import run_log
 import training
-import utils
 from bert_kernels import (
     PackedSequences,
     add_kernel_arguments,
@@ -47,11 +50,12 @@ from data.pretraining_dataset import (
     masker_from_args,
 )
 from flops import FlopsCounter, model_flops_utilization
+from input_checks import InputError
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
 from optimization import add_lamb_arguments, build_lamb, fused_lamb_setting, pretraining_param_groups
+from precision import PRECISION_HELP, PRECISIONS, apply_tf32, autocast_context, resolve_precision
 from run_pretraining_inference import PeriodicEvaluator, add_periodic_evaluation_arguments
 from schedulers import build_scheduler
-from utils import InputError
 
 # --------------------------------------------------------------------------------------------
 # Arguments
@@ -74,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42, help="seed; ranks use seed + rank for dropout")
     p.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--fp16", "--amp", dest="fp16", action="store_true", help="fp16 autocast with loss scaling")
-    p.add_argument("--precision", choices=utils.PRECISIONS, default=None, help=utils.PRECISION_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
     p.add_argument("--loss_scale", type=float, default=0.0, help=training.LOSS_SCALE_HELP)
     p.add_argument("--init_loss_scale", type=int, default=2**20, help="initial dynamic loss scale (fp16)")
     p.add_argument("--log_freq", type=float, default=1.0, help="log every N optimizer steps")
@@ -117,10 +121,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
+def validate_args(args: argparse.Namespace, env: distributed.DistEnv) -> None:
     if not args.do_train:
         raise InputError("--do_train must be set (as in the original)")
-    utils.check_at_least_one(args.train_batch_size, "--train_batch_size")
+    input_checks.check_at_least_one(args.train_batch_size, "--train_batch_size")
     if args.gradient_accumulation_steps < 1:
         raise InputError(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
     if args.train_batch_size % args.gradient_accumulation_steps:
@@ -142,7 +146,7 @@ def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
 
 def check_finite_settings(args: argparse.Namespace) -> None:
     """Numbers that would make every loss NaN (a NaN or infinite learning rate) or no batch are refused before any work."""
-    utils.check_number_ranges({  # flag: (value, lowest allowed, lowest is allowed, highest)
+    input_checks.check_number_ranges({  # flag: (value, lowest allowed, lowest is allowed, highest)
         "--learning_rate": (args.learning_rate, 0.0, False, math.inf),
         "--max_steps": (args.max_steps, 1.0, True, math.inf),
         "--warmup_proportion": (args.warmup_proportion, 0.0, True, 1.0),
@@ -166,10 +170,10 @@ def final_step(args: argparse.Namespace) -> int:
 class Trainer:
     """Holds the model, optimizer, data stream and checkpointer; `train()` is the loop."""
 
-    def __init__(self, args: argparse.Namespace, env: utils.DistEnv, logger: utils.Logger, tb_writer: Any = None):
+    def __init__(self, args: argparse.Namespace, env: distributed.DistEnv, logger: run_log.Logger, tb_writer: Any = None):
         self.args, self.env, self.logger, self.tb_writer = args, env, logger, tb_writer
-        self.precision = utils.resolve_precision(args.precision, args.fp16, env.device)
-        utils.apply_tf32(self.precision)
+        self.precision = resolve_precision(args.precision, args.fp16, env.device)
+        apply_tf32(self.precision)
         self.config = BertConfig.from_json_file(args.config_file)
         self.files = list_shards(args.input_dir, "training")
         self.micro_batch = args.train_batch_size // args.gradient_accumulation_steps
@@ -181,7 +185,7 @@ class Trainer:
         self.divergence = training.DivergenceGuard(self.precision)
         self.evaluator: Any = None
 
-        utils.seed_everything(args.seed)  # identical initial weights on every rank
+        distributed.seed_everything(args.seed)  # identical initial weights on every rank
         self.model = BertForPreTraining(self.config).to(env.device)
         if args.checkpoint_activations:
             self.model.enable_activation_checkpointing(True)
@@ -196,7 +200,7 @@ class Trainer:
             keep=args.keep_checkpoints, enabled=not args.skip_checkpoint, logger=logger,
             metadata={"config": self.config.to_dict(), "args": plain_flags(args)},
         )
-        utils.seed_everything(args.seed + env.rank)  # dropout differs per rank, as in the original
+        distributed.seed_everything(args.seed + env.rank)  # dropout differs per rank, as in the original
         stored = self.checkpointer.restore(resume=args.resume_from_checkpoint, resume_step=args.resume_step,
                                            init_checkpoint=args.init_checkpoint)
         position = DataPosition(**stored) if stored is not None else None
@@ -249,7 +253,7 @@ class Trainer:
         """Forward and backward of one micro-batch already on the device (`training.DeviceBatches`);
         returns (loss, mlm, nsp) as device tensors: nothing here waits for the device."""
         packed = PackedSequences.from_fields(batch)
-        with training.gradient_sync(self.forward_model, sync), utils.autocast_context(self.precision, self.env.device):
+        with training.gradient_sync(self.forward_model, sync), autocast_context(self.precision, self.env.device):
             loss, mlm, nsp = self.loss_fn(batch["input_ids"], batch["segment_ids"], batch.get("input_mask"),
                                           batch["positions"], batch["labels"], batch["nsp_labels"], packed)
             # The manual all-reduce path divides once at reduction time; DDP averages over ranks itself.
@@ -332,7 +336,7 @@ class Trainer:
         return {
             "raw_train_time": raw_time,
             "training_sequences_per_second": attempted * global_batch / max(raw_time, 1e-9),
-            "final_loss": utils.all_reduce_mean(history.get("average_loss", float("nan")), env.device),
+            "final_loss": distributed.all_reduce_mean(history.get("average_loss", float("nan")), env.device),
             "final_mlm_loss": history.get("mlm_loss", float("nan")),
             "global_step": self.state.global_step,
             "skipped_steps": self.state.skipped_steps,
@@ -430,14 +434,14 @@ def build_evaluator(args: argparse.Namespace, trainer: Trainer) -> Any:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     e2e_start = time.time()
     args = parse_args(argv)
-    env = utils.init_distributed(args.device)
+    env = distributed.init_distributed(args.device)
     try:
         validate_args(args, env)
         configure_kernels(args)
         os.makedirs(args.output_dir, exist_ok=True)
         if env.is_main:  # held for the run: a second run on this folder stops here
             training.lock_output_dir(args.output_dir)
-        logger = utils.Logger(args.json_summary, enabled=env.is_main)
+        logger = run_log.Logger(args.json_summary, enabled=env.is_main)
         logger.log("PARAMETER", {"Config": [str(args)], "SEED": args.seed})
         trainer = Trainer(args, env, logger, training.tensorboard_writer(args.tensorboard_dir, env.is_main))
         if trainer.state.global_step >= final_step(args):
@@ -455,10 +459,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return summary
     finally:
         training.release_output_locks()
-        utils.cleanup_distributed()
+        distributed.cleanup_distributed()
 
 
-def nothing_to_do(args: argparse.Namespace, trainer: Trainer, logger: utils.Logger) -> dict[str, Any]:
+def nothing_to_do(args: argparse.Namespace, trainer: Trainer, logger: run_log.Logger) -> dict[str, Any]:
     """A resumed run that is already at its final step: say so and change nothing (no NaN "final loss")."""
     trainer.stream.close()
     logger.close()
@@ -473,7 +477,7 @@ def nothing_to_do(args: argparse.Namespace, trainer: Trainer, logger: utils.Logg
 def finish_outputs(args: argparse.Namespace, latest_checkpoint: str | None, summary: dict[str, Any]) -> None:
     png = args.loss_curve or os.path.splitext(args.json_summary)[0] + "_loss.png"
     try:
-        utils.plot_loss_curve(args.json_summary, png)
+        loss_curve.plot_loss_curve(args.json_summary, png)
         summary["loss_curve"] = png
     except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished training run
         print(f"warning: could not draw the loss curve: {exc}", file=sys.stderr)
@@ -500,4 +504,4 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    utils.run_main(cli)
+    input_checks.run_main(cli)

@@ -31,8 +31,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import distributed
+import input_checks
+import run_log
 import training
-import utils
 from bert_kernels import add_kernel_arguments, configure_kernels
 from checkpoint_io import load_checkpoint, load_config_for_checkpoint
 from data.pretraining_dataset import (
@@ -43,8 +45,9 @@ from data.pretraining_dataset import (
     masker_from_args,
     unmasked_input_ids,
 )
+from input_checks import InputError
 from modeling import BertConfig, BertForPreTraining, masked_positions_from_labels
-from utils import InputError
+from precision import PRECISION_HELP, PRECISIONS, apply_tf32, autocast_context, resolve_precision
 
 BATCH_KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_labels", "next_sentence_labels")
 Batch = dict[str, torch.Tensor]
@@ -214,7 +217,7 @@ def batch_sums(model: torch.nn.Module, batch: Batch, max_pred: int, precision: s
     """
     input_ids, segment_ids, input_mask, labels, nsp_labels = (batch[k].to(device, non_blocking=True) for k in BATCH_KEYS)
     positions, labels = masked_positions_from_labels(labels, max_pred)
-    with utils.autocast_context(precision, device):
+    with autocast_context(precision, device):
         mlm_scores, nsp_scores = model(input_ids, segment_ids, input_mask, positions)
     mlm_scores = mlm_scores.float().reshape(-1, mlm_scores.size(-1))
     labels = labels.reshape(-1)
@@ -233,7 +236,7 @@ def batch_sums(model: torch.nn.Module, batch: Batch, max_pred: int, precision: s
 
 
 def evaluate(model: torch.nn.Module, batches: Iterable[tuple[BatchSlice, Batch]], num_batches: int,
-             env: utils.DistEnv, precision: str, progress: Any | None = None) -> EvalResult:
+             env: distributed.DistEnv, precision: str, progress: Any | None = None) -> EvalResult:
     """Evaluate this rank's batches and combine every rank's totals (call on all ranks together).
 
     `num_batches` is the length of the global plan: each batch's loss sums go to the slot of its number.
@@ -296,16 +299,16 @@ class PeriodicEvaluator:
     """
 
     def __init__(self, batches: list[tuple[BatchSlice, Batch]], num_batches: int, every_samples: int,
-                 samples_seen: int, final_step: int, env: utils.DistEnv | None = None, precision: str = "fp32"):
+                 samples_seen: int, final_step: int, env: distributed.DistEnv | None = None, precision: str = "fp32"):
         self.batches, self.num_batches = batches, num_batches
         self.every_samples, self.final_step = every_samples, final_step
-        self.env, self.precision = env or utils.DistEnv(), precision
+        self.env, self.precision = env or distributed.DistEnv(), precision
         self.next_at = self._next_multiple(samples_seen)
         self.last_evaluated_at = -1
         self.samples_seen = samples_seen  # as of the latest should_evaluate call
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, config: BertConfig, env: utils.DistEnv, precision: str, *,
+    def from_args(cls, args: argparse.Namespace, config: BertConfig, env: distributed.DistEnv, precision: str, *,
                   samples_seen: int, final_step: int) -> PeriodicEvaluator:
         """From run_pretraining.py's --eval_* flags; `final_step` is where the training job stops."""
         if args.eval_samples < 1 or args.eval_batch_size < 1:
@@ -364,7 +367,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, default=-1, help="at most this many batches per rank (-1 = no bound)")
     p.add_argument("--max_samples", type=int, default=-1,
                    help="evaluate the first N sequences of the sorted shards (-1 = all)")
-    p.add_argument("--precision", choices=utils.PRECISIONS, default=None, help=utils.PRECISION_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
     p.add_argument("--fp16", "--amp", dest="fp16", action="store_true", help="same as --precision fp16")
     p.add_argument("--json-summary", dest="json_summary", default="results/dllogger_inference.json",
                    help="dllogger JSON output")
@@ -398,10 +401,10 @@ def main(argv: list[str] | None = None) -> EvalResult:
     configure_kernels(args)
     if not Path(args.init_checkpoint).exists():
         raise InputError(f"--init_checkpoint: not found: {args.init_checkpoint}")
-    env = utils.init_distributed(args.device)
+    env = distributed.init_distributed(args.device)
     try:
-        precision = utils.resolve_precision(args.precision, args.fp16, env.device)
-        utils.apply_tf32(precision)
+        precision = resolve_precision(args.precision, args.fp16, env.device)
+        apply_tf32(precision)
         config = load_config_for_checkpoint(args.init_checkpoint, args.config_file, allow_stored=True)
         shards = find_eval_shards(args.input_dir, args.shard_kind)
         check_fits_model(shards, config)  # before loading weights: a wrong shard is the clearer message
@@ -410,7 +413,7 @@ def main(argv: list[str] | None = None) -> EvalResult:
         plan = plan_batches(shards, args.eval_batch_size, args.max_samples)
         mine = batches_for_rank(plan, env.rank, env.world_size, args.max_steps)
 
-        logger = utils.Logger(args.json_summary, enabled=env.is_main)
+        logger = run_log.Logger(args.json_summary, enabled=env.is_main)
         logger.log("PARAMETER", {"Config": [str(args)], "precision": precision, "world_size": env.world_size,
                                  "shards": len(shards)})
         for key, unit in (("e2e_inference_time", "s"), ("inference_sequences_per_second", "sequences/s")):
@@ -427,8 +430,8 @@ def main(argv: list[str] | None = None) -> EvalResult:
             print(result.summary_line(), flush=True)
         return result
     finally:
-        utils.cleanup_distributed()
+        distributed.cleanup_distributed()
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    input_checks.run_main(main)

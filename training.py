@@ -21,7 +21,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from utils import DistEnv, InputError, barrier
+from distributed import DistEnv, barrier
+from input_checks import InputError
 
 COMPILE_CHOICES = ("auto", "on", "off")
 COMPATIBILITY_GROUP = "accepted for compatibility with the original (no effect)"  # argparse group title

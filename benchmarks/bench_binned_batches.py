@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "data"))  # bench_create_pretraining_data's text preparation imports data/ modules
 
 import torch  # noqa: E402
+from cpu_info import describe_cpu  # noqa: E402
 
-from utils import InputError, describe_cpu, run_main  # noqa: E402
+from input_checks import InputError, run_main  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 MODEL = {"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 6,
@@ -86,8 +87,9 @@ def build_trainer(shards: Path, work: Path, config: dict, micro_batch: int, seq_
                   extra: list[str]):
     import json
 
+    import distributed
+    import run_log
     import run_pretraining
-    import utils
 
     config_file = work / "bench_config.json"
     config_file.write_text(json.dumps(config))
@@ -95,9 +97,9 @@ def build_trainer(shards: Path, work: Path, config: dict, micro_batch: int, seq_
         f"--input_dir={shards}", f"--config_file={config_file}", f"--output_dir={work / 'out'}", "--do_train",
         f"--train_batch_size={micro_batch}", f"--max_seq_length={seq_len}", f"--max_predictions_per_seq={max_pred}",
         "--precision=fp32", "--skip_checkpoint", "--max_steps=1000", "--learning_rate=1e-4", *extra])
-    env = utils.DistEnv()
+    env = distributed.DistEnv()
     run_pretraining.validate_args(args, env)
-    return run_pretraining.Trainer(args, env, utils.Logger(str(work / "dllogger.json"), enabled=False))
+    return run_pretraining.Trainer(args, env, run_log.Logger(str(work / "dllogger.json"), enabled=False))
 
 
 def padded_tokens(batch: list[torch.Tensor]) -> tuple[int, int]:

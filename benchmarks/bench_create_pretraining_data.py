@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from utils import InputError, describe_cpu, run_main  # noqa: E402
+from cpu_info import describe_cpu  # noqa: E402
+
+from input_checks import InputError, run_main  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 BOOKS = ("austen-emma.txt", "austen-persuasion.txt", "chesterton-brown.txt", "melville-moby_dick.txt",
@@ -190,7 +192,7 @@ def repeat_files(files: list[Path], factor: float, outdir: Path) -> list[Path]:
 
 
 def measure_import() -> float:
-    """Seconds a new Python process spends importing data.shard_creation (torch comes in via utils):
+    """Seconds a new Python process spends importing data.shard_creation:
     what each pool worker pays before its first shard."""
     code = "import time; s = time.perf_counter(); import data.shard_creation; print(time.perf_counter() - s)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -53,7 +53,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from utils import describe_cpu  # noqa: E402
+from cpu_info import describe_cpu  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 WIKIPEDIA_TEXT_MB = 20_000  # English Wikipedia after extraction, about 20 GB

@@ -42,11 +42,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import cpu_info  # noqa: E402
+
+import distributed  # noqa: E402
+import run_log  # noqa: E402
 import run_pretraining  # noqa: E402
-import utils  # noqa: E402
 from bert_kernels import flash_varlen_available  # noqa: E402
 from data.synthetic_shards import write_synthetic_shard  # noqa: E402
 from flops import peak_flops as peak_flops_of  # noqa: E402
+from precision import apply_tf32  # noqa: E402
 
 TINY_CONFIG = {"vocab_size": 30522, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                "intermediate_size": 128, "max_position_embeddings": 128, "type_vocab_size": 2, "hidden_act": "gelu",
@@ -123,7 +127,7 @@ def environment(device: torch.device) -> dict[str, Any]:
                     sms=props.multi_processor_count, cudnn=torch.backends.cudnn.version())
     else:
         info["card"] = platform.processor() or platform.machine()
-    info["host_cpu"] = utils.describe_cpu()
+    info["host_cpu"] = cpu_info.describe_cpu()
     return info
 
 
@@ -146,11 +150,11 @@ def build_trainer(row: Row, phase: Phase, data: Path, config: Path, out: Path, d
     argv += [f"--compile={'on' if row.compiled else 'off'}", f"--unpad={'on' if row.unpadded else 'off'}",
              f"--fused_lamb={'on' if row.lamb == 'fused' else 'off'}"]
     args = run_pretraining.parse_args(argv)
-    env = utils.DistEnv(device=device)
+    env = distributed.DistEnv(device=device)
     run_pretraining.validate_args(args, env)
     if row.unpadded and device.type == "cuda" and not flash_varlen_available(device, row.precision):
         raise NotImplementedError(f"FlashAttention's varlen kernel does not run here for {row.precision}")
-    return run_pretraining.Trainer(args, env, utils.Logger(None, enabled=False))
+    return run_pretraining.Trainer(args, env, run_log.Logger(None, enabled=False))
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env_info = environment(device)
     out.write("env", **env_info)
-    utils.apply_tf32("bf16")
+    apply_tf32("bf16")
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         base = Path(tmp)
         if args.dry_run:

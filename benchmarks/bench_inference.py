@@ -40,11 +40,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "triton"))
 
 import bert_io  # noqa: E402
+from cpu_info import BENCHMARK_CLOCKS, describe_cpu  # noqa: E402
 
 import bert_kernels as kernels  # noqa: E402
 import checkpoint_io  # noqa: E402
 import modeling  # noqa: E402
-from utils import BENCHMARK_CLOCKS, InputError, atomic_write_json, describe_cpu, run_main  # noqa: E402
+from atomic_io import atomic_write_json  # noqa: E402
+from input_checks import InputError, run_main  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 BASE_CONFIG = ROOT / "bert_configs" / "base.json"

@@ -20,8 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cpu_info import describe_cpu  # noqa: E402
+
+from input_checks import InputError, run_main  # noqa: E402
 from tokenization import FullTokenizer  # noqa: E402
-from utils import InputError, describe_cpu, run_main  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 

@@ -28,8 +28,9 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: the project's modules live one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from atomic_io import atomic_write_text  # noqa: E402
 from data.sentence_split import split_sentences  # noqa: E402
-from utils import atomic_write_text, run_main  # noqa: E402
+from input_checks import run_main  # noqa: E402
 
 DEFAULT_MAX_BYTES = 4_000_000
 SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "turtledemo"}

@@ -16,7 +16,7 @@ if __name__ == "__main__":  # run as a script: the project's modules live one fo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.pretraining_dataset import read_shard  # noqa: E402
-from utils import run_main  # noqa: E402
+from input_checks import run_main  # noqa: E402
 
 
 def shard_statistics(arrays: dict[str, np.ndarray], mask_id: int | None = None) -> dict[str, float]:

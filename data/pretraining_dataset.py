@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 # The shard format lives in a torch-free module so that data-preparation workers stay light.
 from data.shard_format import PREDICTION_KEYS, SEQUENCE_KEYS, SHARD_DTYPES, predictions_per_length  # noqa: F401 (re-exported)
-from utils import InputError
+from input_checks import InputError
 
 IGNORE_INDEX = -1
 ItemTransform = Callable[[list[torch.Tensor]], list[torch.Tensor]]

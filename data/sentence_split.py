@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from functools import cache
 
-from utils import InputError
+from input_checks import InputError
 
 METHODS = ("punkt", "pysbd", "regex")
 ALIASES = {"nltk": "punkt"}

@@ -36,8 +36,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
+from atomic_io import atomic_path
 from data.workers import worker_pool
-from utils import InputError, atomic_path
+from input_checks import InputError
 
 # ------------------------------------------------------------------------------------------------
 # Cleaning one page's wikitext

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import plot_loss_curve  # noqa: E402
+from loss_curve import plot_loss_curve  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

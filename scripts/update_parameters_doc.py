@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils import atomic_write_text  # noqa: E402
+from atomic_io import atomic_write_text  # noqa: E402
 
 DOC = ROOT / "docs" / "parameters.md"
 COMMAND = "python scripts/update_parameters_doc.py"

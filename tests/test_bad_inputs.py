@@ -2,7 +2,7 @@
 nothing written (issue 14).
 
 Each table row is (script, arguments, expected message). The scripts run in this process through
-`utils.run_main`, exactly as their `__main__` does, so a traceback would fail the test as an uncaught
+`input_checks.run_main`, exactly as their `__main__` does, so a traceback would fail the test as an uncaught
 exception; the checks of the shell wrappers run the real scripts in a subprocess
 (tests/e2e/test_finetune_scripts.py).
 """
@@ -17,9 +17,9 @@ import torch
 from conftest import shared_path
 from triton_helpers import load_triton_module, make_checkpoint
 
+from input_checks import InputError, run_main
 from modeling import BertConfig, BertForPreTraining
 from training import release_output_locks
-from utils import InputError, run_main
 
 TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=512)

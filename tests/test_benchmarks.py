@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 from conftest import ROOT, script_env
+from cpu_info import benchmark_precisions, describe_cpu
 
-import utils
-from utils import benchmark_precisions, describe_cpu
+import precision
 
 ZEN4_LSCPU = {"model name": "AMD EPYC", "vendor id": "AuthenticAMD", "cpu family": "25", "model": "17",
               "cpu(s)": "2", "flags": "fpu avx2 avx512f avx512_bf16"}
@@ -61,9 +61,9 @@ def test_pretraining_benchmark_output_names_the_cpu_and_gemm_choice():
 
 
 def test_bf16_rows_are_skipped_with_the_reason_where_the_cpu_only_emulates_bf16(monkeypatch):
-    monkeypatch.setattr(utils, "cpu_runs_bf16_natively", lambda: False)
+    monkeypatch.setattr(precision, "cpu_runs_bf16_natively", lambda: False)
     kept, skipped = benchmark_precisions(["fp32", "bf16"], "cpu")
     assert kept == ["fp32"] and "no native bf16" in skipped["bf16"]
     assert benchmark_precisions(["fp32", "bf16"], "cuda") == (["fp32", "bf16"], {})
-    monkeypatch.setattr(utils, "cpu_runs_bf16_natively", lambda: True)
+    monkeypatch.setattr(precision, "cpu_runs_bf16_natively", lambda: True)
     assert benchmark_precisions(["fp32", "bf16"], "cpu") == (["fp32", "bf16"], {})

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import convert_checkpoint
+from input_checks import run_main
 from modeling import BertConfig, BertForPreTraining, BertForQuestionAnswering
-from utils import run_main
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
             max_position_embeddings=64)

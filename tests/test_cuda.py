@@ -19,11 +19,12 @@ from pretrain_helpers import TINY_MODEL, write_config
 from test_optimization import gradient_steps, initial_weights, make_groups, make_params, reference_lamb, set_grads
 from torch import nn
 
-import utils
+import distributed
 from data.synthetic_shards import write_synthetic_shard
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
 from optimization import Lamb
-from utils import read_dllogger
+from precision import apply_tf32, autocast_context
+from run_log import read_dllogger
 
 DEVICE = torch.device(os.environ.get("BERT_TEST_DEVICE", "cuda"))
 pytestmark = pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_avai
 @pytest.fixture(autouse=True)
 def ieee_fp32():
     """fp32 means IEEE fp32 here (TF32 would put CUDA ~1e-3 away from the CPU)."""
-    utils.apply_tf32("fp32")
+    apply_tf32("fp32")
 
 
 def to_device(params: dict[str, nn.Parameter]) -> dict[str, nn.Parameter]:
@@ -176,13 +177,13 @@ def test_run_pretraining_fp16_accumulation_checkpoint_and_resume(tmp_path):
 
 
 def test_post_accumulation_allreduce_on_device_tensors(tmp_path):
-    """One-rank process group (NCCL bound to the GPU, as utils sets it up): the fp16 wire format keeps
+    """One-rank process group (NCCL bound to the GPU, as distributed.py sets it up): the fp16 wire format keeps
     the mean of loss-scaled sums that exceed fp16's range."""
     import torch.distributed as dist
 
     from training import allreduce_post_accumulation
 
-    options = utils.process_group_options(DEVICE, rank=0, world_size=1)
+    options = distributed.process_group_options(DEVICE, rank=0, world_size=1)
     dist.init_process_group(init_method=f"file://{tmp_path / 'store'}", **options)
     try:
         grads = [torch.full((1000,), 2000.0 * 64, device=DEVICE), torch.full((3, 5), -1000.0 * 64, device=DEVICE)]
@@ -246,7 +247,7 @@ def test_packed_cuda_model_matches_padded_model():
                                                           packed["masked_positions"], packed["packed"])):
         moved = [t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in inputs[:4]]
         seqs = inputs[4].to(DEVICE) if inputs[4] is not None else None
-        with utils.autocast_context(precision, DEVICE):
+        with autocast_context(precision, DEVICE):
             scores, nsp_scores = model(*moved, packed=seqs) if seqs is not None else model(*moved)
             losses.append(criterion(scores, nsp_scores, labels.to(DEVICE), nsp.to(DEVICE))[0].float())
     tolerance = 2e-2 if flash else 1e-5

@@ -22,7 +22,7 @@ from conftest import ROOT, load_benchmark, script_env, shared_path
 
 from data import TextSharding, demo_corpus, sentence_split
 from data.create_vocab import build_vocab, google_layout_head
-from utils import InputError
+from input_checks import InputError
 
 BERTPREP = ROOT / "data" / "bertPrep.py"
 SMALL_SHARDS = ["--n_training_shards", "4", "--n_test_shards", "2"]

@@ -15,9 +15,11 @@ from conftest import ROOT, script_env, shared_path
 from test_bad_inputs import assert_one_line_error, files_under, glue_argv, glue_folder, work, write  # noqa: F401
 
 import finetuning as ft
+from distributed import DistEnv
+from input_checks import InputError
 from modeling import BertConfig, BertForSequenceClassification
+from run_log import Logger
 from training import LOCK_NAME
-from utils import DistEnv, InputError, Logger
 
 
 def sts_folder(folder: Path, score: str, row: int = 3) -> Path:

@@ -16,6 +16,7 @@ import bert_kernels as kernels
 import checkpoint_io
 import modeling
 from checkpoint_io import CheckpointError, load_checkpoint
+from input_checks import InputError
 from modeling import (
     BertConfig,
     BertForPreTraining,
@@ -25,7 +26,6 @@ from modeling import (
     BertPretrainingCriterion,
     masked_positions_from_labels,
 )
-from utils import InputError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

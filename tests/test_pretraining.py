@@ -15,7 +15,7 @@ from conftest import ROOT, script_env
 from pretrain_helpers import copy_rows, make_shard, shard_rows, wikitext_documents, write_config
 from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
 
-from utils import read_dllogger
+from run_log import read_dllogger
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from conftest import ROOT, script_env
 from pretrain_helpers import copy_rows, make_shard, shard_rows, wikitext_documents, write_config
 
+import distributed
 import run_pretraining_inference as rpi
-import utils
 from checkpoint_io import load_checkpoint
 from data.pretraining_dataset import PretrainingShardDataset
+from input_checks import InputError
 from modeling import BertConfig, BertForPreTraining
-from utils import InputError, read_dllogger
+from run_log import read_dllogger
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -159,7 +160,7 @@ def assert_matches_reference(reported: dict, reference: dict) -> None:
 
 def untrained_model(corpus) -> BertForPreTraining:
     """The weights run_pretraining.py starts from with this seed (it seeds, then builds the model)."""
-    utils.seed_everything(SEED)
+    distributed.seed_everything(SEED)
     return BertForPreTraining(BertConfig.from_json_file(corpus["config"]))
 
 
@@ -225,10 +226,10 @@ def test_evaluation_restores_train_mode(corpus):
     model = untrained_model(corpus).train()
     shards = rpi.find_eval_shards(corpus["data"])
     plan = rpi.plan_batches(shards, 16, max_samples=20)
-    result = rpi.evaluate(model, rpi.iter_batches(shards, plan), len(plan), utils.DistEnv(), "fp32")
+    result = rpi.evaluate(model, rpi.iter_batches(shards, plan), len(plan), distributed.DistEnv(), "fp32")
     assert model.training and result.sequences == 20
     model.eval()
-    rpi.evaluate(model, rpi.iter_batches(shards, plan), len(plan), utils.DistEnv(), "fp32")
+    rpi.evaluate(model, rpi.iter_batches(shards, plan), len(plan), distributed.DistEnv(), "fp32")
     assert not model.training
 
 

@@ -10,8 +10,8 @@ from conftest import shared_path
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from input_checks import InputError
 from processors import glue
-from utils import InputError
 
 BOM = "\ufeff"
 

@@ -27,7 +27,7 @@ from test_pretraining_reliability import (
 
 from checkpointing import optimizer_state_mismatch
 from optimization import Lamb
-from utils import read_dllogger
+from run_log import read_dllogger
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

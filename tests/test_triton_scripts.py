@@ -23,7 +23,7 @@ import torch
 from conftest import ROOT, script_env
 from triton_helpers import TRITON_DIR, free_port, load_triton_module, make_checkpoint, run_script, squad_dev, vocab_file
 
-from utils import InputError
+from input_checks import InputError
 
 SCRIPTS = TRITON_DIR / "scripts"
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")

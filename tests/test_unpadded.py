@@ -17,7 +17,7 @@ from pretrain_helpers import TINY_MODEL, write_config
 from bert_kernels import FlashVarlenAttention, PackedSequences, block_diagonal_attention, pack_batch, varlen_attention
 from data.synthetic_shards import write_synthetic_shard
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
-from utils import read_dllogger
+from run_log import read_dllogger
 
 LENGTHS = (32, 25, 12, 32, 9, 20)
 

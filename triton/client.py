@@ -21,7 +21,7 @@ sys.path.append(str(Path(__file__).resolve().parent))
 import bert_io  # noqa: E402
 import client_lib  # noqa: E402
 
-from utils import InputError, check_at_least_one, run_main  # noqa: E402
+from input_checks import InputError, check_at_least_one, run_main  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -34,7 +34,8 @@ sys.path.append(str(Path(__file__).resolve().parent))
 
 import bert_io  # noqa: E402
 
-from utils import InputError, atomic_path, atomic_write_json, run_main  # noqa: E402
+from atomic_io import atomic_path, atomic_write_json  # noqa: E402
+from input_checks import InputError, run_main  # noqa: E402
 
 FORMATS = ("onnx", "ts-trace", "ts-script")
 DEFAULT_OPSET = 17  # the legacy exporter's newest; current ONNX Runtime runs it with all BERT fusions

@@ -33,8 +33,8 @@ sys.path.append(str(Path(__file__).resolve().parent))
 
 import bert_io  # noqa: E402
 
+from input_checks import InputError, read_json_file, run_main  # noqa: E402
 from processors.squad import check_window_settings  # noqa: E402
-from utils import InputError, read_json_file, run_main  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON_MODELS = Path(__file__).resolve().parent / "python_models"

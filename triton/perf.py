@@ -28,7 +28,8 @@ sys.path.append(str(Path(__file__).resolve().parent))
 import bert_io  # noqa: E402
 import client_lib  # noqa: E402
 
-from utils import InputError, atomic_path, atomic_write_json, run_main  # noqa: E402
+from atomic_io import atomic_path, atomic_write_json  # noqa: E402
+from input_checks import InputError, run_main  # noqa: E402
 
 PERCENTILES = (50, 90, 95, 99)
 

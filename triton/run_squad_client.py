@@ -24,7 +24,8 @@ sys.path.append(str(Path(__file__).resolve().parent))
 import bert_io  # noqa: E402
 import client_lib  # noqa: E402
 
-from utils import InputError, atomic_write_json, check_at_least_one, check_output_dir, run_main  # noqa: E402
+from atomic_io import atomic_write_json  # noqa: E402
+from input_checks import InputError, check_at_least_one, check_output_dir, run_main  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

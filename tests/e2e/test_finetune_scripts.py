@@ -21,7 +21,7 @@ from conftest import ROOT, script_env, shared_path
 
 from checkpoint_io import load_checkpoint
 from modeling import BertConfig, BertForPreTraining, BertForQuestionAnswering, BertModel
-from utils import read_dllogger
+from run_log import read_dllogger
 
 SCRIPTS = ROOT / "scripts"
 TINY = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
