@@ -22,15 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from cpu_info import describe_cpu
+
+from input_checks import InputError, run_main
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "data"))  # bench_create_pretraining_data's text preparation imports data/ modules
-
-import torch  # noqa: E402
-from cpu_info import describe_cpu  # noqa: E402
-
-from input_checks import InputError, run_main  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 MODEL = {"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 6,

@@ -51,9 +51,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cpu_info import describe_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from cpu_info import describe_cpu  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 WIKIPEDIA_TEXT_MB = 20_000  # English Wikipedia after extraction, about 20 GB
@@ -257,25 +257,24 @@ def run_stage(args: list[str], env: dict[str, str]) -> StageRun:
 
 
 # The extraction stage on its own, in a process of its own: what `bertPrep.py --action text_formatting`
-# runs before formatting (argv: dump, output folder, processes, extractor, project root).
+# runs before formatting (argv: dump, output folder, processes, extractor); run in the project root.
 EXTRACT_ONLY = """
 import sys
-sys.path.insert(0, sys.argv[5])
 from data.bertPrep import extract_articles
 extract_articles(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
 """
 
 
 def run_extraction(dump: Path, output: Path, processes: int, extractor: str, env: dict[str, str]) -> StageRun:
-    return run_command([sys.executable, "-c", EXTRACT_ONLY, str(dump), str(output), str(processes), extractor,
-                        str(ROOT)], env)
+    return run_command([sys.executable, "-c", EXTRACT_ONLY, str(dump), str(output), str(processes), extractor],
+                       env, cwd=ROOT)
 
 
-def run_command(command: list[str], env: dict[str, str]) -> StageRun:
+def run_command(command: list[str], env: dict[str, str], cwd: Path | None = None) -> StageRun:
     """Wall and CPU time of a command and its workers, peak RSS per process and in total."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks = [0, 0]
 
     def sample() -> None:

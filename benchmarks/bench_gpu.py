@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 import traceback
@@ -37,20 +36,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import cpu_info
 import torch
 
+import distributed
+import run_log
+import run_pretraining
+from bert_kernels import flash_varlen_available
+from data.synthetic_shards import write_synthetic_shard
+from flops import peak_flops as peak_flops_of
+from precision import apply_tf32
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import cpu_info  # noqa: E402
-
-import distributed  # noqa: E402
-import run_log  # noqa: E402
-import run_pretraining  # noqa: E402
-from bert_kernels import flash_varlen_available  # noqa: E402
-from data.synthetic_shards import write_synthetic_shard  # noqa: E402
-from flops import peak_flops as peak_flops_of  # noqa: E402
-from precision import apply_tf32  # noqa: E402
 
 TINY_CONFIG = {"vocab_size": 30522, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                "intermediate_size": 128, "max_position_embeddings": 128, "type_vocab_size": 2, "hidden_act": "gelu",

@@ -29,25 +29,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import torch
+from cpu_info import BENCHMARK_CLOCKS, describe_cpu
+
+import bert_kernels as kernels
+import checkpoint_io
+import modeling
+from atomic_io import atomic_write_json
+from input_checks import InputError, run_main
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported (in transformers_model)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.append(str(ROOT / "triton"))
-
-import bert_io  # noqa: E402
-from cpu_info import BENCHMARK_CLOCKS, describe_cpu  # noqa: E402
-
-import bert_kernels as kernels  # noqa: E402
-import checkpoint_io  # noqa: E402
-import modeling  # noqa: E402
-from atomic_io import atomic_write_json  # noqa: E402
-from input_checks import InputError, run_main  # noqa: E402
-
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 BASE_CONFIG = ROOT / "bert_configs" / "base.json"
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -74,11 +69,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_export_module():
-    spec = importlib.util.spec_from_file_location("triton_export", ROOT / "triton" / "export.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_triton_module(name: str) -> Any:
+    """A script of triton/ loaded from its file (a folder of scripts, not a package). They import bert_io,
+    their folder's shared module, by its bare name, as `python triton/X.py` finds it: it is loaded first."""
+    for needed in ("bert_io", name):
+        if needed not in sys.modules:
+            spec = importlib.util.spec_from_file_location(needed, ROOT / "triton" / f"{needed}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[needed] = module
+            spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+bert_io = load_triton_module("bert_io")
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +136,7 @@ def onnx_files(model: modeling.BertForQuestionAnswering, folder: Path, seq_lengt
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
-    export = load_export_module()
+    export = load_triton_module("export")
     example = bert_io.random_token_batch(np.random.default_rng(0), 1, seq_length, model.config.vocab_size)
     plain = folder / "model.onnx"
     export.export_onnx(export.ExportWrapper(model).eval(), tuple(torch.from_numpy(example[n]) for n in bert_io.INPUT_NAMES),

@@ -19,21 +19,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cpu_info import benchmark_precisions, describe_cpu  # noqa: E402
+from cpu_info import benchmark_precisions, describe_cpu
 
-import bert_kernels as kernels  # noqa: E402
-from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels  # noqa: E402
-from optimization import build_lamb, pretraining_param_groups  # noqa: E402
-from precision import autocast_context  # noqa: E402
+import bert_kernels as kernels
+from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
+from optimization import build_lamb, pretraining_param_groups
+from precision import autocast_context
 
 SHAPES = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, batch=8),

@@ -21,24 +21,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from cpu_info import BENCHMARK_CLOCKS, benchmark_precisions, describe_cpu
+
+import bert_kernels as kernels
+import finetuning as ft
+from checkpoint_io import to_hf_state_dict
+from modeling import BertConfig, BertForQuestionAnswering
+from precision import autocast_context
+from run_squad import squad_forward, squad_train_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from cpu_info import BENCHMARK_CLOCKS, benchmark_precisions, describe_cpu  # noqa: E402
-
-import bert_kernels as kernels  # noqa: E402
-import finetuning as ft  # noqa: E402
-from checkpoint_io import to_hf_state_dict  # noqa: E402
-from modeling import BertConfig, BertForQuestionAnswering  # noqa: E402
-from precision import autocast_context  # noqa: E402
-from run_squad import squad_forward, squad_train_loss  # noqa: E402
 
 BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 SHARED_SQUAD = ROOT.parent / "shared" / "data" / "squad" / "v1.1" / "train-v1.1.first11articles.json"

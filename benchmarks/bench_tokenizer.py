@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cpu_info import describe_cpu
+
+from input_checks import InputError, run_main
+from tokenization import FullTokenizer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cpu_info import describe_cpu  # noqa: E402
-
-from input_checks import InputError, run_main  # noqa: E402
-from tokenization import FullTokenizer  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 

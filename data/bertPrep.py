@@ -26,13 +26,10 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-if __name__ == "__main__":  # run as `python data/bertPrep.py`: the project's modules live one folder up
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from atomic_io import atomic_write_text  # noqa: E402
-from data.sentence_split import ALIASES, METHODS  # noqa: E402
-from data.workers import stop_workers_on_sigterm, worker_pool  # noqa: E402
-from input_checks import InputError, run_main  # noqa: E402
+from atomic_io import atomic_write_text
+from data.sentence_split import ALIASES, METHODS
+from data.workers import stop_workers_on_sigterm, worker_pool
+from input_checks import InputError, run_main
 
 DATA_DIR = Path(__file__).resolve().parent
 

@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script: the project's modules live one folder up
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from atomic_io import atomic_write_text  # noqa: E402
-from input_checks import InputError, run_main  # noqa: E402
+from atomic_io import atomic_write_text
+from input_checks import InputError, run_main
 
 GOOGLE_VOCAB_SIZE = 30522
 GOOGLE_UNUSED = 994

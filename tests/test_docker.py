@@ -277,13 +277,18 @@ def _wheelhouse() -> Path:
     if sys.version_info[:2] != (3, 11):
         pytest.skip(f"the wheelhouse for the image's Python 3.11 is downloaded by this Python, which is "
                     f"{sys.version_info.major}.{sys.version_info.minor}")
-    recipe = f"{TORCH_SPEC}\n{(ROOT / 'requirements.txt').read_text()}"
+    import tomllib  # Python 3.11, as checked above
+
+    # The image installs the checkout in editable mode: pip builds it with these, from the wheelhouse too.
+    build_requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    recipe = f"{TORCH_SPEC}\n{(ROOT / 'requirements.txt').read_text()}\n{' '.join(build_requires)}"
     wheelhouse = DOCKER_CACHE / f"wheelhouse-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
     if not wheelhouse.is_dir():
         DOCKER_CACHE.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=".wheelhouse.", dir=DOCKER_CACHE))
         result = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(partial), TORCH_SPEC,
-                                 "-r", str(ROOT / "requirements.txt")], capture_output=True, text=True, timeout=1200)
+                                 "-r", str(ROOT / "requirements.txt"), *build_requires], capture_output=True, text=True,
+                                timeout=1200)
         if result.returncode != 0:
             shutil.rmtree(partial)
             pytest.skip(f"pip download of the image's wheels failed: {_last_line(result.stderr)}")

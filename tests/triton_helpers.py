@@ -45,12 +45,19 @@ def make_checkpoint(folder: Path, task: str = "qa", num_labels: int = 3, seed: i
     return folder
 
 
+# The modules of triton/ that its scripts import by their bare names (as `python triton/X.py` finds them),
+# each after the ones before it.
+TRITON_LIBRARIES = ("bert_io", "client_lib")
+
+
 def load_triton_module(name: str) -> ModuleType:
-    """A module of triton/ loaded from its file (the folder is not imported as a package)."""
-    if str(TRITON_DIR) not in sys.path:
-        sys.path.append(str(TRITON_DIR))
+    """A module of triton/ loaded from its file (the folder is not imported as a package), after the
+    shared modules it imports by their bare names."""
     if name in sys.modules:
         return sys.modules[name]
+    needed = TRITON_LIBRARIES[:TRITON_LIBRARIES.index(name)] if name in TRITON_LIBRARIES else TRITON_LIBRARIES
+    for library in needed:
+        load_triton_module(library)
     spec = importlib.util.spec_from_file_location(name, TRITON_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

@@ -20,22 +20,17 @@ import argparse
 import contextlib
 import json
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import bert_io
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.append(str(Path(__file__).resolve().parent))
-
-import bert_io  # noqa: E402
-
-from atomic_io import atomic_path, atomic_write_json  # noqa: E402
-from input_checks import InputError, run_main  # noqa: E402
+from atomic_io import atomic_path, atomic_write_json
+from input_checks import InputError, run_main
 
 FORMATS = ("onnx", "ts-trace", "ts-script")
 DEFAULT_OPSET = 17  # the legacy exporter's newest; current ONNX Runtime runs it with all BERT fusions
