@@ -41,8 +41,7 @@ test-fast: $(STAMP) system-packages
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	@command -v shellcheck >/dev/null || bash .ci/install-system-packages.sh
-	shellcheck -x $$(git ls-files '*.sh' run.sub bind.sh)
+	$(VENV)/bin/shellcheck -x $$(git ls-files '*.sh' run.sub bind.sh)
 	$(VENV)/bin/hadolint Dockerfile
 
 demo: $(STAMP)

@@ -131,7 +131,8 @@ def configure_kernels(args: argparse.Namespace) -> None:
 
 
 def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or torch.onnx.is_in_onnx_export())
 
 
 def plain_inference() -> bool:

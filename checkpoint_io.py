@@ -225,7 +225,8 @@ def _check_completeness(report: LoadReport, strict: bool, source: str) -> None:
             problems.append(f"missing keys: {short_key_list(report.initialized)}")
         if report.skipped:
             problems.append(f"unexpected keys: {short_key_list(report.skipped)}")
-        raise CheckpointError(f"{source}: {'; '.join(problems)} (pass strict=False to load a backbone into a task model)")
+        raise CheckpointError(f"{source}: {'; '.join(problems)} (pass strict=False to load a backbone into a task "
+                              "model)")
     # The pooler is optional: QA and token-classification models never use it, and Hugging Face
     # saves those models without one.
     missing_backbone = [k for k in report.initialized if k.startswith("bert.") and not k.startswith("bert.pooler.")]

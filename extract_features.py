@@ -64,7 +64,8 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
         raise InputError(f"--layers {spec!r}: expected comma-separated integers such as -1,-2,-3,-4") from None
     bad = [layer for layer in layers if not -num_layers <= layer < num_layers]
     if not layers or bad:
-        raise InputError(f"--layers {spec!r}: the model has {num_layers} layers (valid: -{num_layers}..{num_layers - 1})")
+        raise InputError(f"--layers {spec!r}: the model has {num_layers} layers (valid: "
+                         f"-{num_layers}..{num_layers - 1})")
     return layers
 
 

@@ -286,7 +286,8 @@ def show_features(ctx: RunContext, dataset: TensorDataset, names: Sequence[str],
         ids = row[0].reshape(-1, row[0].size(-1))  # one row, or one per choice
         real = [int(n) for n in row[1].reshape(ids.shape).sum(-1)]
         lines = [f"*** Example {index} ***"]
-        lines += [f"tokens: {' '.join(tokenizer.convert_ids_to_tokens(ids[c, :n].tolist()))}" for c, n in enumerate(real)]
+        lines += [f"tokens: {' '.join(tokenizer.convert_ids_to_tokens(ids[c, :n].tolist()))}"
+                  for c, n in enumerate(real)]
         for name, column in zip(names, row, strict=True):
             if column.shape == row[0].shape:
                 per_choice = column.reshape(ids.shape)

@@ -32,7 +32,8 @@ def read_text_file(path: str | os.PathLike, encoding: str = "utf-8") -> str:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise InputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+        raise InputError(f"{path}:{line}: not UTF-8 text "
+                         f"(byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
 
 
 def read_json_file(path: str | os.PathLike, what: str = "file") -> Any:

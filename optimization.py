@@ -311,7 +311,8 @@ class Lamb(_Fp32StateMixin, Optimizer):
         return buffer
 
 
-def _trust_ratios(weights: list[torch.Tensor], updates: list[torch.Tensor], fallback: float = 1.0) -> list[torch.Tensor]:
+def _trust_ratios(weights: list[torch.Tensor], updates: list[torch.Tensor],
+                  fallback: float = 1.0) -> list[torch.Tensor]:
     """‖w‖/‖u‖ per tensor as 0-dim tensors (no host sync); `fallback` where either norm is zero."""
     weight_norms = torch.stack(torch._foreach_norm(weights))
     update_norms = torch.stack(torch._foreach_norm(updates))
@@ -339,7 +340,8 @@ def add_lamb_arguments(parser: argparse.ArgumentParser) -> None:
     """--use_nvlamb and --fused_lamb (run_pretraining.py)."""
     parser.add_argument("--use_nvlamb", action="store_true", help="apply the LAMB trust ratio to every tensor")
     parser.add_argument("--fused_lamb", choices=FUSED_LAMB_CHOICES, default="auto",
-                        help="LAMB's Adam direction with torch's fused kernel: auto = wherever it applies (CPU and CUDA)")
+                        help="LAMB's Adam direction with torch's fused kernel: auto = wherever it applies (CPU and "
+                             "CUDA)")
 
 
 def fused_lamb_setting(choice: str) -> bool | None:

@@ -65,13 +65,17 @@ from schedulers import build_scheduler
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="BERT pretraining with LAMB (phase 1 / phase 2).")
     req = p.add_argument_group("required")
-    req.add_argument("--input_dir", required=True, help="folder of .hdf5 shards; files whose name contains 'training' are used")
+    req.add_argument("--input_dir", required=True,
+                     help="folder of .hdf5 shards; files whose name contains 'training' are used")
     req.add_argument("--config_file", required=True, help="model config JSON (bert_config.json)")
     req.add_argument("--output_dir", required=True, help="where ckpt_<step>.pt checkpoints are written")
-    p.add_argument("--init_checkpoint", default=None, help="start from these weights (any layout load_checkpoint accepts)")
+    p.add_argument("--init_checkpoint", default=None,
+                   help="start from these weights (any layout load_checkpoint accepts)")
     p.add_argument("--max_seq_length", type=int, default=512, help="error if the shards' sequences are longer")
-    p.add_argument("--max_predictions_per_seq", type=int, default=80, help="masked positions per sequence in the shards")
-    p.add_argument("--train_batch_size", type=int, default=32, help="per-rank batch per optimizer step (micro-batch × accumulation)")
+    p.add_argument("--max_predictions_per_seq", type=int, default=80,
+                   help="masked positions per sequence in the shards")
+    p.add_argument("--train_batch_size", type=int, default=32,
+                   help="per-rank batch per optimizer step (micro-batch × accumulation)")
     p.add_argument("--learning_rate", type=float, default=5e-5, help="peak learning rate")
     p.add_argument("--max_steps", type=float, default=1000, help="total optimizer steps (the LR-schedule horizon)")
     p.add_argument("--warmup_proportion", type=float, default=0.01, help="fraction of max_steps spent warming up")
@@ -83,15 +87,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init_loss_scale", type=int, default=2**20, help="initial dynamic loss scale (fp16)")
     p.add_argument("--log_freq", type=float, default=1.0, help="log every N optimizer steps")
     p.add_argument("--checkpoint_activations", action="store_true", help="recompute encoder activations in backward")
-    p.add_argument("--resume_from_checkpoint", action="store_true", help="resume from the newest valid ckpt in output_dir")
+    p.add_argument("--resume_from_checkpoint", action="store_true",
+                   help="resume from the newest valid ckpt in output_dir")
     p.add_argument("--resume_step", type=int, default=-1, help="resume from this step's checkpoint (-1 = newest)")
     p.add_argument("--num_steps_per_checkpoint", type=int, default=100, help="save every N optimizer steps")
     p.add_argument("--skip_checkpoint", action="store_true", help="do not write checkpoints")
-    p.add_argument("--keep_checkpoints", type=int, default=3, help="ckpt_*.pt of --output_dir to keep, newest by step, whichever job wrote them (0 = all)")
+    p.add_argument("--keep_checkpoints", type=int, default=3,
+                   help="ckpt_*.pt of --output_dir to keep, newest by step, whichever job wrote them (0 = all)")
     p.add_argument("--phase2", action="store_true", help="phase-2 semantics: start from phase 1's last checkpoint")
-    p.add_argument("--allreduce_post_accumulation", action="store_true", help="all-reduce gradients once per optimizer step")
+    p.add_argument("--allreduce_post_accumulation", action="store_true",
+                   help="all-reduce gradients once per optimizer step")
     p.add_argument("--allreduce_post_accumulation_fp16", action="store_true", help="do that all-reduce in fp16")
-    p.add_argument("--phase1_end_step", type=int, default=7038, help="steps of phase 1; offsets phase-2 checkpoint names")
+    p.add_argument("--phase1_end_step", type=int, default=7038,
+                   help="steps of phase 1; offsets phase-2 checkpoint names")
     p.add_argument("--do_train", action="store_true", help="must be set, as in the original")
     p.add_argument("--json-summary", dest="json_summary", default="results/dllogger.json", help="dllogger JSON output")
     p.add_argument("--disable_progress_bar", action="store_true", help="no tqdm progress bar")
@@ -99,12 +107,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop once the (global, in-phase) step reaches this, e.g. to chain time-limited jobs with one "
                         "command line; -1 = max_steps. The LR horizon stays max_steps")
     # Added by this implementation.
-    p.add_argument("--lr_scheduler", default="poly", choices=("poly", "linear", "cosine", "constant"), help="LR schedule")
+    p.add_argument("--lr_scheduler", default="poly", choices=("poly", "linear", "cosine", "constant"),
+                   help="LR schedule")
     p.add_argument("--no_dense_seq_output", dest="dense_seq_output", action="store_false",
                    help="compute MLM logits at every position instead of only the masked ones")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--tensorboard_dir", default=None, help="also write TensorBoard scalars here")
-    p.add_argument("--loss_curve", default=None, help="PNG loss curve written at the end (default: next to --json-summary)")
+    p.add_argument("--loss_curve", default=None,
+                   help="PNG loss curve written at the end (default: next to --json-summary)")
     add_lamb_arguments(p)
     training.add_compile_arguments(p)
     add_periodic_evaluation_arguments(p)
@@ -145,7 +155,8 @@ def validate_args(args: argparse.Namespace, env: distributed.DistEnv) -> None:
 
 
 def check_finite_settings(args: argparse.Namespace) -> None:
-    """Numbers that would make every loss NaN (a NaN or infinite learning rate) or no batch are refused before any work."""
+    """Numbers that would make every loss NaN (a NaN or infinite learning rate) or no batch are refused before
+    any work."""
     input_checks.check_number_ranges({  # flag: (value, lowest allowed, lowest is allowed, highest)
         "--learning_rate": (args.learning_rate, 0.0, False, math.inf),
         "--max_steps": (args.max_steps, 1.0, True, math.inf),
@@ -170,7 +181,8 @@ def final_step(args: argparse.Namespace) -> int:
 class Trainer:
     """Holds the model, optimizer, data stream and checkpointer; `train()` is the loop."""
 
-    def __init__(self, args: argparse.Namespace, env: distributed.DistEnv, logger: run_log.Logger, tb_writer: Any = None):
+    def __init__(self, args: argparse.Namespace, env: distributed.DistEnv, logger: run_log.Logger,
+                 tb_writer: Any = None):
         self.args, self.env, self.logger, self.tb_writer = args, env, logger, tb_writer
         self.precision = resolve_precision(args.precision, args.fp16, env.device)
         apply_tf32(self.precision)
@@ -193,7 +205,8 @@ class Trainer:
         self.optimizer = build_lamb(pretraining_param_groups(self.model), lr=args.learning_rate,
                                     use_nvlamb=args.use_nvlamb, fused=fused_lamb_setting(args.fused_lamb))
         self.scheduler = build_scheduler(args.lr_scheduler, self.optimizer, args.warmup_proportion, args.max_steps)
-        self.scaler = training.make_grad_scaler(self.precision, env.device, args.loss_scale, float(args.init_loss_scale))
+        self.scaler = training.make_grad_scaler(self.precision, env.device, args.loss_scale,
+                                                float(args.init_loss_scale))
         self.checkpointer = Checkpointer(
             args.output_dir, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
             env=env, learning_rate=args.learning_rate, phase2=args.phase2, phase1_end_step=args.phase1_end_step,
@@ -280,7 +293,8 @@ class Trainer:
             self.state.global_step += 1
         else:
             self.state.skipped_steps += 1
-            self.logger.log("PARAMETER", {"loss_scale": self.scaler.get_scale(), "skipped_steps": self.state.skipped_steps})
+            self.logger.log("PARAMETER",
+                            {"loss_scale": self.scaler.get_scale(), "skipped_steps": self.state.skipped_steps})
         return applied
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -324,7 +338,8 @@ class Trainer:
                 window, mlm_window, log_start, log_samples = [], [], time.time(), 0
             if self._evaluation_due() and self._evaluate():
                 break
-            if applied and args.num_steps_per_checkpoint > 0 and self.state.global_step % args.num_steps_per_checkpoint == 0:
+            every = args.num_steps_per_checkpoint
+            if applied and every > 0 and self.state.global_step % every == 0:
                 self.save_checkpoint()
             self.stop_requested = training.any_rank(self.stop_requested, self.env)  # all stop at one step
         raw_time = time.time() - train_start
@@ -452,7 +467,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         finally:  # also on an error: a shard load still running in its thread can abort the exit
             trainer.stream.close()
         summary["e2e_train_time"] = time.time() - e2e_start
-        logger.log((), {k: summary[k] for k in ("e2e_train_time", "training_sequences_per_second", "final_loss", "raw_train_time")})
+        logger.log((), {k: summary[k] for k in ("e2e_train_time", "training_sequences_per_second", "final_loss",
+                                                "raw_train_time")})
         if env.is_main:
             finish_outputs(args, trainer.checkpointer.latest, summary)
         logger.close()
@@ -499,7 +515,8 @@ def cli(argv: list[str] | None = None) -> None:
     summary = main(argv)
     if summary.get("stopped_by_signal"):
         print(f"stopped by a signal at step {summary['global_step']} before the final step, after its checkpoint "
-              f"(none with --skip_checkpoint); exit code {EXIT_STOPPED}: resume with --resume_from_checkpoint", file=sys.stderr, flush=True)
+              f"(none with --skip_checkpoint); exit code {EXIT_STOPPED}: resume with --resume_from_checkpoint",
+              file=sys.stderr, flush=True)
         raise SystemExit(EXIT_STOPPED)
 
 

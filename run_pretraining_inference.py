@@ -215,7 +215,8 @@ def batch_sums(model: torch.nn.Module, batch: Batch, max_pred: int, precision: s
 
     MLM logits are computed at the `max_pred` masked slots of each row only; filler slots carry label -1.
     """
-    input_ids, segment_ids, input_mask, labels, nsp_labels = (batch[k].to(device, non_blocking=True) for k in BATCH_KEYS)
+    input_ids, segment_ids, input_mask, labels, nsp_labels = (batch[k].to(device, non_blocking=True)
+                                                              for k in BATCH_KEYS)
     positions, labels = masked_positions_from_labels(labels, max_pred)
     with autocast_context(precision, device):
         mlm_scores, nsp_scores = model(input_ids, segment_ids, input_mask, positions)
@@ -286,7 +287,8 @@ def add_periodic_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eval_every_samples", type=int, default=0, help="evaluate every N training samples (global)")
     g.add_argument("--eval_samples", type=int, default=10000, help="size of the fixed evaluation set")
     g.add_argument("--eval_batch_size", type=int, default=64, help="evaluation batch size")
-    g.add_argument("--target_mlm_accuracy", type=float, default=0.0, help="stop once evaluation reaches this MLM accuracy")
+    g.add_argument("--target_mlm_accuracy", type=float, default=0.0,
+                   help="stop once evaluation reaches this MLM accuracy")
 
 
 class PeriodicEvaluator:

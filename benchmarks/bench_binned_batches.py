@@ -131,8 +131,9 @@ def print_corpus(trainer) -> None:
 
     lengths = torch.cat([load_shard(path, trainer.max_pred)["input_mask"].sum(1) for path in trainer.files])
     width = trainer.seq_len
-    print(f"{lengths.numel()} sequences in {len(trainer.files)} shard(s); real length mean {lengths.float().mean():.0f} "
-          f"of {width}, median {lengths.median():.0f}, {(lengths > width - 64).float().mean() * 100:.0f}% longer than "
+    longer = (lengths > width - 64).float().mean() * 100
+    print(f"{lengths.numel()} sequences in {len(trainer.files)} shard(s); real length mean "
+          f"{lengths.float().mean():.0f} of {width}, median {lengths.median():.0f}, {longer:.0f}% longer than "
           f"{width - 64}; no padding at all would compute {width * lengths.numel() / lengths.sum():.2f}x fewer tokens")
 
 
@@ -247,10 +248,12 @@ def main(argv: list[str] | None = None) -> None:
         masking = masking_cost(trainers["padded"], vocab, batches=max(args.steps, 20))
         binned_epoch, padded_epoch, per_width = epoch_estimate(trainers[f"bins of {args.bin_size}"], args.reps)
         print(f"| {'batches':<12} | {'padded tokens per step (run)':>28} | {'padded tokens per step (epoch)':>30} "
-              f"| {'tokens computed per step (run / epoch)':>38} | {'s/step':>7} | {'sequences/s':>11} | {'per CPU s':>9} |")
+              f"| {'tokens computed per step (run / epoch)':>38} | {'s/step':>7} | {'sequences/s':>11} | "
+              f"{'per CPU s':>9} |")
         for name, r in results.items():
             print(f"| {name:<12} | {r['padded_per_step']:>28.0f} | {r['epoch_padded']:>30.0f} "
-                  f"| {r['slots_per_step']:>18.0f} / {r['epoch_slots']:>17.0f} | {r['step_s']:>7.3f} | {r['seq_per_s']:>11.2f} | {r['cpu_seq_per_s']:>9.2f} |")
+                  f"| {r['slots_per_step']:>18.0f} / {r['epoch_slots']:>17.0f} | {r['step_s']:>7.3f} | "
+                  f"{r['seq_per_s']:>11.2f} | {r['cpu_seq_per_s']:>9.2f} |")
         padded, binned = results.values()
         print(f"speed-up of bins: {binned['seq_per_s'] / padded['seq_per_s']:.2f}x sequences/s "
               f"({binned['cpu_seq_per_s'] / padded['cpu_seq_per_s']:.2f}x per CPU second); tokens computed per "

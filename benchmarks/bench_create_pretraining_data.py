@@ -272,8 +272,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.large_megabytes > 0:
             large = repeat_files(files, args.large_megabytes / megabytes, workdir / "large")
             large_mb = sum(path.stat().st_size for path in large) / 1e6
-            pool_rows.append((large_mb, *(in_fresh_process(measure_ours_files, [str(f) for f in large], str(vocab),
-                                                           args.dupe_factor, tmp, processes) for processes in (1, args.processes))))
+            files = [str(f) for f in large]
+            pool_rows.append((large_mb, *(in_fresh_process(measure_ours_files, files, str(vocab), args.dupe_factor,
+                                                           tmp, processes) for processes in (1, args.processes))))
 
     print()
     print_table([

@@ -120,7 +120,8 @@ def environment(device: torch.device) -> dict[str, Any]:
             info[module] = __import__(module).__version__
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(card=props.name, capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1),
+        info.update(card=props.name, capability=f"{props.major}.{props.minor}",
+                    memory_gib=round(props.total_memory / 2**30, 1),
                     sms=props.multi_processor_count, cudnn=torch.backends.cudnn.version())
     else:
         info["card"] = platform.processor() or platform.machine()
@@ -326,7 +327,8 @@ def _default_sdpa_kernels(q, k, v, mask, device: torch.device) -> list[str]:
     with profile(activities=activities) as prof:
         torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.1)
     names = [e.key for e in prof.key_averages()]
-    return [n[:120] for n in names if any(s in n.lower() for s in ("flash", "fmha", "attention", "efficient", "cudnn"))][:8]
+    attention = ("flash", "fmha", "attention", "efficient", "cudnn")
+    return [n[:120] for n in names if any(s in n.lower() for s in attention)][:8]
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             except NotImplementedError as exc:
                 out.write("skipped", **asdict(row), reason=str(exc))
             except Exception as exc:  # noqa: BLE001 - one failing row must not lose the others
-                out.write("failed", **asdict(row), error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                out.write("failed", **asdict(row),
+                          error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                           traceback=traceback.format_exc()[-2000:])
             finally:
                 if trainer is not None:

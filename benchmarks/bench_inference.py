@@ -139,10 +139,12 @@ def onnx_files(model: modeling.BertForQuestionAnswering, folder: Path, seq_lengt
     export = load_triton_module("export")
     example = bert_io.random_token_batch(np.random.default_rng(0), 1, seq_length, model.config.vocab_size)
     plain = folder / "model.onnx"
-    export.export_onnx(export.ExportWrapper(model).eval(), tuple(torch.from_numpy(example[n]) for n in bert_io.INPUT_NAMES),
+    export.export_onnx(export.ExportWrapper(model).eval(),
+                       tuple(torch.from_numpy(example[n]) for n in bert_io.INPUT_NAMES),
                        plain, "qa", export.DEFAULT_OPSET)
     c = model.config
-    optimized = optimize_model(str(plain), model_type="bert", num_heads=c.num_attention_heads, hidden_size=c.hidden_size)
+    optimized = optimize_model(str(plain), model_type="bert", num_heads=c.num_attention_heads,
+                               hidden_size=c.hidden_size)
     fused_ops = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     files = {"fp32": folder / "model.fused.onnx"}
     optimized.save_model_to_file(str(files["fp32"]))
@@ -270,14 +272,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = modeling.BertConfig.from_json_file(args.config)
     ours = modeling.BertForQuestionAnswering(config).eval()
     print(f"model: {args.config.name} ({config.num_hidden_layers} layers, hidden {config.hidden_size}), "
-          f"sequence {args.seq_length}, {args.threads} threads, {args.clock} clock, torch {torch.__version__}", flush=True)
+          f"sequence {args.seq_length}, {args.threads} threads, {args.clock} clock, torch {torch.__version__}",
+          flush=True)
     print(f"CPU: {describe_cpu()}; ours' fp32 GEMMs: {kernels.cpu_gemm_backend()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         folder = args.workdir or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         files = onnx_files(ours, folder, args.seq_length, args.int8)
-        print(f"  export + fusion{' + quantisation' if args.int8 else ''}: {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"  export + fusion{' + quantisation' if args.int8 else ''}: {time.perf_counter() - start:.0f} s",
+              flush=True)
         paths: dict[str, Runner] = {
             "transformers": transformers_runner(transformers_model(ours)),
             "ours": torch_runner(ours),

@@ -136,7 +136,8 @@ def mfu(config: BertConfig, seq: int, max_pred: int, seq_per_s: float, device: t
 
     if device.type != "cuda":
         return "-"
-    value = model_flops_utilization(training_flops_per_sequence(config, seq, max_pred) * seq_per_s, 1.0, device, precision)
+    value = model_flops_utilization(training_flops_per_sequence(config, seq, max_pred) * seq_per_s, 1.0, device,
+                                    precision)
     return f"{value:.1%}" if value is not None else "?"
 
 

@@ -66,7 +66,8 @@ def synthetic_batch(batch_size: int, seq: int) -> tuple[list[torch.Tensor], str]
     ids = torch.randint(1000, 30000, (batch_size, seq), generator=g)
     segments = (torch.arange(seq) >= 40).long().expand(batch_size, seq).clone()
     positions = torch.randint(41, seq, (2, batch_size), generator=g)
-    return [ids, torch.ones_like(ids), segments, positions[0], positions[1]], f"synthetic full-length sequences of {seq}"
+    inputs = [ids, torch.ones_like(ids), segments, positions[0], positions[1]]
+    return inputs, f"synthetic full-length sequences of {seq}"
 
 
 def build_models(seed: int = 0) -> tuple[BertForQuestionAnswering, torch.nn.Module]:

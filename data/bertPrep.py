@@ -87,7 +87,8 @@ def action_download(args: argparse.Namespace, layout: Layout) -> None:
     from data.Downloader import Downloader
 
     if args.dataset not in DOWNLOADABLE:
-        raise InputError(f"--action download: no downloader for {args.dataset!r}; choose from {', '.join(DOWNLOADABLE)}")
+        raise InputError(f"--action download: no downloader for {args.dataset!r}; "
+                         f"choose from {', '.join(DOWNLOADABLE)}")
     Downloader(args.dataset, layout.download, bookscorpus_dir=args.bookscorpus_dir,
                google_models=args.google_models, glue_tasks=args.glue_tasks).download()
 
@@ -397,7 +398,8 @@ def action_create_hdf5_files(args: argparse.Namespace, layout: Layout) -> None:
         print(f"failed: {failure}", file=sys.stderr, flush=True)
     if failures:
         names = ", ".join(f.split(":", 1)[0] for f in failures)
-        raise InputError(f"{len(failures)} of {len(jobs)} shard(s) failed: {names}; fix and re-run (done shards are skipped)")
+        raise InputError(f"{len(failures)} of {len(jobs)} shard(s) failed: {names}; fix and re-run (done shards are "
+                         "skipped)")
     mark_stage_done(layout.hdf5 / args.dataset, "create_hdf5_files")
 
 
@@ -419,7 +421,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fraction_test_set", type=float, default=0.1, help="share of sentences in the test shards")
     p.add_argument("--segmentation_method", default="punkt", choices=METHODS + tuple(ALIASES),
                    help="sentence splitter (offline); 'nltk' = 'punkt'")
-    p.add_argument("--n_processes", type=int, default=4, help="extraction, formatting, sentence splitting and HDF5 workers")
+    p.add_argument("--n_processes", type=int, default=4,
+                   help="extraction, formatting, sentence splitting and HDF5 workers")
     p.add_argument("--random_seed", type=int, default=12345)
     p.add_argument("--dupe_factor", type=int, default=5)
     p.add_argument("--masked_lm_prob", type=float, default=0.15)
@@ -435,9 +438,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Wikipedia XML -> articles: 'fast' (data/wiki_extract.py: parallel over the bz2 streams of a "
                         "multistream dump, templates dropped) or 'wikiextractor' (the original's third-party tool, "
                         "expands templates, one reader process)")
-    p.add_argument("--interactive_json_config_generator", type=str, default=None, help="accepted, unused (as the original)")
+    p.add_argument("--interactive_json_config_generator", type=str, default=None,
+                   help="accepted, unused (as the original)")
     p.add_argument("--bookscorpus_dir", default=None, help="folder of *.txt books used as BookCorpus")
-    p.add_argument("--google_models", default=None, help="comma-separated subset of Google's checkpoints (default all 7)")
+    p.add_argument("--google_models", default=None,
+                   help="comma-separated subset of Google's checkpoints (default all 7)")
     p.add_argument("--glue_tasks", default="all", help="comma-separated GLUE tasks for --dataset glue (default all)")
     args = p.parse_args(argv)
     if not _DATASET_NAME.match(args.dataset):

@@ -151,7 +151,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output_file", required=True, help="vocab.txt to write (one token per line)")
     parser.add_argument("--vocab_size", type=int, default=GOOGLE_VOCAB_SIZE)
     parser.add_argument("--lowercase", type=int, default=1, help=">0: uncased vocab (lowercase, strip accents)")
-    parser.add_argument("--num_unused", type=int, default=None, help="[unusedN] rows (default: scaled from Google's 994)")
+    parser.add_argument("--num_unused", type=int, default=None,
+                        help="[unusedN] rows (default: scaled from Google's 994)")
     parser.add_argument("--min_frequency", type=int, default=2)
     parser.add_argument("--limit_alphabet", type=int, default=1000)
     return parser.parse_args(argv)

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, default=1024)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--max_pred", type=int, default=80)
-    p.add_argument("--profile", default="wikitext", help="wikitext (by --seq), " + ", ".join(LENGTH_PROFILES) + " or full")
+    p.add_argument("--profile", default="wikitext",
+                   help="wikitext (by --seq), " + ", ".join(LENGTH_PROFILES) + " or full")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.measure:

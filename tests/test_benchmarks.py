@@ -15,7 +15,8 @@ ZEN4_LSCPU = {"model name": "AMD EPYC", "vendor id": "AuthenticAMD", "cpu family
 
 
 def test_amd_family_and_generation_are_named():
-    assert describe_cpu(ZEN4_LSCPU) == "AMD EPYC (AMD Zen 4: family 25, model 17; 2 logical CPUs; AVX-512, AVX-512 BF16)"
+    assert describe_cpu(ZEN4_LSCPU) == ("AMD EPYC (AMD Zen 4: family 25, model 17; 2 logical CPUs; "
+                                        "AVX-512, AVX-512 BF16)")
     zen3 = {**ZEN4_LSCPU, "flags": "fpu avx2", "model": "1"}
     assert describe_cpu(zen3) == "AMD EPYC (AMD Zen 3: family 25, model 1; 2 logical CPUs; no native bf16)"
     zen5 = {**ZEN4_LSCPU, "cpu family": "26", "model": "2"}

@@ -15,7 +15,8 @@ from training import PretrainingLoss
 
 
 def loss_module(device: str = "cpu", dtype: torch.dtype = torch.float32, dropout: float = 0.1) -> PretrainingLoss:
-    config = BertConfig.from_dict({**TINY_MODEL, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout})
+    config = BertConfig.from_dict({**TINY_MODEL, "hidden_dropout_prob": dropout,
+                                   "attention_probs_dropout_prob": dropout})
     torch.manual_seed(0)
     model = BertForPreTraining(config).to(dtype).to(device).train()
     return PretrainingLoss(model, BertPretrainingCriterion(config.padded_vocab_size))
@@ -28,7 +29,8 @@ def padded_args(seed: int = 3):
 
 def packed_args(seed: int = 3, flash: bool = False, device: str = "cpu", bucket: int = 64, vary: bool = False):
     """A packed batch; with `vary`, rows of random lengths (so the packed size changes with the seed)."""
-    lengths = tuple(torch.randint(8, 33, (6,), generator=torch.Generator().manual_seed(seed)).tolist()) if vary else None
+    lengths = tuple(torch.randint(8, 33, (6,),
+                                  generator=torch.Generator().manual_seed(seed)).tolist()) if vary else None
     ids, types, mask, positions, labels, nsp = padded_batch(seed=seed, **({"row_lengths": lengths} if vary else {}))
     p = pack_batch(ids, types, mask, positions, bucket, flash=flash)
     tensors = [p["input_ids"], p["segment_ids"], None, p["masked_positions"], labels, nsp]
@@ -81,7 +83,8 @@ def test_compiled_equals_eager_on_cpu(layout):
     for fn, module in ((eager, eager), (step, compiled)):
         loss, mlm, nsp = fn(*args)
         loss.backward()
-        results.append((loss.detach(), mlm.detach(), {n: p.grad for n, p in module.named_parameters() if p.grad is not None}))
+        results.append((loss.detach(), mlm.detach(),
+                        {n: p.grad for n, p in module.named_parameters() if p.grad is not None}))
     (loss_e, mlm_e, grads_e), (loss_c, mlm_c, grads_c) = results
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mlm_c, mlm_e, rtol=1e-5, atol=1e-5)

@@ -77,7 +77,8 @@ def test_checkpoint_that_does_not_fit_its_config_is_refused_and_nothing_is_writt
         tmp_path, capsys, case, model_class, edit, changes, fragments):
     checkpoint = write_checkpoint(tmp_path / "in", model_class, edit, **changes)
     out = tmp_path / "hf"
-    for argv in (["--to_hf", checkpoint, out], ["--to_hf", checkpoint, out, "--vocab_file", tmp_path / "in" / "vocab.txt"]):
+    for argv in (["--to_hf", checkpoint, out],
+                 ["--to_hf", checkpoint, out, "--vocab_file", tmp_path / "in" / "vocab.txt"]):
         with pytest.raises(SystemExit) as info:
             run_main(convert_checkpoint.main, [str(a) for a in argv])
         lines = capsys.readouterr().err.strip().splitlines()

@@ -167,7 +167,8 @@ def test_run_pretraining_fp16_accumulation_checkpoint_and_resume(tmp_path):
     ckpt = torch.load(tmp_path / "split" / "ckpt" / "ckpt_4.pt", weights_only=True)
     assert ckpt["optimizer"]["param_groups"][0]["step"] == 4
     assert ckpt["scaler"]["scale"] > 0 and ckpt["data_position"][0]["offset"] == 4 * 8
-    straight, resumed = _step_losses(tmp_path / "straight" / "dllogger.json"), _step_losses(tmp_path / "split" / "dllogger.json")
+    straight = _step_losses(tmp_path / "straight" / "dllogger.json")
+    resumed = _step_losses(tmp_path / "split" / "dllogger.json")
     assert sorted(resumed) == [3, 4] and sorted(straight) == [1, 2, 3, 4]
     for step in (3, 4):  # the resumed run continues at the same data, weights, moments and loss scale
         assert resumed[step] == pytest.approx(straight[step], rel=2e-3)

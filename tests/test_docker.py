@@ -176,8 +176,8 @@ def test_dockerignore_keeps_code_and_drops_outputs(path, ignored):
 # ------------------------------------------------------------------------------ the real engine
 # The base image, wheelhouse and the engine's own state (so its layer cache) live in this cache folder
 # between runs; a warm run only rebuilds the final COPY layer and runs the demo.
-DOCKER_CACHE = Path(os.environ.get("BERT_DOCKER_CACHE",
-                                   Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bert-pytorch" / "docker"))
+_USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+DOCKER_CACHE = Path(os.environ.get("BERT_DOCKER_CACHE", _USER_CACHE / "bert-pytorch" / "docker"))
 TEST_IMAGE = "bert-pytorch-test:cpu"
 TORCH_SPEC = "torch==2.13.0"
 # pip's build arguments are part of the layer cache key: a fixed port keeps the pip layer cached.
@@ -337,7 +337,8 @@ def built_image(tmp_path_factory):
     if not sys.platform.startswith("linux"):
         pytest.skip("the Docker engine test runs on Linux")
     DOCKER_CACHE.mkdir(parents=True, exist_ok=True)
-    with open(DOCKER_CACHE / "lock", "w") as lock, tempfile.TemporaryDirectory(prefix="bert-docker-", dir="/tmp") as run:
+    with (open(DOCKER_CACHE / "lock", "w") as lock,
+          tempfile.TemporaryDirectory(prefix="bert-docker-", dir="/tmp") as run):
         fcntl.flock(lock, fcntl.LOCK_EX)  # before the daemon: one dockerd per engine folder
         with _docker_engine(Path(run)) as env:  # /tmp keeps containerd's socket path short
             yield from _build_test_image(env, tmp_path_factory.mktemp("checkout"))

@@ -372,7 +372,8 @@ def test_onnx_backend_gives_the_pytorch_logits_and_answer(tmp_path, capsys):
     common = ["--vocab_file", str(vocab), "--do_lower_case", "--max_seq_length", "64", "--doc_stride", "24",
               "--n_best_size", "3", "--question", "Where is the bell tower?"]
     outputs = []
-    for backend in (["--init_checkpoint", str(folder)], ["--backend", "onnx", "--onnx_model", str(folder / "model.onnx")]):
+    for backend in (["--init_checkpoint", str(folder)],
+                    ["--backend", "onnx", "--onnx_model", str(folder / "model.onnx")]):
         inference.main([*common, *backend])
         outputs.append(capsys.readouterr().out)
     heads = [out[:out.index("[")] for out in outputs]

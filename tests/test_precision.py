@@ -91,7 +91,10 @@ def test_cpu_preset_passes_auto_unless_pinned(cpu_precision, expected):
 
 def test_wrappers_accept_auto_and_name_it_in_the_error():
     common = ROOT / "scripts" / "finetune_common.sh"
-    ok = subprocess.run(["bash", "-c", 'source "$1" && check_precision auto', "_", str(common)], capture_output=True, text=True)
+    ok = subprocess.run(["bash", "-c", 'source "$1" && check_precision auto', "_", str(common)], capture_output=True,
+                        text=True)
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run(["bash", "-c", 'source "$1" && check_precision fp8', "_", str(common)], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown precision 'fp8': use auto, fp16, bf16, tf32 or fp32"
+    bad = subprocess.run(["bash", "-c", 'source "$1" && check_precision fp8', "_", str(common)], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: unknown precision 'fp8': use auto, fp16, bf16, tf32 or fp32"

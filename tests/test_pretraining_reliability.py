@@ -257,7 +257,8 @@ def test_shell_recipe_stops_before_phase2_when_phase1_is_stopped(corpus, tmp_pat
     args = ["8", "5e-3", "fp32", "0", "0.1", "400", "2", "false", "false", "true", "2", "3", "tiny", "true", "false",
             "4", "1e-3", "0.1", "2", "2", str(corpus["phase1"]), str(corpus["phase2"]), str(ROOT), "None",
             str(corpus["config"])]
-    env = {**script_env(), "RESULTS_DIR": str(results), "PYTHON": sys.executable, "EXTRA_ARGS": "--disable_progress_bar"}
+    env = {**script_env(), "RESULTS_DIR": str(results), "PYTHON": sys.executable,
+           "EXTRA_ARGS": "--disable_progress_bar"}
     proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "run_pretraining.sh"), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

@@ -47,7 +47,8 @@ def run_sh(script: str, *args, env: dict[str, str], timeout: float = 600, check:
     done = subprocess.run(["bash", str(SCRIPTS / script), *map(str, args)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
     if check:
-        assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, (f"{script} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
+                                      f"{done.stderr[-3000:]}")
     return done
 
 

@@ -120,7 +120,8 @@ def test_flash_varlen_call_shapes_and_autograd_on_meta_tensors():
     if not hasattr(torch.ops.aten, "_flash_attention_forward"):
         pytest.skip("this torch has no aten flash attention op")
     total, heads, dim = 320, 4, 16
-    q, k, v = (torch.empty(total, heads, dim, device="meta", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.empty(total, heads, dim, device="meta", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
     cu_seqlens = torch.empty(len(LENGTHS) + 2, device="meta", dtype=torch.int32)
     out = FlashVarlenAttention.apply(q, k, v, cu_seqlens, 128, 0.1, dim**-0.5)
     assert out.shape == (total, heads, dim) and out.dtype == torch.bfloat16
@@ -147,7 +148,8 @@ def _pretrain(tmp_path, name: str, extra: list[str]) -> dict[int, float]:
     data = tmp_path / "data"
     if not data.is_dir():
         data.mkdir()
-        write_synthetic_shard(data / "synthetic_training_0.hdf5", rows=64, seq_len=64, max_pred=10, profile="wikitext_512")
+        write_synthetic_shard(data / "synthetic_training_0.hdf5", rows=64, seq_len=64, max_pred=10,
+                              profile="wikitext_512")
         write_config(tmp_path / "tiny.json", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     out = tmp_path / name
     cmd = [sys.executable, str(ROOT / "run_pretraining.py"), "--do_train", "--disable_progress_bar",

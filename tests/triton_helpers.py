@@ -70,7 +70,8 @@ def run_script(script: Path | str, *args: str, timeout: float = 300, check: bool
     done = subprocess.run([sys.executable, str(script), *map(str, args)], env=script_env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
     if check:
-        assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, (f"{script} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
+                                      f"{done.stderr[-3000:]}")
     return done
 
 

@@ -217,7 +217,8 @@ def text_model_config(spec: TextModelSpec) -> str:
     if spec.tensor.task != "qa":
         raise InputError("the text model answers questions: it needs a QA tensor model (--task qa)")
     if spec.max_seq_length > spec.tensor.max_sequence:
-        raise InputError(f"--max_seq_length {spec.max_seq_length} exceeds the model's {spec.tensor.max_sequence} positions")
+        raise InputError(f"--max_seq_length {spec.max_seq_length} exceeds the model's {spec.tensor.max_sequence} "
+                         "positions")
     check_window_settings(spec.max_seq_length, spec.doc_stride, spec.max_query_length)
     input_names, output_names = spec.tensor.io_names()
     config: dict[str, Any] = {
