@@ -10,9 +10,10 @@ The model (`modeling.py`) only calls:
   encoder should run on them only (the CPU);
 * `PackedSequences` and `pack_batch` — a batch packed on the host before it reaches the device (real
   tokens only from the embeddings on, with the sequences' offsets), and `varlen_attention` over it:
-  FlashAttention's variable-length kernel with dropout on CUDA (`flash_varlen_available`), a
-  block-diagonal SDPA reference elsewhere. Scripts expose the backend choices through `add_kernel_arguments` and
-`configure_kernels`. This module imports torch and input_checks only.
+  FlashAttention's variable-length kernel with dropout on CUDA (`flash_varlen_problem` says where it
+  cannot run), a block-diagonal SDPA reference for tests (`choose_unpad` resolves --unpad). Scripts
+  expose the backend choices through `add_kernel_arguments` and `configure_kernels`. This module imports
+  torch and input_checks only.
 """
 from __future__ import annotations
 
@@ -97,29 +98,54 @@ def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
                         f"Default: the {CPU_GEMM_ENV} environment variable, else auto")
 
 
-UNPAD_CHOICES = ("auto", "on", "off")
+UNPAD_CHOICES = ("auto", "on", "off", "reference")
 
 
 def add_packing_arguments(parser: argparse.ArgumentParser) -> None:
     """--unpad and --pack_bucket (run_pretraining.py): packed batches of real tokens, see `pack_batch`."""
     parser.add_argument("--unpad", choices=UNPAD_CHOICES, default="auto",
-                        help="packed batches, real tokens only from the embeddings on: auto = on CUDA where "
-                             "FlashAttention's varlen kernel runs (sm80+, fp16/bf16); on = always (elsewhere with a "
-                             "reference attention, for testing); off = padded batches (the CPU still packs its layers)")
+                        help="packed batches, real tokens only from the embeddings on, attention by FlashAttention's "
+                             "varlen kernel: auto = where that kernel runs (CUDA sm80+, fp16/bf16, head dim a multiple "
+                             "of 8 up to 256), else padded (the choice and its reason are printed once); on = always, "
+                             "an error where the kernel cannot run; off = padded batches (the CPU still packs its "
+                             "layers); reference = packed batches with a block-diagonal SDPA attention (O(T^2) memory: "
+                             "for tests on any device)")
     parser.add_argument("--pack_bucket", type=int, default=512,
                         help="packed token counts are rounded up to a multiple of this, at most the sequence length "
                              "(few distinct shapes, so kernels are reused)")
 
 
-def use_packed_batches(unpad: str, dense_seq_output: bool, flash: bool) -> bool:
-    """Whether --unpad asks for packed batches and they apply (they need the masked-only MLM head)."""
+@dataclass(frozen=True)
+class UnpadChoice:
+    """What --unpad resolved to: packed batches or not, FlashAttention for them or not, and why."""
+
+    packed: bool
+    flash: bool
+    reason: str
+
+
+def choose_unpad(unpad: str, dense_seq_output: bool, flash_problem: str | None) -> UnpadChoice:
+    """Resolve --unpad. `flash_problem` is why FlashAttention's varlen kernel cannot run here (None when
+    it can, see `flash_varlen_problem`). `on` where it cannot is an InputError rather than a silent
+    O(T²) reference; `reference` asks for that reference explicitly (tests)."""
+    if unpad not in UNPAD_CHOICES:
+        raise InputError(f"--unpad: unknown value {unpad!r}; choose from {', '.join(UNPAD_CHOICES)}")
     if unpad == "off":
-        return False
+        return UnpadChoice(False, False, "padded batches (--unpad off)")
     if not dense_seq_output:
-        if unpad == "on":
-            raise InputError("--unpad on needs the masked-only MLM head (drop --no_dense_seq_output)")
-        return False
-    return unpad == "on" or flash
+        if unpad != "auto":
+            raise InputError(f"--unpad {unpad} needs the masked-only MLM head (drop --no_dense_seq_output)")
+        return UnpadChoice(False, False, "padded batches: --no_dense_seq_output needs every position's MLM logits")
+    if unpad == "reference":
+        return UnpadChoice(True, False,
+                           "packed batches with the block-diagonal reference attention (--unpad reference)")
+    if flash_problem is None:
+        return UnpadChoice(True, True, "packed batches with FlashAttention's varlen kernel")
+    if unpad == "on":
+        raise InputError(f"--unpad on: FlashAttention's varlen kernel cannot run here: {flash_problem} "
+                         "(use --unpad auto or off)")
+    return UnpadChoice(False, False,
+                       f"padded batches: FlashAttention's varlen kernel cannot run here ({flash_problem})")
 
 
 def configure_kernels(args: argparse.Namespace) -> None:
@@ -329,14 +355,53 @@ class PackedSequences:
         return cls(**{f.name: batch[f.name] for f in fields(cls)}) if "cu_seqlens" in batch else None
 
 
-def flash_varlen_available(device: torch.device, precision: str) -> bool:
-    """Whether FlashAttention's variable-length kernel can run for this device and training precision:
-    CUDA sm80+ (Ampere and later) under fp16/bf16 autocast, with torch's flash kernels enabled."""
-    if device.type != "cuda" or precision not in ("fp16", "bf16") or not torch.cuda.is_available():
-        return False
-    if not hasattr(torch.ops.aten, "_flash_attention_forward") or not torch.backends.cuda.flash_sdp_enabled():
-        return False
-    return torch.cuda.get_device_capability(device) >= (8, 0)
+def mark_token_count_dynamic(*token_tensors: torch.Tensor) -> None:
+    """Tell torch.compile that dim 0 of these packed [T, ...] tensors (the token count T) varies.
+
+    Without it dynamo compiles a graph specialised to the first T and recompiles everything with T
+    dynamic at the second (minutes each for BERT-large with inductor); marked, the first compile is
+    already dynamic in T and serves every later batch. Call on the tensors the compiled region takes."""
+    for tensor in token_tensors:
+        torch._dynamo.mark_dynamic(tensor, 0)
+
+
+# FlashAttention-2's kernels are built for head dims that are multiples of 8, up to 256.
+FLASH_MAX_HEAD_DIM = 256
+
+
+def flash_head_dim_problem(head_dim: int) -> str | None:
+    """Why FlashAttention's kernel cannot take this head dim (None when it can)."""
+    if head_dim % 8 or not 0 < head_dim <= FLASH_MAX_HEAD_DIM:
+        return (f"head dim {head_dim} (hidden_size / num_attention_heads) must be a multiple of 8 "
+                f"and at most {FLASH_MAX_HEAD_DIM}")
+    return None
+
+
+def flash_varlen_problem(device: torch.device, precision: str, head_dim: int | None = None) -> str | None:
+    """Why FlashAttention's variable-length kernel cannot run for this device, training precision and
+    head dim (None when it can): it needs CUDA sm80+ (Ampere and later), fp16/bf16 autocast, torch's
+    flash kernels enabled and a head dim it was built for."""
+    if precision not in ("fp16", "bf16"):
+        return f"precision {precision}: the kernel computes in fp16/bf16 only"
+    if head_dim is not None and flash_head_dim_problem(head_dim):
+        return flash_head_dim_problem(head_dim)
+    if device.type != "cuda":
+        return f"device {device.type}: the kernel runs on CUDA only"
+    if not torch.cuda.is_available():
+        return "no CUDA device is available"
+    if not hasattr(torch.ops.aten, "_flash_attention_forward"):
+        return "this torch build has no aten._flash_attention_forward"
+    if not torch.backends.cuda.flash_sdp_enabled():
+        return "torch's flash attention kernels are disabled (torch.backends.cuda.enable_flash_sdp)"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 0):
+        return f"compute capability {major}.{minor} (the kernel needs 8.0 or later)"
+    return None
+
+
+def flash_varlen_available(device: torch.device, precision: str, head_dim: int | None = None) -> bool:
+    """Whether FlashAttention's variable-length kernel can run here (see `flash_varlen_problem`)."""
+    return flash_varlen_problem(device, precision, head_dim) is None
 
 
 class FlashVarlenAttention(torch.autograd.Function):
@@ -387,6 +452,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: 
     """Attention within each packed sequence: q, k, v [T, heads, d] → [T, heads, d]."""
     scale = 1.0 / math.sqrt(q.size(-1))
     if packed.flash:
+        problem = flash_head_dim_problem(q.size(-1))  # the raw op would fail deep in the kernel, or worse
+        if problem:
+            raise ValueError(f"FlashAttention varlen: {problem}")
         return FlashVarlenAttention.apply(q, k, v, packed.cu_seqlens, packed.max_seqlen, dropout_p, scale)
     return block_diagonal_attention(q, k, v, packed.cu_seqlens, dropout_p, scale)
 

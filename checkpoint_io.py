@@ -5,15 +5,16 @@
   checkpoint object, through the same checks), `normalize_state_dict_keys` (our/NVIDIA,
   Hugging Face and old gamma/beta names to ours);
 * loading into a model: `load_checkpoint` → `LoadReport` (vocab rows padded or trimmed to fit;
-  strict or backbone-only, never a layer silently left random);
+  strict or backbone-only, never a layer silently left random, never a NaN or infinite weight);
 * writing Hugging Face names back: `to_hf_state_dict`;
 * the files beside a checkpoint: `load_config_for_checkpoint`, `checkpoint_folder`, `resolve_vocab_file`.
 
-Imports modeling, bert_kernels and input_checks only; `modeling.load_checkpoint` and friends forward here.
+Imports modeling, bert_kernels and input_checks only.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,11 +210,22 @@ def load_checkpoint(
         report.matched.append(key)
     if mismatched:
         raise CheckpointError(f"{source}: shapes do not fit the model config: {short_key_list(mismatched, 4)}")
+    bad = first_non_finite(to_load.items())
+    if bad is not None:  # a diverged run's weights: every output would be NaN, silently
+        raise CheckpointError(f"{source}: tensor {bad} holds NaN or infinite values; refusing non-finite weights")
     tied_ok = "bert.embeddings.word_embeddings.weight" in to_load
     report.initialized = [k for k in own if k not in to_load and not (tied_ok and k in _TIED_KEYS)]
     _check_completeness(report, strict, source)
     model.load_state_dict({k.removeprefix(prefix) if prefix else k: v for k, v in to_load.items()}, strict=False)
     return report
+
+
+def first_non_finite(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or inf, or None (one reduction per tensor)."""
+    for name, tensor in named_tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor.detach()).all()):
+            return name
+    return None
 
 
 def _check_completeness(report: LoadReport, strict: bool, source: str) -> None:

@@ -38,7 +38,7 @@ import torch.distributed as dist
 import atomic_io
 import distributed
 import run_log
-from checkpoint_io import CheckpointError, load_checkpoint, load_checkpoint_file
+from checkpoint_io import CheckpointError, first_non_finite, load_checkpoint, load_checkpoint_file
 from input_checks import InputError
 
 # Flags that set the shape of the LR schedule; a resume may change its length and peak, not these.
@@ -155,7 +155,8 @@ class Checkpointer:
     def __init__(self, output_dir: str, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: Any, scaler: torch.amp.GradScaler, env: distributed.DistEnv, learning_rate: float,
                  phase2: bool = False, phase1_end_step: int = 0, keep: int = 3, enabled: bool = True,
-                 metadata: dict[str, Any] | None = None, logger: run_log.Logger | None = None):
+                 metadata: dict[str, Any] | None = None, logger: run_log.Logger | None = None,
+                 allow_missing_optimizer_state: bool = False):
         self.output_dir, self.env, self.learning_rate = output_dir, env, learning_rate
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.phase2, self.name_offset = phase2, phase1_end_step if phase2 else 0
@@ -164,6 +165,8 @@ class Checkpointer:
         self.logger = logger
         self.state = RunState(phase=2 if phase2 else 1)
         self.written: list[str] = []  # files this process wrote (rank 0), oldest first: pruned to `keep`
+        self.allow_missing_optimizer_state = allow_missing_optimizer_state
+        self.resumed_files: list[str] = []  # the shard order stored in the checkpoint resumed from (its 'files')
         self._last_saved_step = -1  # the same on every rank, so that every rank joins the same saves
 
     def name_step(self) -> int:
@@ -194,35 +197,55 @@ class Checkpointer:
             return self._resume_from(ckpt, os.path.join(self.output_dir, f"ckpt_{step}.pt"))
         if init_checkpoint:
             self._init_from(init_checkpoint)
-        elif self.phase2 and resume:
-            raise InputError(f"{self.output_dir}: phase 2 needs phase 1's checkpoint there (none found)")
+        elif self.phase2:  # phase 2 from random weights would waste the whole run
+            raise InputError(f"--phase2: nothing to start from: no checkpoint in {self.output_dir} "
+                             f"{'' if resume else '(and no --resume_from_checkpoint) '}and no --init_checkpoint; "
+                             "run phase 1 there first, or pass --init_checkpoint")
         return None
 
     def _resume_from(self, ckpt: dict[str, Any], path: str) -> dict[str, int] | None:
+        check_resume_entries(ckpt, path)
         load_checkpoint(self.model, path, strict=True, state_dict=ckpt["model"])
         starting_phase2 = self.phase2 and int(ckpt.get("phase", 1)) == 1
         if starting_phase2:
             require_finished_phase1(ckpt, path)
         if "optimizer" in ckpt:
             self._load_optimizer(ckpt["optimizer"], path, reset_schedule=starting_phase2)
+        else:
+            self._accept_missing_optimizer_state(path)
         if starting_phase2:
             print(f"phase 2: starting from phase-1 checkpoint {path} (LR schedule restarts, LAMB moments carried over)")
             return None
         if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
+            with entry_error(path, "scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
         self.state = RunState(**{**asdict(self.state), **ckpt.get("run_state", {}), "phase": self.state.phase})
         if ckpt.get("scheduler"):
             self._load_schedule(ckpt["scheduler"], ckpt.get("args") or {}, path)
+        self.resumed_files = [str(f) for f in ckpt.get("files", [])[1:]]
         self._last_saved_step = self.name_step()
         rank = self.env.rank
         rngs, positions = ckpt.get("rng", []), ckpt.get("data_position", [])
         if rank < len(rngs):
-            set_rng_state(rngs[rank], self.env.device)
+            with entry_error(path, "rng"):
+                set_rng_state(rngs[rank], self.env.device)
         print(f"resumed from {path} at step {self.state.global_step}")
         if rank < len(positions) and len(positions) == self.env.world_size:
             return dict(positions[rank])
         print("warning: world size changed since the checkpoint; data order restarts at a fresh epoch", file=sys.stderr)
         return {"epoch": int(ckpt.get("epoch", 0)) + 1}
+
+    def _accept_missing_optimizer_state(self, path: str) -> None:
+        """A resume without LAMB's moments is not the run it continues: refused unless the flag says so."""
+        if not self.allow_missing_optimizer_state:
+            raise InputError(f"{path}: holds no optimizer state; resuming would restart LAMB's moments from zero "
+                             "(pass --allow_missing_optimizer_state to accept that)")
+        print(f"warning: {path} holds no optimizer state: LAMB's moments start from zero "
+              "(--allow_missing_optimizer_state)", file=sys.stderr, flush=True)
+
+    def last_sane_checkpoint(self) -> str:
+        """Where to go back to after a divergence, for the error message (see `last_sane_checkpoint`)."""
+        return last_sane_checkpoint(self.output_dir) if self.env.is_main else "see rank 0's message"
 
     def _init_from(self, path: str) -> None:
         report = load_checkpoint(self.model, path, strict=True)
@@ -265,7 +288,8 @@ class Checkpointer:
                                  f"shape of the LR schedule mid-run is not supported; resume with --{flag} {old}, "
                                  "or start a new run from it with --init_checkpoint")
         wanted_total, wanted_lrs = self.scheduler.total_steps, list(self.scheduler.base_lrs)
-        self.scheduler.load_state_dict(sd)
+        with entry_error(path, "scheduler"):
+            self.scheduler.load_state_dict(sd)
         changes = []
         if self.scheduler.total_steps != wanted_total:
             changes.append(f"--max_steps {self.scheduler.total_steps} -> {wanted_total}")
@@ -343,10 +367,71 @@ class Checkpointer:
 
 def first_non_finite_parameter(model: torch.nn.Module) -> str | None:
     """The name of the first parameter holding a NaN or inf, or None (one reduction per tensor)."""
-    for name, param in model.named_parameters():
-        if not bool(torch.isfinite(param.detach()).all()):
-            return name
-    return None
+    return first_non_finite(model.named_parameters())
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_resume_entries(ckpt: dict[str, Any], path: str) -> None:
+    """InputError naming the first malformed entry a resume reads besides the weights: counters that are not
+    non-negative whole numbers (a negative global_step named files that pruning never removed), RNG states
+    that are not byte tensors, data positions that are not plain counts, scheduler or scaler state that is
+    not a dict."""
+    state = ckpt.get("run_state", {})
+    fields = set(RunState.__dataclass_fields__)
+    if not isinstance(state, dict) or set(state) - fields or not all(_is_count(v) for v in state.values()):
+        raise InputError(f"{path}: entry 'run_state' must map {', '.join(sorted(fields))} to whole numbers >= 0, "
+                         f"got {state!r:.200}")
+    if not _is_count(ckpt.get("epoch", 0)):
+        raise InputError(f"{path}: entry 'epoch' must be a whole number >= 0, got {ckpt.get('epoch')!r:.100}")
+    positions = ckpt.get("data_position", [])
+    if not isinstance(positions, list) or not all(
+            isinstance(p, dict) and all(isinstance(k, str) and _is_count(v) for k, v in p.items()) for p in positions):
+        raise InputError(f"{path}: entry 'data_position' must be a list of {{name: whole number >= 0}}, "
+                         f"got {positions!r:.200}")
+    rngs = ckpt.get("rng", [])
+    if not isinstance(rngs, list) or not all(
+            isinstance(r, dict) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in r.values())
+            and isinstance(r.get("cpu"), torch.Tensor) for r in rngs):
+        raise InputError(f"{path}: entry 'rng' must be a list of {{'cpu': byte tensor, ...}} (one per rank)")
+    for key in ("scheduler", "scaler"):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            raise InputError(f"{path}: entry '{key}' must be a dict, got {type(ckpt[key]).__name__}")
+
+
+@contextlib.contextmanager
+def entry_error(path: str, entry: str):
+    """A state a checkpoint entry cannot be restored into, as one line naming the file and the entry."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: entry '{entry}' cannot be restored: {exc}") from None
+
+
+# Weights above this in absolute value are taken for a diverged run's: orders of magnitude above what BERT's
+# initialisation (std 0.02) and LAMB's trust-ratio-bounded updates lead to. Such a checkpoint is not recommended.
+SANE_WEIGHT_LIMIT = 1e4
+
+
+def last_sane_checkpoint(output_dir: str) -> str:
+    """The newest `ckpt_<step>.pt` of `output_dir` whose weights are all finite and below SANE_WEIGHT_LIMIT, with
+    the reason each newer one was passed over (their weights had already diverged); "none" when there is none."""
+    passed_over = []
+    for step in checkpoint_steps(output_dir):
+        path = os.path.join(output_dir, f"ckpt_{step}.pt")
+        try:
+            weights = load_checkpoint_file(path).get("model", {})
+        except (CheckpointError, AttributeError):
+            continue
+        tensors = [(k, v) for k, v in weights.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        bad = first_non_finite(tensors)
+        largest = max((float(v.abs().max()) for _, v in tensors if v.numel()), default=0.0) if bad is None else None
+        if bad is None and largest <= SANE_WEIGHT_LIMIT:
+            return path + (f" (newer ones have diverged weights: {'; '.join(passed_over)})" if passed_over else "")
+        passed_over.append(f"ckpt_{step}.pt {'holds NaN/inf in ' + bad if bad else f'has weights up to {largest:.3g}'}")
+    return "none" + (f" ({'; '.join(passed_over)})" if passed_over else "")
 
 
 def optimizer_state_mismatch(optimizer: torch.optim.Optimizer, state_dict: Any,

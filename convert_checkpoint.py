@@ -32,6 +32,7 @@ from checkpoint_io import (
     load_config_for_checkpoint,
     normalize_state_dict_keys,
     read_state_dict,
+    resolve_vocab_file,
     short_key_list,
     to_hf_state_dict,
 )
@@ -114,8 +115,10 @@ def hf_config_dict(config: BertConfig, architecture: str, extra: dict) -> dict:
 
 
 def convert_to_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: BertConfig | None = None,
-                  vocab_file: str | os.PathLike | None = None, config_file: str | os.PathLike | None = None) -> Path:
-    """Write an HF folder from any checkpoint `load_checkpoint` understands."""
+                  vocab_file: str | os.PathLike | None = None, config_file: str | os.PathLike | None = None,
+                  find_vocab: bool = False) -> Path:
+    """Write an HF folder from any checkpoint `load_checkpoint` understands. With `find_vocab` and no
+    `vocab_file`, the vocab.txt beside the checkpoint is copied, and its absence is an error."""
     from safetensors.torch import save_file
 
     # Everything that can be wrong is checked before the first byte is written.
@@ -126,6 +129,8 @@ def convert_to_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, con
         config = load_config_for_checkpoint(checkpoint, config_file)
     raw = read_state_dict(checkpoint)
     check_fits_config(raw, config, checkpoint)
+    if find_vocab and not vocab_file:  # a folder without vocab.txt loads as a model but not as a tokenizer
+        vocab_file = resolve_vocab_file(None, checkpoint)
     sd = to_hf_state_dict(raw, config.vocab_size)
     if "cls.predictions.decoder.weight" in sd:
         # The tied matrix is stored once; transformers re-ties it from the word embeddings on load.
@@ -216,14 +221,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--from_hf", nargs=2, metavar=("HF_DIR", "OUT_PT"), help="Hugging Face folder → ours")
     mode.add_argument("--from_tf", nargs=2, metavar=("TF_CKPT", "OUT_PT"), help="Google TF checkpoint → ours")
     p.add_argument("--config_file", help="bert_config.json (default: the one beside the checkpoint)")
-    p.add_argument("--vocab_file", help="vocab.txt to copy into the Hugging Face folder")
+    p.add_argument("--vocab_file", help="vocab.txt to copy into the Hugging Face folder (default: the one beside "
+                                        "the checkpoint; an error when there is none, unless --no_vocab)")
+    p.add_argument("--no_vocab", action="store_true", help="--to_hf: write the weights and config only")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.to_hf:
-        out = convert_to_hf(args.to_hf[0], args.to_hf[1], config_file=args.config_file, vocab_file=args.vocab_file)
+        out = convert_to_hf(args.to_hf[0], args.to_hf[1], config_file=args.config_file, vocab_file=args.vocab_file,
+                            find_vocab=not args.no_vocab)
     elif args.from_hf:
         out = convert_from_hf(*args.from_hf)
     else:

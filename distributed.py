@@ -6,9 +6,12 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from input_checks import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +57,25 @@ def discover_ranks() -> tuple[int, int, int]:
     return rank, local_rank, world_size
 
 
+DEVICE_NAME = re.compile(r"^(auto|cpu|cuda)$|^cuda:(\d+)$")
+
+
+def check_device_name(device: str | None) -> int | None:
+    """InputError unless `device` is auto, cpu, cuda or cuda:N with such a GPU here (another name, such as
+    "gpu" or "tpu:7", used to train on the CPU); the N of cuda:N, else None."""
+    import torch
+
+    match = DEVICE_NAME.match(device or "auto")
+    if match is None:
+        raise InputError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device is available here")
+    index = int(match.group(2)) if match.group(2) is not None else None
+    if index is not None and index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return index
+
+
 def init_distributed(device: str | None = None) -> DistEnv:
     """Initialise the process group when launched by torchrun or srun; pick the device.
 
@@ -64,9 +86,13 @@ def init_distributed(device: str | None = None) -> DistEnv:
     import torch.distributed as dist
 
     rank, local_rank, world_size = discover_ranks()
+    index = check_device_name(device)
+    if index is not None and world_size > 1:
+        raise InputError(f"--device {device} names one GPU for {world_size} processes; pass --device cuda "
+                         "(each process takes its local rank's GPU)")
     want_cuda = torch.cuda.is_available() if device in (None, "auto") else device.startswith("cuda")
     if want_cuda:
-        torch.cuda.set_device(local_rank % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(index if index is not None else local_rank % max(torch.cuda.device_count(), 1))
         dev = torch.device("cuda", torch.cuda.current_device())
     else:
         dev = torch.device("cpu")
@@ -145,6 +171,9 @@ def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
 def seed_everything(seed: int) -> None:
     import numpy as np
     import torch
+
+    if not -(2**63) <= seed < 2**63 - 2**16:  # torch's generator takes 64 bits (ranks add their rank to it)
+        raise InputError(f"--seed must be a whole number of at most 63 bits, got {seed}")
 
     random.seed(seed)
     np.random.seed(seed % (2**32))

@@ -23,7 +23,7 @@ import torch
 from atomic_io import atomic_path
 from bert_kernels import add_kernel_arguments, configure_kernels
 from checkpoint_io import load_checkpoint, load_config_for_checkpoint, resolve_vocab_file
-from finetuning import check_fits_positions
+from finetuning import check_fits_positions, check_vocab_fits
 from input_checks import InputError, check_at_least_one, check_output_file, read_text_file, run_main
 from modeling import BertModel
 from precision import PRECISION_HELP, PRECISIONS, autocast_context, resolve_precision
@@ -123,11 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config_for_checkpoint(args.init_checkpoint, args.config_file)
     layers = parse_layers(args.layers, config.num_hidden_layers)
     check_fits_positions(args.max_seq_length, config)
+    vocab_file = resolve_vocab_file(args.vocab_file, args.init_checkpoint)
+    tokenizer = FullTokenizer(str(vocab_file), do_lower_case=args.do_lower_case)
+    check_vocab_fits(tokenizer.vocab, config, vocab_file)
     model = BertModel(config)
     load_checkpoint(model, args.init_checkpoint, strict=False)
     model.to(device).eval()
-    vocab_file = resolve_vocab_file(args.vocab_file, args.init_checkpoint)
-    tokenizer = FullTokenizer(str(vocab_file), do_lower_case=args.do_lower_case)
     encoded = list(encode(read_lines(args.input_file), tokenizer, args.max_seq_length))
     with atomic_path(args.output_file) as tmp, open(tmp, "w", encoding="utf-8") as out:
         write_features(model, encoded, layers, args.batch_size, precision, device, out)

@@ -10,7 +10,8 @@ batch becomes a loss or predictions; everything else lives here once:
   output or a Hugging Face folder; heads the checkpoint lacks are initialised fresh and reported);
 * the training loop (`train`): the original's two parameter groups, AdamW + LinearWarmUp (or the
   original's BertAdam), gradient accumulation, autocast with a GradScaler for fp16, DDP with
-  `no_sync` while accumulating, optional global gradient clipping (SQuAD), tqdm, periodic logs;
+  `no_sync` while accumulating, optional global gradient clipping (SQuAD) — one update is
+  `training.Stepper`, the same as pretraining's — tqdm, periodic logs;
 * batched prediction (`predict`) and the original's summary metrics;
 * saving `pytorch_model.bin` (`{'model': state_dict}`) + `bert_config.json` (+ `vocab.txt`) atomically.
 
@@ -50,10 +51,17 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from atomic_io import atomic_path, atomic_torch_save
 from bert_kernels import add_kernel_arguments, configure_kernels
-from checkpoint_io import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, load_checkpoint, load_config_for_checkpoint
+from checkpoint_io import (
+    CONFIG_NAME,
+    VOCAB_NAME,
+    WEIGHTS_NAME,
+    load_checkpoint,
+    load_config_for_checkpoint,
+    resolve_vocab_file,
+)
 from checkpointing import first_non_finite_parameter
 from distributed import DistEnv, all_reduce_mean, barrier, init_distributed, seed_everything
-from input_checks import InputError, check_at_least_one, check_output_dir, check_output_file
+from input_checks import InputError, check_at_least_one, check_number_ranges, check_output_dir, check_output_file
 from modeling import BertConfig
 from precision import PRECISION_HELP, PRECISIONS, apply_tf32, autocast_context, resolve_precision
 from run_log import Logger
@@ -61,10 +69,9 @@ from training import (
     COMPATIBILITY_GROUP,
     LOSS_SCALE_HELP,
     DivergenceGuard,
+    Stepper,
     TrainingDiverged,
-    gradient_sync,
     lock_output_dir,
-    make_grad_scaler,
     progress_bar,
     release_output_locks,
     wrap_ddp,
@@ -197,9 +204,22 @@ def validate_batch_arguments(args: argparse.Namespace) -> int:
     return args.train_batch_size // accum
 
 
+def check_training_numbers(args: argparse.Namespace) -> None:
+    """A NaN learning rate or epoch count, or a log interval of 0, used to end in a traceback (or a NaN model)."""
+    check_number_ranges({  # flag: (value, lowest allowed, lowest is allowed, highest)
+        "--learning_rate": (args.learning_rate, 0.0, False, math.inf),
+        "--num_train_epochs": (args.num_train_epochs, 0.0, False, math.inf),
+        "--max_steps": (args.max_steps, -math.inf, False, math.inf),
+        "--weight_decay": (args.weight_decay, 0.0, True, math.inf),
+        "--loss_scale": (args.loss_scale, 0.0, True, math.inf),
+        "--log_freq": (args.log_freq, 1, True, math.inf),
+    })
+
+
 def start_run(args: argparse.Namespace) -> RunContext:
     """Precision, process group, seeds and logger for a fine-tuning run."""
     micro_batch = validate_batch_arguments(args)
+    check_training_numbers(args)
     # Output paths are checked before any work, so a bad one costs seconds, not a training run.
     check_output_dir(args.output_dir)
     if args.json_summary:
@@ -248,12 +268,15 @@ def check_fits_positions(max_seq_length: int, config: BertConfig) -> None:
                          f"{config.max_position_embeddings}")
 
 
-def load_model(ctx: RunContext, build: Callable[[BertConfig], nn.Module], *, strict: bool = False
-               ) -> tuple[nn.Module, BertConfig]:
-    """The task model from --init_checkpoint (+ --config_file); heads the checkpoint lacks start fresh."""
+def load_model(ctx: RunContext, build: Callable[[BertConfig], nn.Module], *, strict: bool = False,
+               tokenizer: Any = None) -> tuple[nn.Module, BertConfig]:
+    """The task model from --init_checkpoint (+ --config_file); heads the checkpoint lacks start fresh.
+    With `tokenizer`, its vocab must fit the config's vocab_size."""
     args = ctx.args
     config = load_config_for_checkpoint(args.init_checkpoint, args.config_file)
     check_fits_positions(args.max_seq_length, config)
+    if tokenizer is not None:
+        check_vocab_fits(tokenizer.vocab, config, resolve_vocab_file(args.vocab_file, args.init_checkpoint))
     model = build(config)
     ctx.logger.log("PARAMETER", {"loading_checkpoint": str(args.init_checkpoint)})
     report = load_checkpoint(model, args.init_checkpoint, strict=strict)
@@ -265,6 +288,14 @@ def load_model(ctx: RunContext, build: Callable[[BertConfig], nn.Module], *, str
     ctx.logger.log("PARAMETER", {"loaded_checkpoint": str(args.init_checkpoint),
                                  "model_weights_num": sum(p.numel() for p in model.parameters())})
     return model.to(ctx.device), config
+
+
+def check_vocab_fits(vocab: dict[str, int], config: BertConfig, source: str | os.PathLike) -> None:
+    """A token id past the embedding rows used to end the first batch in an IndexError traceback."""
+    largest = max(vocab.values(), default=-1)
+    if largest >= config.vocab_size:
+        raise InputError(f"{source}: the vocab has ids up to {largest}, the model config's vocab_size is "
+                         f"{config.vocab_size}; pass the vocab the model was trained with")
 
 
 def arrays_to_dataset(arrays: dict[str, np.ndarray], names: Sequence[str]) -> TensorDataset:
@@ -339,7 +370,7 @@ def trim_padding(batch: list[torch.Tensor], mask_index: int = 1, sequence_column
 
 
 # --------------------------------------------------------------------------------------------
-# Optimizer, precision and one update
+# Optimizer and scheduler (one update is training.Stepper)
 # --------------------------------------------------------------------------------------------
 
 
@@ -369,45 +400,6 @@ def current_lr(optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
         step = optimizer.state.get(group["params"][0], {}).get("step", 0)
         return float(scheduled(group, max(int(step) - 1, 0)))
     return float(group["lr"])
-
-
-class Stepper:
-    """One micro-batch forward/backward and one optimizer update, for every precision and DDP.
-
-    `accumulate` scales the loss by `weight` (1 / micro-batches in this update) and skips DDP's
-    gradient all-reduce unless `sync` is set (the last micro-batch of an update). `update` unscales
-    (fp16), clips the global gradient norm when asked, steps the scheduler *before* the optimizer
-    (as the original), steps the optimizer through the GradScaler and clears the gradients.
-    """
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, precision: str,
-                 device: torch.device, clip_grad_norm: float | None = None, loss_scale: float = 0.0):
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.precision = precision
-        self.device = device
-        self.clip_grad_norm = clip_grad_norm
-        self.scaler = make_grad_scaler(precision, device, loss_scale)  # disabled (a pass-through) unless fp16
-        self._params = [p for group in optimizer.param_groups for p in group["params"]]
-
-    def accumulate(self, batch: Sequence[torch.Tensor], loss_fn: LossFn, weight: float = 1.0,
-                   sync: bool = True) -> torch.Tensor:
-        with gradient_sync(self.model, sync):
-            with autocast_context(self.precision, self.device):
-                loss = loss_fn(self.model, batch)
-            self.scaler.scale(loss.float() * weight).backward()
-        return loss.detach()
-
-    def update(self) -> None:
-        self.scaler.unscale_(self.optimizer)
-        if self.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,16 @@ class InputError(ValueError):
     """Bad user input (a file, line or key that is wrong). Scripts print it as one line and exit 2."""
 
 
+def allow_csv_fields_of(text: str) -> str:
+    """`text`, after raising the csv module's field limit (131,072 characters) to its length: a long GLUE or
+    SWAG field is text to read (and truncate to --max_seq_length), not an error. The text is in memory
+    already."""
+    import csv
+
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+    return text
+
+
 def read_text_file(path: str | os.PathLike, encoding: str = "utf-8") -> str:
     """A whole input text file; InputError naming the file (and the line of a bad byte) instead of a traceback."""
     path = Path(path)

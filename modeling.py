@@ -4,12 +4,10 @@ State-dict names follow NVIDIA's BERT for PyTorch (`dense_act`, tied `cls.predic
 vocabulary rows padded to a multiple of 8), so its checkpoints load unchanged; Hugging Face and
 Google-era layouts are translated by `checkpoint_io.load_checkpoint`.
 
-The inference path compiles with `torch.jit.script` (triton/export.py --format ts-script): under
-TorchScript (`torch.jit.is_scripting()`, decided at compile time) products are F.linear, dropout is
-F.dropout and attention is F.scaled_dot_product_attention over the padded layout: the ops the eager
-CPU paths of `bert_kernels` compute in evaluation, so scripted and eager logits agree. Packed layouts
-and activation checkpointing are Python-only. `if not torch.jit.is_scripting():` blocks stay nested:
-TorchScript skips a branch only when that call is the whole condition.
+This is the model for training and eager inference only. TorchScript export
+(triton/export.py --format ts-script) compiles a twin of it, `triton/scriptable.py`: the same modules
+and weights with forwards TorchScript can compile (padded layout, F.linear, F.dropout,
+F.scaled_dot_product_attention).
 """
 from __future__ import annotations
 
@@ -61,6 +59,13 @@ def check_config_fields(obj: dict[str, Any], source: str = "config") -> None:
         value = obj.get(key, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
             raise InputError(f"{source}: {key} must be a probability in [0, 1), got {value!r}")
+    value = obj.get("initializer_range", 0.02)  # a normal's standard deviation
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < math.inf:
+        raise InputError(f"{source}: initializer_range must be a finite number > 0, got {value!r}")
+    shadowing = sorted(key for key in obj if hasattr(BertConfig, key))  # fields are instance attributes only
+    if shadowing:  # {"to_dict": 1} replaced the method and failed at the first save
+        raise InputError(f"{source}: key {shadowing[0]!r} is the name of a BertConfig method or property, "
+                         "not a config field")
 
 
 class BertConfig:
@@ -154,14 +159,6 @@ class BertConfig:
 AttentionLayout = Any
 
 
-def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`bert_kernels.linear`; under TorchScript F.linear (the oneDNN path is an autograd.Function
-    over Python state; F.linear is also what tracing and ONNX export record)."""
-    if torch.jit.is_scripting():
-        return F.linear(x, weight, bias)
-    return linear(x, weight, bias)
-
-
 # "gelu" is the exact (erf) GELU BERT was trained with.
 ACT2FN = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "swish": F.silu, "silu": F.silu}
 
@@ -170,8 +167,6 @@ class Dropout(nn.Dropout):
     """nn.Dropout through `dropout`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():  # the faster CPU mask is Python-only; in evaluation both are identity
-            return F.dropout(x, self.p, self.training)
         return dropout(x, self.p, self.training)
 
 
@@ -179,7 +174,7 @@ class Linear(nn.Linear):
     """nn.Linear (same parameters and state-dict names) whose product goes through `linear`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dense(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class LinearActivation(Linear):
@@ -190,7 +185,7 @@ class LinearActivation(Linear):
         self.act_fn = ACT2FN[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act_fn(dense(x, self.weight, self.bias))
+        return self.act_fn(linear(x, self.weight, self.bias))
 
 
 class BertEmbeddings(nn.Module):
@@ -222,7 +217,6 @@ class BertSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
         self._qkv_stack = StackedParameters()
 
-    @torch.jit.unused
     def fused_qkv_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Q, K and V weights and biases stacked for one GEMM; the parameters stay separate so
         state-dict names match the original."""
@@ -231,27 +225,18 @@ class BertSelfAttention(nn.Module):
         return weight, bias
 
     def forward(self, x: torch.Tensor, mask: AttentionLayout) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        else:
-            weight, bias = self.fused_qkv_parameters()  # one GEMM for Q, K and V
-        qkv = dense(x, weight, bias)
+        weight, bias = self.fused_qkv_parameters()  # one GEMM for Q, K and V
+        qkv = linear(x, weight, bias)
         dropout_p = self.dropout_p if self.training else 0.0
         # Q, K and V are views of the one product, split by `unbind`: its backward writes the three
         # gradients into one buffer (indexing qkv[0], qkv[1], qkv[2] would run three select backwards,
         # each zero-filling a full-size buffer).
-        if not torch.jit.is_scripting():  # noqa: SIM102 - nested for TorchScript (module docstring)
-            if isinstance(mask, (PackedTokens, PackedSequences)):  # x is [T, hidden]: real tokens only
-                q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)
-                return attention(q, k, v, mask, dropout_p).flatten(1)
+        if isinstance(mask, (PackedTokens, PackedSequences)):  # x is [T, hidden]: real tokens only
+            q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)
+            return attention(q, k, v, mask, dropout_p).flatten(1)
         b, s = qkv.size(0), qkv.size(1)
         q, k, v = qkv.view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if torch.jit.is_scripting():  # what `attention` runs in evaluation, without its CPU dropout path
-            assert isinstance(mask, torch.Tensor | None)
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        else:
-            context = attention(q, k, v, mask, dropout_p)
+        context = attention(q, k, v, mask, dropout_p)
         return context.transpose(1, 2).reshape(b, s, -1)
 
 
@@ -325,19 +310,17 @@ class BertEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: AttentionLayout,
                 output_all_encoded_layers: bool = False) -> list[torch.Tensor]:
-        if not torch.jit.is_scripting():  # packed layouts are Python-only (training, packed batches)
-            if isinstance(mask, PackedSequences):  # x is already [T, H]: real tokens only, end to end
-                return self._run(x, mask, output_all_encoded_layers)
-            if self.unpad and self.training and should_pack(x, mask):
-                packed = PackedTokens.from_mask(mask, self.pack_multiple)
-                return [packed.pad(out) for out in self._run(packed.pack(x), packed, output_all_encoded_layers)]
+        if isinstance(mask, PackedSequences):  # x is already [T, H]: real tokens only, end to end
+            return self._run(x, mask, output_all_encoded_layers)
+        if self.unpad and self.training and should_pack(x, mask):
+            packed = PackedTokens.from_mask(mask, self.pack_multiple)
+            return [packed.pad(out) for out in self._run(packed.pack(x), packed, output_all_encoded_layers)]
         return self._run(x, mask, output_all_encoded_layers)
 
     def _run(self, x: torch.Tensor, mask: AttentionLayout,
              output_all_encoded_layers: bool) -> list[torch.Tensor]:
-        if not torch.jit.is_scripting():  # noqa: SIM102 - training only, not TorchScript
-            if self.checkpoint_activations and self.training and torch.is_grad_enabled():
-                return [self._forward_checkpointed(x, mask)]
+        if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+            return [self._forward_checkpointed(x, mask)]
         outputs: list[torch.Tensor] = []
         for layer in self.layer:
             x = layer(x, mask)
@@ -352,7 +335,6 @@ class BertEncoder(nn.Module):
             x = checkpoint(self._run_layers, x, mask, start, start + chunk, use_reentrant=False)
         return x
 
-    @torch.jit.unused
     def _run_layers(self, x: torch.Tensor, mask: AttentionLayout, start: int, end: int) -> torch.Tensor:
         for layer in self.layer[start:end]:
             x = layer(x, mask)
@@ -454,21 +436,18 @@ class BertModel(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         output_all_encoded_layers: bool | None = None,
-        packed: Any = None,  # PackedSequences or None (Any: TorchScript cannot compile the dataclass)
+        packed: Any = None,  # PackedSequences or None
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """With `packed`, input_ids and token_type_ids are packed [T] (see `bert_kernels.pack_batch`),
         attention_mask is unused, and the encoded layers are [T, H]."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if output_all_encoded_layers is None:
-            # TorchScript cannot read the Python config: scripted, None means the last layer only
-            # (what every task head asks for).
-            output_all_encoded_layers = False if torch.jit.is_scripting() else self.config.output_all_encoded_layers
-        if not torch.jit.is_scripting():  # noqa: SIM102 - nested for TorchScript (module docstring)
-            if packed is not None:
-                x = self.embeddings(input_ids, token_type_ids, packed.position_ids)
-                encoded = self.encoder(x, packed, output_all_encoded_layers)
-                return encoded, self.pooler.pool_packed(encoded[-1], packed)
+            output_all_encoded_layers = self.config.output_all_encoded_layers
+        if packed is not None:
+            x = self.embeddings(input_ids, token_type_ids, packed.position_ids)
+            encoded = self.encoder(x, packed, output_all_encoded_layers)
+            return encoded, self.pooler.pool_packed(encoded[-1], packed)
         x = self.embeddings(input_ids, token_type_ids)
         encoded = self.encoder(x, padding_mask(attention_mask), output_all_encoded_layers)
         return encoded, self.pooler(encoded[-1])
@@ -632,20 +611,3 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         logits = self.qa_outputs(encoded[-1])
         start, end = logits.unbind(-1)
         return start, end
-
-
-# Checkpoint loading lives in checkpoint_io.py; these names stay importable from here (public API),
-# resolved on first use so that checkpoint_io can import this module without an import cycle.
-
-_CHECKPOINT_IO_NAMES = frozenset({
-    "CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError", "LoadReport", "load_checkpoint", "load_config_for_checkpoint",
-    "normalize_state_dict_keys", "read_state_dict", "resolve_checkpoint_file",
-})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _CHECKPOINT_IO_NAMES:
-        import checkpoint_io
-
-        return getattr(checkpoint_io, name)
-    raise AttributeError(f"module 'modeling' has no attribute {name!r}")

@@ -8,7 +8,6 @@ fine-tuning optimizer, quirks included, so its recipes give the same numbers.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from typing import Any
@@ -148,9 +147,14 @@ class Lamb(_Fp32StateMixin, Optimizer):
     bf16/fp16 parameters are updated in fp32 and their moments (`exp_avg`, `exp_avg_sq`) kept in fp32;
     the result is rounded into the parameter (there is no separate fp32 master copy).
 
-    A non-finite G (an inf/NaN gradient) skips the whole step: parameters, moments and counters are
-    left untouched, `last_step_skipped` is set and `skipped_steps` counted. Checking G costs one
-    device-to-host sync per step. `last_grad_norm` holds G of the latest call (for logging).
+    A non-finite G (an inf/NaN gradient) skips the whole step: parameters and moments are left
+    untouched and the update does not count for bias correction.
+
+    Nothing in `step()` waits for the device: G, the clipping factor, the skip flag and each group's
+    update count t are device tensors, and no small tensor is copied from the host. The host learns of
+    a skipped step when it asks (`settle()`, `last_step_skipped`, `skipped_steps`, `last_grad_norm`,
+    `state_dict()`: one read then): until then `group["step"]` counts the step as taken, afterwards it
+    counts completed updates only. Under a GradScaler (fp16) the scaler skips overflowed steps itself.
 
     foreach=True updates all same-device, same-dtype tensors of a group together; its temporaries
     are then the size of that whole bucket. foreach=False goes tensor by tensor (same results, less
@@ -183,9 +187,48 @@ class Lamb(_Fp32StateMixin, Optimizer):
         # Per-parameter buffers for the fused path's update direction: reused every step (not saved),
         # because a fresh 0.4 GB allocation per step at BERT-base costs page faults on every touch.
         self._update_buffers: dict[torch.Tensor, torch.Tensor] = {}
-        self.last_grad_norm: float | None = None
-        self.last_step_skipped = False
-        self.skipped_steps = 0
+        self._device_scalars: _DeviceScalars | None = None
+        self._skipped_steps = 0
+
+    # ---- what the host reads, when it asks ----------------------------------------------------
+
+    def settle(self) -> int:
+        """Read how many steps the device skipped since the last call (one host wait) and correct
+        `group["step"]` for them; returns that number."""
+        scalars = self._device_scalars
+        if scalars is None:
+            return 0
+        late = int(scalars.unsettled_skips.item())
+        if late:
+            scalars.unsettled_skips.zero_()
+            self._skipped_steps += late
+            for index, group in enumerate(self.param_groups):
+                group["step"] -= late
+                scalars.host_steps[index] -= late
+        return late
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite gradient norm so far (reads the device)."""
+        self.settle()
+        return self._skipped_steps
+
+    @property
+    def last_step_skipped(self) -> bool:
+        """Whether the latest step was skipped (reads the device)."""
+        self.settle()
+        return self._device_scalars is not None and bool(self._device_scalars.found_inf)
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        """G of the latest step (reads the device; for logging)."""
+        return None if self._device_scalars is None else float(self._device_scalars.grad_norm)
+
+    def state_dict(self) -> dict[str, Any]:
+        self.settle()  # a checkpoint holds the count of completed updates
+        return super().state_dict()
+
+    # ---- the step ----------------------------------------------------------------------------
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -194,22 +237,32 @@ class Lamb(_Fp32StateMixin, Optimizer):
             with torch.enable_grad():
                 loss = closure()
         params_by_group = [_params_with_grad(group) for group in self.param_groups]
-        grad_norm = _global_grad_norm([p.grad for p in chain.from_iterable(params_by_group)])
-        self.last_grad_norm = grad_norm
-        self.last_step_skipped = not math.isfinite(grad_norm)
-        if self.last_step_skipped:
-            self.skipped_steps += 1
+        grads = [p.grad for p in chain.from_iterable(params_by_group)]
+        if not grads:
             return loss
+        scalars = self._scalars_on(grads[0].device)
+        grad_norm = _global_grad_norm(grads, scalars.device)
+        found_inf = (~torch.isfinite(grad_norm)).to(torch.float32)
+        scalars.record(grad_norm, found_inf)
         max_norm = self.defaults["max_grad_norm"]
-        grad_scale = max_norm / grad_norm if 0.0 < max_norm < grad_norm else 1.0
-        for group, params in zip(self.param_groups, params_by_group, strict=True):
-            group["step"] += 1
+        clips = max_norm > 0.0
+        # G / max_grad_norm where G exceeds it, else 1 (the fused kernel divides by it); its inverse
+        # scales the gradients on the other paths.
+        divisor = torch.where(grad_norm > max_norm, grad_norm / max_norm, 1.0) if clips else torch.ones_like(grad_norm)
+        divisor = divisor.to(torch.float32)
+        for index, (group, params) in enumerate(zip(self.param_groups, params_by_group, strict=True)):
+            update_count = scalars.advance(index, group, found_inf)
             for bucket in _buckets(params, group["foreach"]):
                 if self._use_fused(group, bucket):
-                    self._update_bucket_fused(group, bucket, grad_norm / max_norm if grad_scale < 1.0 else None)
+                    self._update_bucket_fused(group, bucket, update_count, divisor, found_inf)
                 else:
-                    self._update_bucket(group, bucket, grad_scale)
+                    self._update_bucket(group, bucket, update_count, divisor, found_inf)
         return loss
+
+    def _scalars_on(self, device: torch.device) -> _DeviceScalars:
+        if self._device_scalars is None or self._device_scalars.device != device:
+            self._device_scalars = _DeviceScalars(device)
+        return self._device_scalars
 
     def _use_fused(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
         """The fused path covers fp32 tensors on CPU/CUDA with bias correction and grad averaging (the
@@ -232,51 +285,60 @@ class Lamb(_Fp32StateMixin, Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(p, dtype=_math_dtype(p), memory_format=torch.preserve_format)
         return [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
 
-    def _update_bucket(self, group: dict[str, Any], params: list[torch.Tensor], grad_scale: float) -> None:
+    def _update_bucket(self, group: dict[str, Any], params: list[torch.Tensor], update_count: torch.Tensor,
+                       divisor: torch.Tensor, found_inf: torch.Tensor) -> None:
         beta1, beta2 = group["betas"]
-        step, decay, lr = group["step"], group["weight_decay"], float(group["lr"])
+        decay, lr = group["weight_decay"], float(group["lr"])
         exp_avgs, exp_avg_sqs = self._state_lists(params)
-        grads = _upcast([p.grad for p in params])
         weights = _upcast(list(params))
+        skip = found_inf.bool()
+        # ĝ = g / divisor, 0 on a skipped step (so the moments below stay as they are).
+        grads = [torch.where(skip, 0.0, g.to(_math_dtype(g))) for g in (p.grad for p in params)]
+        torch._foreach_div_(grads, divisor)
 
-        # Pre-normalisation is folded into the moment updates instead of scaling a copy of every gradient.
         grad_weight = (1.0 - beta1) if group["grad_averaging"] else 1.0
-        torch._foreach_mul_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, grads, alpha=grad_weight * grad_scale)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=(1.0 - beta2) * grad_scale * grad_scale)
+        torch._foreach_mul_(exp_avgs, torch.where(skip, 1.0, beta1).to(torch.float32))
+        torch._foreach_add_(exp_avgs, grads, alpha=grad_weight)
+        torch._foreach_mul_(exp_avg_sqs, torch.where(skip, 1.0, beta2).to(torch.float32))
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
         del grads
 
-        bias1 = 1.0 - beta1 ** step if group["bias_correction"] else 1.0
-        bias2 = 1.0 - beta2 ** step if group["bias_correction"] else 1.0
         # u = (m/bias1) / (sqrt(v/bias2) + eps) + λw is computed as step_size·u' with
         # u' = m / (sqrt(v) + eps·sqrt(bias2)) + (λ/step_size)·w: one division instead of three, and
         # step_size cancels in the trust ratio (‖w‖/‖u‖ · u = ‖w‖/‖u'‖ · u'). Division is the slow
-        # elementwise op on CPU, and every pass here walks all parameters.
-        step_size = math.sqrt(bias2) / bias1
+        # elementwise op on CPU, and every pass here walks all parameters. The bias corrections come
+        # from the device's update count (at least 1, so a skipped first step stays finite).
+        t = update_count.to(torch.float64).clamp(min=1.0)
+        ones = torch.ones_like(t)
+        bias1 = 1.0 - torch.pow(beta1, t) if group["bias_correction"] else ones
+        bias2 = 1.0 - torch.pow(beta2, t) if group["bias_correction"] else ones
+        step_size = bias2.sqrt() / bias1
         denominators = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_add_(denominators, group["eps"] * math.sqrt(bias2))
+        # alpha picks the overload that reads the 0-dim tensor on the device (without it, `.item()`)
+        torch._foreach_add_(denominators, (group["eps"] * bias2.sqrt()).to(torch.float32), alpha=1.0)
         updates = torch._foreach_div(exp_avgs, denominators)
         del denominators
         if decay != 0.0:
-            torch._foreach_add_(updates, weights, alpha=decay / step_size)
+            torch._foreach_add_(updates, torch._foreach_mul(weights, (decay / step_size).to(torch.float32)))
         if decay != 0.0 or group["use_nvlamb"]:
-            torch._foreach_mul_(updates, _trust_ratios(weights, updates, fallback=step_size))
+            ratios = _trust_ratios(weights, updates, fallback=step_size.to(torch.float32))
+            torch._foreach_mul_(updates, [torch.where(skip, 0.0, r) for r in ratios])
             torch._foreach_add_(weights, updates, alpha=-lr)
         else:
-            torch._foreach_add_(weights, updates, alpha=-lr * step_size)
+            torch._foreach_mul_(updates, torch.where(skip, 0.0, -lr * step_size).to(torch.float32))
+            torch._foreach_add_(weights, updates)
         for param, weight in zip(params, weights, strict=True):
             if weight is not param:
                 param.copy_(weight)
 
-
-    def _update_bucket_fused(self, group: dict[str, Any], params: list[torch.Tensor],
-                             grad_divisor: float | None) -> None:
+    def _update_bucket_fused(self, group: dict[str, Any], params: list[torch.Tensor], update_count: torch.Tensor,
+                             divisor: torch.Tensor, found_inf: torch.Tensor) -> None:
         """The same update with torch's fused Adam kernel computing the Adam direction in one pass.
 
         torch._fused_adamw_ updates m and v and then does `p -= lr·m̂/(√v̂ + eps)`; run on a buffer
         holding λ·w with lr = -1 it leaves u = m̂/(√v̂ + eps) + λ·w there. Pre-normalisation is its
-        `grad_scale` (gradients are divided by G/max_grad_norm; the kernel leaves `.grad` divided).
+        `grad_scale` (gradients are divided by G/max_grad_norm; the kernel leaves `.grad` divided);
+        its `found_inf` leaves moments and buffer untouched on a skipped step.
         """
         beta1, beta2 = group["betas"]
         decay, lr = group["weight_decay"], float(group["lr"])
@@ -287,17 +349,15 @@ class Lamb(_Fp32StateMixin, Optimizer):
                 torch.mul(param, decay, out=update)
         else:
             torch._foreach_zero_(updates)
-        device = params[0].device
-        step = torch.tensor(float(group["step"]), device=device)
-        divisor = None if grad_divisor is None else torch.tensor(grad_divisor, dtype=torch.float32, device=device)
-        torch._fused_adamw_(updates, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], [step] * len(params),
+        torch._fused_adamw_(updates, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], [update_count] * len(params),
                             lr=-1.0, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"],
-                            amsgrad=False, maximize=False, grad_scale=divisor, found_inf=None)
+                            amsgrad=False, maximize=False, grad_scale=divisor, found_inf=found_inf)
+        skip = found_inf.bool()
         if decay == 0.0 and not group["use_nvlamb"]:
-            torch._foreach_add_(params, updates, alpha=-lr)
+            torch._foreach_add_(params, updates, alpha=-lr)  # the buffer stayed 0 on a skipped step
             return
-        ratios = _trust_ratios(params, updates)
-        if device.type == "cpu":  # host scalars are free here: one pass per tensor instead of two
+        ratios = [torch.where(skip, 0.0, r) for r in _trust_ratios(params, updates)]
+        if params[0].device.type == "cpu":  # host scalars are free here: one pass per tensor instead of two
             for param, update, ratio in zip(params, updates, torch.stack(ratios).tolist(), strict=True):
                 param.add_(update, alpha=-lr * ratio)
         else:
@@ -311,26 +371,53 @@ class Lamb(_Fp32StateMixin, Optimizer):
         return buffer
 
 
+class _DeviceScalars:
+    """LAMB's per-step scalars on the parameters' device: the latest G and skip flag, the skips the host
+    has not read yet, and each group's update count t (what bias correction uses)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.grad_norm = torch.zeros((), device=device)
+        self.found_inf = torch.zeros((), device=device)
+        self.unsettled_skips = torch.zeros((), device=device)
+        self.update_counts: dict[int, torch.Tensor] = {}
+        self.host_steps: dict[int, int] = {}  # group["step"] as this object last left it
+
+    def record(self, grad_norm: torch.Tensor, found_inf: torch.Tensor) -> None:
+        self.grad_norm, self.found_inf = grad_norm, found_inf
+        self.unsettled_skips.add_(found_inf)
+
+    def advance(self, index: int, group: dict[str, Any], found_inf: torch.Tensor) -> torch.Tensor:
+        """group["step"] += 1 (on the host, taken as applied until `Lamb.settle`); t += 1 on the device
+        unless the step is skipped. Returns t. A count set from outside (a loaded checkpoint, phase 2's
+        reset) is taken over with a fill on the device, not a copy from the host."""
+        if self.host_steps.get(index) != group["step"]:
+            self.update_counts[index] = torch.full((), float(group["step"]), dtype=torch.float32, device=self.device)
+        count = self.update_counts[index]
+        count.add_(1.0 - found_inf)
+        group["step"] += 1
+        self.host_steps[index] = group["step"]
+        return count
+
+
 def _trust_ratios(weights: list[torch.Tensor], updates: list[torch.Tensor],
-                  fallback: float = 1.0) -> list[torch.Tensor]:
+                  fallback: float | torch.Tensor = 1.0) -> list[torch.Tensor]:
     """‖w‖/‖u‖ per tensor as 0-dim tensors (no host sync); `fallback` where either norm is zero."""
     weight_norms = torch.stack(torch._foreach_norm(weights))
     update_norms = torch.stack(torch._foreach_norm(updates))
     usable = (weight_norms > 0) & (update_norms > 0)
-    ratios = torch.where(usable, weight_norms / update_norms, torch.full_like(weight_norms, fallback))
+    ratios = torch.where(usable, weight_norms / update_norms, fallback)
     return list(ratios.unbind())
 
 
-def _global_grad_norm(grads: list[torch.Tensor]) -> float:
-    """L2 norm over all gradients (any devices and dtypes), accumulated in at least fp32."""
+def _global_grad_norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """L2 norm over all gradients (any dtypes; other devices' partial norms are moved to `device`),
+    accumulated in fp32 per bucket and in float64 across buckets, as a 0-dim tensor on `device`."""
     partial_norms = []
     for bucket in _buckets(grads, multi_tensor=True):
-        dtype = _math_dtype(bucket[0])
-        norms = torch._foreach_norm(bucket, 2, dtype=dtype)
-        partial_norms.append(torch.linalg.vector_norm(torch.stack(norms)).to("cpu", torch.float64))
-    if not partial_norms:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack(partial_norms)))
+        norms = torch._foreach_norm(bucket, 2, dtype=_math_dtype(bucket[0]))
+        partial_norms.append(torch.linalg.vector_norm(torch.stack(norms)).to(device, torch.float64))
+    return torch.linalg.vector_norm(torch.stack(partial_norms))
 
 
 FUSED_LAMB_CHOICES = ("auto", "on", "off")

@@ -34,15 +34,15 @@ def auto_precision(device_type: str) -> tuple[str, str]:
     return "fp32", "this CPU has no native bf16, no AVX-512 BF16 or AMX: bf16 would run about 10x slower than fp32"
 
 
-def _say_on_main_rank(message: str) -> None:
+def _say_on_main_rank(message: str, stream: Any = None) -> None:
     if discover_ranks()[0] == 0:
-        print(message, file=sys.stderr, flush=True)
+        print(message, file=stream or sys.stdout, flush=True)
 
 
 def resolve_precision(precision: str | None, fp16_flag: bool = False, device: Any = "cpu") -> str:
     """The precision a run uses: `--precision` when given (auto or absent: see `auto_precision`); the
-    original's `--fp16`/`--amp` map to fp16 unless `--precision` names another. Says on stderr what auto
-    chose and why, and warns when bf16 is asked for on a CPU that only emulates it."""
+    original's `--fp16`/`--amp` map to fp16 unless `--precision` names another. Says on stdout what auto
+    chose and why, and warns on stderr when bf16 is asked for on a CPU that only emulates it."""
     if precision not in (None, "auto") and precision not in PRECISIONS:
         raise ValueError(f"--precision: unknown value {precision!r}; choose from {', '.join(PRECISIONS)}")
     device_type = device if isinstance(device, str) else device.type
@@ -55,7 +55,8 @@ def resolve_precision(precision: str | None, fp16_flag: bool = False, device: An
         return chosen
     if precision == "bf16" and device_type == "cpu" and not cpu_runs_bf16_natively():
         _say_on_main_rank("warning: --precision bf16 on a CPU without native bf16 (no AVX-512 BF16 or AMX): its "
-                          "matrix products run about 10x slower than fp32 here; --precision auto picks fp32")
+                          "matrix products run about 10x slower than fp32 here; --precision auto picks fp32",
+                          sys.stderr)
     return precision
 
 

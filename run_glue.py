@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     vocab_file = resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)
     task = glue.get_task(args.task_name)
-    model, config = ft.load_model(ctx, lambda cfg: BertForSequenceClassification(cfg, task.num_labels))
+    model, config = ft.load_model(ctx, lambda cfg: BertForSequenceClassification(cfg, task.num_labels),
+                                  tokenizer=tokenizer)
     results: dict[str, Any] = {}
     if args.do_train:
         results.update(run_training(ctx, model, tokenizer, vocab_file))

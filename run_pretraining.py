@@ -3,11 +3,12 @@
 Single process, `torchrun`, or `srun` (SLURM variables). Reads top to bottom: flags, then the
 `Trainer` — micro-batches from this rank's `ShardStream` → forward/backward under autocast
 (`micro_step`) → at each accumulation boundary all-reduce, LAMB step skipped on fp16 overflow,
-schedule (`optimizer_step`) → log, evaluate, checkpoint (`train`) — then `main`.
+schedule (`optimizer_step`; both through `training.Stepper`, the step fine-tuning uses too) → log,
+evaluate, checkpoint (`train`) — then `main`.
 
 Components behind small interfaces: the data stream (`data/pretraining_dataset.py`), checkpoints
 (`checkpointing.Checkpointer`), FLOPs/MFU (`flops.py`), shared plumbing (`training.py`) and the
-periodic evaluator (`run_pretraining_inference.PeriodicEvaluator`).
+periodic evaluator (`evaluation.PeriodicEvaluator`).
 """
 from __future__ import annotations
 
@@ -29,13 +30,15 @@ import run_log
 import training
 from bert_kernels import (
     PackedSequences,
+    UnpadChoice,
     add_kernel_arguments,
     add_packing_arguments,
+    choose_unpad,
     configure_kernels,
     cpu_gemm_backend,
-    flash_varlen_available,
+    flash_varlen_problem,
+    mark_token_count_dynamic,
     pack_batch,
-    use_packed_batches,
 )
 from checkpointing import Checkpointer, RunState, plain_flags
 from data.pretraining_dataset import (
@@ -49,12 +52,12 @@ from data.pretraining_dataset import (
     list_shards,
     masker_from_args,
 )
+from evaluation import PeriodicEvaluator, add_periodic_evaluation_arguments
 from flops import FlopsCounter, model_flops_utilization
 from input_checks import InputError
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
 from optimization import add_lamb_arguments, build_lamb, fused_lamb_setting, pretraining_param_groups
-from precision import PRECISION_HELP, PRECISIONS, apply_tf32, autocast_context, resolve_precision
-from run_pretraining_inference import PeriodicEvaluator, add_periodic_evaluation_arguments
+from precision import PRECISION_HELP, PRECISIONS, apply_tf32, resolve_precision
 from schedulers import build_scheduler
 
 # --------------------------------------------------------------------------------------------
@@ -95,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep_checkpoints", type=int, default=3,
                    help="ckpt_*.pt of --output_dir to keep, newest by step, whichever job wrote them (0 = all)")
     p.add_argument("--phase2", action="store_true", help="phase-2 semantics: start from phase 1's last checkpoint")
+    p.add_argument("--allow_missing_optimizer_state", action="store_true",
+                   help="resume from a checkpoint without optimizer state (LAMB's moments restart from zero); "
+                        "refused otherwise")
     p.add_argument("--allreduce_post_accumulation", action="store_true",
                    help="all-reduce gradients once per optimizer step")
     p.add_argument("--allreduce_post_accumulation_fp16", action="store_true", help="do that all-reduce in fp16")
@@ -104,14 +110,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json-summary", dest="json_summary", default="results/dllogger.json", help="dllogger JSON output")
     p.add_argument("--disable_progress_bar", action="store_true", help="no tqdm progress bar")
     p.add_argument("--steps_this_run", type=int, default=-1,
-                   help="stop once the (global, in-phase) step reaches this, e.g. to chain time-limited jobs with one "
-                        "command line; -1 = max_steps. The LR horizon stays max_steps")
+                   help="stop once the phase's global step (counted from 0 in each phase, not per job) reaches "
+                        "this; -1 = max_steps. The LR horizon stays max_steps. A chain of time-limited jobs passes "
+                        "a larger value to each resumed job (or relies on run.sub's requeue on a stop signal)")
     # Added by this implementation.
     p.add_argument("--lr_scheduler", default="poly", choices=("poly", "linear", "cosine", "constant"),
                    help="LR schedule")
     p.add_argument("--no_dense_seq_output", dest="dense_seq_output", action="store_false",
                    help="compute MLM logits at every position instead of only the masked ones")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--tensorboard_dir", default=None, help="also write TensorBoard scalars here")
     p.add_argument("--loss_curve", default=None,
                    help="PNG loss curve written at the end (default: next to --json-summary)")
@@ -144,6 +151,8 @@ def validate_args(args: argparse.Namespace, env: distributed.DistEnv) -> None:
         )
     if not Path(args.input_dir).is_dir():
         raise InputError(f"--input_dir: not a folder: {args.input_dir}")
+    input_checks.check_output_dir(args.output_dir)  # a file there, or a read-only folder: one line before any work
+    input_checks.check_output_file(args.json_summary, "--json-summary")
     if args.eval_every_samples and not args.eval_dir:
         raise InputError("--eval_every_samples needs --eval_dir")
     check_finite_settings(args)
@@ -165,7 +174,34 @@ def check_finite_settings(args: argparse.Namespace) -> None:
         "--init_loss_scale": (float(args.init_loss_scale), 0.0, False, math.inf),
         "--pack_bucket": (args.pack_bucket, 1, True, math.inf),
         "--bin_size": (args.bin_size, 0, True, math.inf),
+        "--log_freq": (args.log_freq, 0.0, False, math.inf),
+        # Negative values named checkpoints ckpt_-98.pt that resume and pruning never see, or kept everything.
+        "--phase1_end_step": (args.phase1_end_step, 0, True, math.inf),
+        "--keep_checkpoints": (args.keep_checkpoints, 0, True, math.inf),
     })
+
+
+def data_position(stored: dict[str, int] | None, output_dir: str) -> DataPosition | None:
+    """The stored data position (checked plain counts, see checkpointing.check_resume_entries) or None."""
+    if stored is None:
+        return None
+    unknown = set(stored) - set(DataPosition.__dataclass_fields__)
+    if unknown:
+        raise InputError(f"{output_dir}: the checkpoint's entry 'data_position' has unknown fields {sorted(unknown)}")
+    return DataPosition(**stored)
+
+
+def warn_if_shards_changed(stored: list[str], files: list[str]) -> None:
+    """The data position indexes the shard order of (seed, epoch, shard list): another list resumes training
+    on other samples. Adding shards is a reason to do that, so it is a warning, loud and specific, not an error."""
+    before, now = {os.path.basename(f) for f in stored}, {os.path.basename(f) for f in files}
+    if before == now:
+        return
+    added, removed = sorted(now - before), sorted(before - now)
+    print(f"warning: the shards differ from the checkpoint's ({len(added)} added, {len(removed)} removed: "
+          f"{', '.join([*('+' + a for a in added[:2]), *('-' + r for r in removed[:2])])}"
+          f"{' ...' if len(added) > 2 or len(removed) > 2 else ''}); the resume is not exact: this epoch's "
+          "shard order and position now point to other samples", file=sys.stderr, flush=True)
 
 
 def final_step(args: argparse.Namespace) -> int:
@@ -187,6 +223,7 @@ class Trainer:
         self.precision = resolve_precision(args.precision, args.fp16, env.device)
         apply_tf32(self.precision)
         self.config = BertConfig.from_json_file(args.config_file)
+        self.unpad = self._choose_unpad()  # before any work: `--unpad on` where it cannot run is an input error
         self.files = list_shards(args.input_dir, "training")
         self.micro_batch = args.train_batch_size // args.gradient_accumulation_steps
         self.seq_len, self.max_pred = check_shard_shapes(self.files, args.max_seq_length, args.max_predictions_per_seq,
@@ -195,6 +232,7 @@ class Trainer:
         self.accum = args.gradient_accumulation_steps
         self.stop_requested = False
         self.divergence = training.DivergenceGuard(self.precision)
+        self.loss_finite = True  # the last step's, on every rank
         self.evaluator: Any = None
 
         distributed.seed_everything(args.seed)  # identical initial weights on every rank
@@ -212,21 +250,27 @@ class Trainer:
             env=env, learning_rate=args.learning_rate, phase2=args.phase2, phase1_end_step=args.phase1_end_step,
             keep=args.keep_checkpoints, enabled=not args.skip_checkpoint, logger=logger,
             metadata={"config": self.config.to_dict(), "args": plain_flags(args)},
+            allow_missing_optimizer_state=args.allow_missing_optimizer_state,
         )
         distributed.seed_everything(args.seed + env.rank)  # dropout differs per rank, as in the original
         stored = self.checkpointer.restore(resume=args.resume_from_checkpoint, resume_step=args.resume_step,
                                            init_checkpoint=args.init_checkpoint)
-        position = DataPosition(**stored) if stored is not None else None
+        position = data_position(stored, self.checkpointer.output_dir)
+        if env.is_main and self.checkpointer.resumed_files:
+            warn_if_shards_changed(self.checkpointer.resumed_files, self.files)
         self.stream = ShardStream(self.files, env.rank, env.world_size, self.micro_batch, self.max_pred, args.seed,
                                   position, masker=masker, bin_size=args.bin_size,
                                   limits=TokenLimits(self.config.vocab_size, self.config.type_vocab_size))
-        self.flash_attention = flash_varlen_available(env.device, self.precision)
-        self.packed = use_packed_batches(args.unpad, args.dense_seq_output, self.flash_attention)
+        self.flash_attention, self.packed = self.unpad.flash, self.unpad.packed
         self.forward_model = self._wrap_model()
+        allreduce = self.allreduce_gradients if args.allreduce_post_accumulation else None
+        self.stepper = training.Stepper(self.forward_model, self.optimizer, self.scheduler, self.precision, env.device,
+                                        scaler=self.scaler, allreduce=allreduce)
         self.compiled = training.compile_wanted(args.compile, env.device)
         self.loss_fn: torch.nn.Module = training.PretrainingLoss(self.forward_model, self.criterion)
+        self.compile_stats = training.CompileStats()
         if self.compiled:
-            self.loss_fn = training.compile_module(self.loss_fn)
+            self.loss_fn = training.compile_module(self.loss_fn, self.compile_stats)
         self.batches = training.DeviceBatches(self.stream, self.prepare_batch, env.device)
         self.flops = FlopsCounter(self.config, self.max_pred if args.dense_seq_output else None)
 
@@ -234,6 +278,17 @@ class Trainer:
     def state(self) -> RunState:
         """The run's counters (step, skipped steps, samples seen): saved and restored with the checkpoints."""
         return self.checkpointer.state
+
+    def _choose_unpad(self) -> UnpadChoice:
+        """--unpad resolved for this device, precision and head dim; `auto` says once which path it took and why."""
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        choice = choose_unpad(self.args.unpad, self.args.dense_seq_output,
+                              flash_varlen_problem(self.env.device, self.precision, head_dim))
+        if self.args.unpad == "auto":
+            self.logger.log("PARAMETER", {"unpad": choice.reason})
+            if self.env.is_main:
+                print(f"--unpad auto: {choice.reason}", flush=True)
+        return choice
 
     def _wrap_model(self) -> torch.nn.Module:
         model: torch.nn.Module = self.model
@@ -266,13 +321,18 @@ class Trainer:
         """Forward and backward of one micro-batch already on the device (`training.DeviceBatches`);
         returns (loss, mlm, nsp) as device tensors: nothing here waits for the device."""
         packed = PackedSequences.from_fields(batch)
-        with training.gradient_sync(self.forward_model, sync), autocast_context(self.precision, self.env.device):
+        if packed is not None and self.compiled:
+            mark_token_count_dynamic(batch["input_ids"], batch["segment_ids"], packed.position_ids)
+
+        def losses(_model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
             loss, mlm, nsp = self.loss_fn(batch["input_ids"], batch["segment_ids"], batch.get("input_mask"),
                                           batch["positions"], batch["labels"], batch["nsp_labels"], packed)
             # The manual all-reduce path divides once at reduction time; DDP averages over ranks itself.
             scaled = loss if self.args.allreduce_post_accumulation else loss / self.accum
-            self.scaler.scale(scaled).backward()
-        return loss.detach(), mlm.detach(), nsp.detach()
+            return scaled, loss, mlm, nsp
+
+        _, loss, mlm, nsp = self.stepper.accumulate(batch, losses, sync=sync)
+        return loss, mlm, nsp
 
     def allreduce_gradients(self) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -280,22 +340,36 @@ class Trainer:
                                              self.args.allreduce_post_accumulation_fp16)
 
     def optimizer_step(self) -> bool:
-        """Scheduler then LAMB (the original's order). False when fp16 overflow skipped the update."""
-        if self.args.allreduce_post_accumulation:
-            self.allreduce_gradients()
-        self.scheduler.step()  # sets the LR of the update about to happen from the count of successful ones
-        before = self.optimizer.param_groups[0]["step"]
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        applied = self.optimizer.param_groups[0]["step"] != before
+        """`training.Stepper.update` (all-reduce, scheduler then LAMB: the original's order) and the run's
+        counters. False when the GradScaler skipped the update (fp16 overflow). LAMB's own skip of a
+        non-finite step happens on the device and is booked later, by `settle_skips`, so that nothing here
+        waits for the device."""
+        applied = self.stepper.update()
         if applied:
             self.state.global_step += 1
         else:
-            self.state.skipped_steps += 1
-            self.logger.log("PARAMETER",
-                            {"loss_scale": self.scaler.get_scale(), "skipped_steps": self.state.skipped_steps})
+            self._count_skipped_step()
         return applied
+
+    def _count_skipped_step(self) -> None:
+        self.state.skipped_steps += 1
+        self.logger.log("PARAMETER", {"loss_scale": self.scaler.get_scale(), "skipped_steps": self.state.skipped_steps})
+
+    def settle_skips(self) -> bool:
+        """Book the steps LAMB skipped on the device (non-finite gradients) since the last call: one read
+        of the device, made where the loop reads it anyway (log and checkpoint steps, the end). Earlier
+        ones count against the divergence limit as if in a row. True when the latest step was skipped."""
+        settle = getattr(self.optimizer, "settle", None)  # apex's FusedLAMB skips nothing itself
+        late = settle() if settle is not None else 0
+        if not late:
+            return False
+        latest = bool(self.optimizer.last_step_skipped)
+        self.state.global_step -= late  # each was counted as applied when it was taken
+        for _ in range(late):
+            self._count_skipped_step()
+        for _ in range(late - latest):  # the latest goes through the loop's own check
+            self.divergence.update(False)
+        return latest
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -323,6 +397,8 @@ class Trainer:
             losses = [self.micro_step(batch, sync=(i == self.accum - 1))
                       for i, batch in enumerate(self.batches.step(self.accum))]
             applied = self.optimizer_step()
+            if applied and self._reads_device_now(steps_target) and self.settle_skips():
+                applied = False
             attempted += 1
             self.state.samples_seen += global_batch
             log_samples += global_batch
@@ -342,6 +418,7 @@ class Trainer:
             if applied and every > 0 and self.state.global_step % every == 0:
                 self.save_checkpoint()
             self.stop_requested = training.any_rank(self.stop_requested, self.env)  # all stop at one step
+        self.settle_skips()
         raw_time = time.time() - train_start
         if progress is not None:
             progress.close()
@@ -359,17 +436,28 @@ class Trainer:
             "stopped_by_signal": self.stop_requested and self.state.global_step < steps_target,
         }
 
+    def _reads_device_now(self, steps_target: int) -> bool:
+        """Whether this step logs, checkpoints or ends the run (the loop reads the device then anyway)."""
+        step, every = self.state.global_step, self.args.num_steps_per_checkpoint
+        return step % self.args.log_freq == 0 or (every > 0 and step % every == 0) or step >= steps_target
+
     def _stop_if_diverged(self, applied: bool, step_loss: torch.Tensor) -> None:
-        """Stop with an error rather than skip forever (the count is the same on every rank: the gradients are
-        all-reduced, so all ranks stop together)."""
-        if self.divergence.update(applied):
+        """Stop with an error rather than skip forever or train on a NaN loss. The loss is this rank's: every
+        rank checks it here, and `any_rank` makes all stop together (the gradients are all-reduced already)."""
+        self.loss_finite = not training.any_rank(not bool(torch.isfinite(step_loss)), self.env)
+        if self.divergence.update(applied, self.loss_finite):
+            what = "non-finite gradients" if not applied else "a non-finite loss"
             raise training.TrainingDiverged(
-                f"training diverged: {self.divergence.in_a_row} optimizer steps in a row had non-finite gradients "
+                f"training diverged: {self.divergence.in_a_row} optimizer steps in a row had {what} "
                 f"({self.precision}, last loss {float(step_loss)}) at step {self.state.global_step}; stopped without "
-                f"a checkpoint (newest complete checkpoint: {self.checkpointer.latest or 'none from this run'}); "
-                "check the learning rate and the init checkpoint's weights")
+                f"a checkpoint (last sane checkpoint: {self.checkpointer.last_sane_checkpoint()}); "
+                "check the learning rate, the shards' masked-LM labels and the init checkpoint's weights")
 
     def save_checkpoint(self, unless_current: bool = False) -> None:
+        if not self.loss_finite:  # the state that gave a NaN loss is no state to resume from
+            raise training.TrainingDiverged(
+                f"the loss is not finite at step {self.state.global_step} ({self.precision}); no checkpoint written "
+                f"(last sane checkpoint: {self.checkpointer.last_sane_checkpoint()})")
         position = asdict(self.stream.position)
         files = epoch_file_order(self.files, position["epoch"], self.args.seed)
         if unless_current:

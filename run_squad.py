@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     ctx = ft.start_run(args)
     vocab_file = resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)
-    model, config = ft.load_model(ctx, BertForQuestionAnswering)
+    model, config = ft.load_model(ctx, BertForQuestionAnswering, tokenizer=tokenizer)
     if args.do_train:
         run_training(ctx, model, tokenizer, vocab_file)
         ft.save_model(ctx, model, config, vocab_file)

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     ctx = ft.start_run(args)
     vocab_file = resolve_vocab_file(args.vocab_file, args.init_checkpoint)
     tokenizer = ft.load_tokenizer(vocab_file, args.do_lower_case)
-    model, config = ft.load_model(ctx, lambda cfg: BertForMultipleChoice(cfg, swag.NUM_CHOICES))
+    model, config = ft.load_model(ctx, lambda cfg: BertForMultipleChoice(cfg, swag.NUM_CHOICES), tokenizer=tokenizer)
     global_step, train_loss = 0, None
     if args.do_train:
         dataset = swag_dataset(Path(args.data_dir) / "train.csv", tokenizer, args.max_seq_length, is_training=True)

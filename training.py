@@ -1,6 +1,7 @@
 """Training plumbing shared by the pretraining Trainer (`run_pretraining.py`) and the fine-tuning loop
-(`finetuning.py`): the fp16 grad scaler, DDP wrapping and its no-sync context, the progress bar,
-"main process first", where feature caches go, stop signals, the output folder's lock.
+(`finetuning.py`): the one optimizer step (`Stepper`), the fp16 grad scaler, DDP wrapping and its
+no-sync context, the progress bar, "main process first", where feature caches go, stop signals, the
+output folder's lock.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from distributed import DistEnv, barrier
 from input_checks import InputError
+from precision import autocast_context
 
 COMPILE_CHOICES = ("auto", "on", "off")
 COMPATIBILITY_GROUP = "accepted for compatibility with the original (no effect)"  # argparse group title
@@ -172,16 +175,123 @@ def allreduce_post_accumulation(grads: list[torch.Tensor], divisor: int, fp16: b
 
 
 # --------------------------------------------------------------------------------------------
+# One optimizer step (pretraining and fine-tuning)
+# --------------------------------------------------------------------------------------------
+
+LossFn = Callable[[nn.Module, Any], Any]
+
+
+class Stepper:
+    """One optimizer update from k micro-batches: the same for pretraining and fine-tuning.
+
+    `accumulate` (each micro-batch): forward under autocast, then backward of `weight` × the loss
+    through the GradScaler; DDP's gradient all-reduce is skipped (`no_sync`) unless `sync` is set,
+    i.e. on every micro-batch but the update's last, so gradients cross the network once per update.
+    `loss_fn(model, batch)` returns the loss, or a tuple whose first element is the loss to
+    backpropagate (the rest is only returned, detached).
+
+    `update` (once k micro-batches are in), in this order:
+
+    1. `allreduce`, when given (pretraining's --allreduce_post_accumulation: one flat all-reduce of
+       the accumulated gradients instead of DDP's);
+    2. unscale (fp16), so that 3. clipping the global gradient norm (`clip_grad_norm`) sees true gradients;
+    4. the scheduler, *before* the optimizer as in the original: it sets the LR of the update about to
+       happen from the count of updates made so far;
+    5. the optimizer, through the scaler (which skips it when fp16 gradients overflowed), then the
+       scaler's update of its scale;
+    6. zero_grad.
+
+    `update` returns whether the optimizer applied the update: False when the scaler skipped it (fp16
+    overflow) or the optimizer did (LAMB skips a step whose gradient norm is not finite).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, precision: str,
+                 device: torch.device, clip_grad_norm: float | None = None, loss_scale: float = 0.0, *,
+                 scaler: torch.amp.GradScaler | None = None, allreduce: Callable[[], None] | None = None):
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.precision = precision
+        self.device = device
+        self.clip_grad_norm = clip_grad_norm
+        # disabled (a pass-through) unless fp16
+        self.scaler = scaler if scaler is not None else make_grad_scaler(precision, device, loss_scale)
+        self.allreduce = allreduce
+        self._params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._stepped = False
+        optimizer.register_step_post_hook(self._mark_stepped)
+
+    def _mark_stepped(self, *_: Any) -> None:
+        self._stepped = True
+
+    def accumulate(self, batch: Any, loss_fn: LossFn, weight: float = 1.0, sync: bool = True) -> Any:
+        with gradient_sync(self.model, sync):
+            with autocast_context(self.precision, self.device):
+                out = loss_fn(self.model, batch)
+            loss = out[0] if isinstance(out, tuple) else out
+            self.scaler.scale(loss.float() * weight).backward()
+        return tuple(t.detach() for t in out) if isinstance(out, tuple) else out.detach()
+
+    def update(self) -> bool:
+        if self.allreduce is not None:
+            self.allreduce()
+        self.scaler.unscale_(self.optimizer)
+        if self.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        # LAMB counts the updates it applies per group, and skips a step whose gradient is not finite
+        # without counting it; other optimizers apply every step they are called for.
+        count = self.optimizer.param_groups[0].get("step")
+        self._stepped = False
+        self.scaler.step(self.optimizer)  # calls optimizer.step() unless fp16 gradients overflowed
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if count is not None:
+            return self.optimizer.param_groups[0]["step"] != count
+        return self._stepped
+
+
+# --------------------------------------------------------------------------------------------
 # Compilation and host-to-device batches
 # --------------------------------------------------------------------------------------------
 
 COMPILE_BACKEND_ENV = "BERT_COMPILE_BACKEND"
 
 
-def compile_module(module: nn.Module) -> nn.Module:
+class CompileStats:
+    """Counts the graphs a torch.compile backend is handed and the seconds it spends on them: a second
+    graph for one region is a recompile (or a graph break), and each costs minutes with inductor on
+    BERT-large. `wrap(backend)` returns the counting backend."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+        self.seconds = 0.0
+
+    def wrap(self, backend: Any) -> Any:
+        inner = torch._dynamo.lookup_backend(backend) if isinstance(backend, str) else backend
+
+        def counting_backend(graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+            start = time.perf_counter()
+            try:
+                return inner(graph, example_inputs)
+            finally:
+                self.graphs += 1
+                self.seconds += time.perf_counter() - start
+
+        return counting_backend
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"graphs_compiled": self.graphs, "recompiles": max(0, self.graphs - 1),
+                "backend_compile_s": round(self.seconds, 2)}
+
+
+def compile_module(module: nn.Module, stats: CompileStats | None = None) -> nn.Module:
     """torch.compile with inductor, or the dynamo backend named by BERT_COMPILE_BACKEND (e.g. "eager"
-    or "aot_eager": graph capture without code generation, for tests and dry runs on slow machines)."""
-    return torch.compile(module, backend=os.environ.get(COMPILE_BACKEND_ENV, "inductor"))
+    or "aot_eager": graph capture without code generation, for tests and dry runs on slow machines);
+    `stats` counts the graphs compiled and the backend's seconds."""
+    backend: Any = os.environ.get(COMPILE_BACKEND_ENV, "inductor")
+    return torch.compile(module, backend=stats.wrap(backend) if stats is not None else backend)
 
 
 class DeviceBatches:
@@ -248,13 +358,15 @@ def skip_limit(precision: str) -> int:
 
 
 class DivergenceGuard:
-    """Counts optimizer steps skipped in a row (non-finite gradients); `update` is True once the limit is reached."""
+    """Counts optimizer steps in a row that were skipped (non-finite gradients) or whose loss was not finite
+    (e.g. shards without a masked-LM label: the gradients stay finite, the loss is NaN throughout); `update`
+    is True once the limit is reached."""
 
     def __init__(self, precision: str):
         self.limit, self.in_a_row = skip_limit(precision), 0
 
-    def update(self, applied: bool) -> bool:
-        self.in_a_row = 0 if applied else self.in_a_row + 1
+    def update(self, applied: bool, loss_finite: bool = True) -> bool:
+        self.in_a_row = 0 if applied and loss_finite else self.in_a_row + 1
         return self.in_a_row >= self.limit
 
 

@@ -2,33 +2,42 @@
 
     python benchmarks/bench_gpu.py --out results/gpu/bench.jsonl            # on a CUDA machine
     python benchmarks/bench_gpu.py --out /tmp/dry.jsonl --dry-run           # tiny model on the CPU
+    python benchmarks/bench_gpu.py --preflight --out F                      # versions and tools, one record
+    python benchmarks/bench_gpu.py --summarize --out F                      # the summary of what F holds
 
-benchmarks/gpu.sh runs it after tests/test_cuda.py. Every record is one JSON line, appended and
-flushed as soon as it is known, so a run cut short keeps what it measured:
+benchmarks/gpu.sh runs the preflight, tests/test_cuda.py, this benchmark, then the summary. Every record
+is one JSON line, appended and flushed as soon as it is known, so a run cut short keeps what it measured.
+This process only plans: each row runs in a subprocess of its own with its own time limit (a crash, a
+CUDA fault or a hang loses that row only), and the SDPA probe runs last, in its own process too.
 
-- `env`: versions, card, capability, memory;
-- `sdpa`: which scaled-dot-product-attention backends accept the model's real attention inputs
-  (padding mask, dropout) and which kernel the default dispatch runs;
-- `row`: one configuration (phase, precision, eager/compiled, padded/unpadded, fused/foreach LAMB)
+- `plan`: the rows in order of value, the preset's micro-batches, the stated time estimates;
+- `row`: one configuration (phase, precision, eager/compiled, padded/packed, fused/foreach LAMB)
   timed through `run_pretraining.Trainer`'s own micro-step and optimizer step on synthetic shards
   in the real format whose real-token counts follow WikiText-2 shards (data/synthetic_shards.py):
   micro-step and optimizer-step times, sequences/s at the preset's accumulation, MFU on real and on
-  padded FLOPs, peak memory, and whether the accumulation loop synchronised with the host (CUDA
-  sync debug mode set to "error" around one window of micro-steps);
-- `kernels`: the 15 kernels with the most device time over one accumulation window, per phase;
-- `skipped`: a row left out (time budget, or a path this build does not have), with the reason.
-
-Rows run most important first and each is skipped when the remaining --budget_s cannot hold it.
+  padded FLOPs, peak memory, graphs compiled / compile seconds / recompiles, fp16's skipped steps and
+  final loss scale, and whether a whole optimizer step (accumulation included) synchronised with the
+  host (CUDA sync debug mode "error");
+- `kernels`: the 15 kernels with the most device time over one accumulation window, per (phase, packed);
+- `skipped`: a row left out (its projected time does not fit what is left, or a path this build does
+  not have), with the reason; `failed`: a row whose process failed, crashed or ran past its limit;
+- `sdpa`: which scaled-dot-product-attention backends accept the model's attention inputs;
+- `summary` (--summarize): per row sequences/s, MFU and peak memory, packed ÷ padded and compiled ÷
+  eager per phase, the test groups' results.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
+import importlib.metadata
 import json
 import os
 import platform
+import shutil
+import signal
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import time
 import traceback
@@ -42,7 +51,7 @@ import torch
 import distributed
 import run_log
 import run_pretraining
-from bert_kernels import flash_varlen_available
+from bert_kernels import flash_varlen_available, flash_varlen_problem
 from data.synthetic_shards import write_synthetic_shard
 from flops import peak_flops as peak_flops_of
 from precision import apply_tf32
@@ -72,14 +81,42 @@ class Row:
     lamb: str = "fused"
 
 
-# Most important first: the goals (bf16 phase 1/2, compiled, unpadded), then fp16, then foreach LAMB.
+    def label(self) -> str:
+        layout = "packed" if self.unpadded else "padded"
+        mode = "compiled" if self.compiled else "eager"
+        return f"{self.phase} {self.precision} {layout} {mode}" + (" foreach-LAMB" if self.lamb == "foreach" else "")
+
+
+# In order of value: the two rows each phase's goals compare (packed + compiled, the new way; padded +
+# eager, the original's way), then packed eager (compiled ÷ eager and packed ÷ padded without the
+# compiler), fp16, foreach LAMB, and padded compiled last.
 ROWS = (
-    Row("phase1"), Row("phase2"),
-    Row("phase2", unpadded=True),
-    Row("phase1", compiled=True), Row("phase2", compiled=True, unpadded=True), Row("phase2", compiled=True),
+    Row("phase2", compiled=True, unpadded=True), Row("phase2"),
+    Row("phase1", compiled=True, unpadded=True), Row("phase1"),
+    Row("phase2", unpadded=True), Row("phase1", unpadded=True),
     Row("phase1", precision="fp16"), Row("phase2", precision="fp16", unpadded=True),
-    Row("phase1", lamb="foreach"), Row("phase1", compiled=True, unpadded=True),
+    Row("phase1", lamb="foreach"),
+    Row("phase2", compiled=True), Row("phase1", compiled=True),
 )
+
+
+@dataclass(frozen=True)
+class Estimates:
+    """Stated seconds a row takes, for the time budget: its process start, model build and eager warm-up
+    plus timed windows (`row_s`), one compile of model + loss, forward and backward (`compile_s`), and
+    one profiled window (`profile_s`). A row is skipped when its projection does not fit what is left;
+    after a row has run, its measured seconds replace the estimate for rows of the same kind."""
+
+    row_s: float
+    compile_s: float
+    profile_s: float
+
+
+# BERT-large on one H100: inductor compiles model + loss in about 1-2.5 minutes on an H100 host; an
+# eager row (start-up, shards, warm-up, 4 windows of 8 micro-steps) about half a minute.
+GPU_ESTIMATES = Estimates(row_s=40.0, compile_s=150.0, profile_s=10.0)
+# The dry run: the tiny model on the CPU, compiled rows with the capture-only "eager" backend.
+DRY_RUN_ESTIMATES = Estimates(row_s=15.0, compile_s=5.0, profile_s=3.0)
 
 
 class JsonLines:
@@ -115,17 +152,64 @@ def preset_phases(preset: str) -> tuple[Phase, Phase]:
 def environment(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                             "cuda": torch.version.cuda, "device": str(device)}
-    for module in ("h5py", "numpy", "transformers", "triton"):
+    for module in ("h5py", "numpy", "transformers"):
         with contextlib.suppress(ImportError):
             info[module] = __import__(module).__version__
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
+        free, _ = torch.cuda.mem_get_info(device)
         info.update(card=props.name, capability=f"{props.major}.{props.minor}",
                     memory_gib=round(props.total_memory / 2**30, 1),
-                    sms=props.multi_processor_count, cudnn=torch.backends.cudnn.version())
+                    free_memory_gib=round(free / 2**30, 1), sms=props.multi_processor_count,
+                    cudnn=torch.backends.cudnn.version())
+        with contextlib.suppress(Exception):
+            info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
     else:
         info["card"] = platform.processor() or platform.machine()
     info["host_cpu"] = cpu_info.describe_cpu()
+    return info
+
+
+def first_line(cmd: list[str]) -> str:
+    """The first line a tool prints (stdout, else stderr), or why there is none."""
+    if shutil.which(cmd[0]) is None:
+        return f"{cmd[0]}: not found"
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{cmd[0]}: {exc}"
+    return ((proc.stdout or proc.stderr).strip().splitlines() or [f"{cmd[0]}: no output"])[0]
+
+
+def compiler_toolchain() -> dict[str, Any]:
+    """What inductor needs on CUDA besides torch: a C compiler and Python.h (it builds a launcher
+    module) and OpenAI's triton package. The repository's own triton/ folder (serving scripts) is on
+    sys.path here when the repository root is (gpu.sh puts it on PYTHONPATH); it hands `import triton`
+    over to the compiler's package, and `triton_import` shows what that import really gives."""
+    header = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    info: dict[str, Any] = {"cc": first_line(["cc", "--version"]),
+                            "python_h": str(header) if header.is_file() else "missing"}
+    try:
+        info["triton_compiler"] = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        info["triton_compiler"] = "not installed"
+    try:
+        import triton  # noqa: F401 - what inductor's own `import triton` will get
+
+        module = sys.modules["triton"]
+        info["triton_import"] = f"{getattr(module, '__version__', '?')} from {Path(module.__file__).parent}"
+    except Exception as exc:  # noqa: BLE001 - the failure is the answer being recorded
+        info["triton_import"] = f"fails: {type(exc).__name__}: {str(exc)[:160]}"
+    return info
+
+
+def preflight() -> dict[str, Any]:
+    """One record of everything a compiled GPU row depends on, before any test or row runs."""
+    cuda = torch.cuda.is_available()
+    info = environment(torch.device("cuda" if cuda else "cpu"))
+    info["nvidia_smi"] = first_line(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,memory.free",
+                                     "--format=csv,noheader"])
+    info.update(compiler_toolchain())
     return info
 
 
@@ -145,13 +229,18 @@ def build_trainer(row: Row, phase: Phase, data: Path, config: Path, out: Path, d
             f"--gradient_accumulation_steps={window}", f"--max_seq_length={phase.seq}",
             f"--max_predictions_per_seq={phase.max_pred}", f"--precision={row.precision}", "--skip_checkpoint",
             "--disable_progress_bar", f"--device={device.type}", "--max_steps=1000", "--learning_rate=1e-4"]
-    argv += [f"--compile={'on' if row.compiled else 'off'}", f"--unpad={'on' if row.unpadded else 'off'}",
+    # Packed rows use FlashAttention on the GPU; the dry run has no such kernel and takes the reference.
+    unpad = ("on" if device.type == "cuda" else "reference") if row.unpadded else "off"
+    argv += [f"--compile={'on' if row.compiled else 'off'}", f"--unpad={unpad}",
              f"--fused_lamb={'on' if row.lamb == 'fused' else 'off'}"]
     args = run_pretraining.parse_args(argv)
     env = distributed.DistEnv(device=device)
     run_pretraining.validate_args(args, env)
-    if row.unpadded and device.type == "cuda" and not flash_varlen_available(device, row.precision):
-        raise NotImplementedError(f"FlashAttention's varlen kernel does not run here for {row.precision}")
+    if row.unpadded and device.type == "cuda":
+        heads = json.loads(config.read_text())
+        problem = flash_varlen_problem(device, row.precision, heads["hidden_size"] // heads["num_attention_heads"])
+        if problem:
+            raise NotImplementedError(f"FlashAttention's varlen kernel cannot run here: {problem}")
     return run_pretraining.Trainer(args, env, run_log.Logger(None, enabled=False))
 
 
@@ -183,22 +272,27 @@ class Clock:
         return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
 
 
-def run_window(trainer: run_pretraining.Trainer, clock: Clock | None, sync_check: bool = False) -> None:
-    """One optimizer step as the training loop runs it: `accum` micro-steps, then the LAMB step."""
+def run_window(trainer: run_pretraining.Trainer, clock: Clock | None, sync_check: str = "") -> None:
+    """One optimizer step as the training loop runs it: `accum` micro-steps, then the LAMB step.
+
+    sync_check "accumulation" or "step" (CUDA): torch's sync debug mode raises on any operation that
+    makes the host wait for the device, over the micro-steps only or over the whole step."""
     if clock:
         clock.mark()
-    debug = trainer.env.device.type == "cuda" and sync_check
+    debug = trainer.env.device.type == "cuda" and bool(sync_check)
     if debug:
         torch.cuda.set_sync_debug_mode("error")
     try:
         for i, batch in enumerate(trainer.batches.step(trainer.accum)):
             trainer.micro_step(batch, sync=(i == trainer.accum - 1))
+        if debug and sync_check == "accumulation":
+            torch.cuda.set_sync_debug_mode(0)
+        if clock:
+            clock.mark()
+        trainer.optimizer_step()
     finally:
         if debug:
             torch.cuda.set_sync_debug_mode(0)
-    if clock:
-        clock.mark()
-    trainer.optimizer_step()
     if clock:
         clock.mark()
 
@@ -219,9 +313,13 @@ def measure_row(row: Row, phase: Phase, trainer: run_pretraining.Trainer, window
     compile_start = time.perf_counter()
     run_window(trainer, None)  # warm-up: allocator, cuBLAS handles, compilation
     warmup_s = time.perf_counter() - compile_start
+    # fp16's GradScaler reads its overflow flag on the host by design, so there only the micro-steps
+    # are checked (and an error inside scaler.step would leave the scaler half-way); elsewhere the
+    # whole optimizer step, LAMB included.
+    sync_scope = "accumulation" if row.precision == "fp16" else "step"
     sync_error = None
     try:
-        run_window(trainer, None, sync_check=True)
+        run_window(trainer, None, sync_check=sync_scope)
     except RuntimeError as exc:  # the sync debug mode names the operation that synchronised
         sync_error = str(exc).splitlines()[0]
         trainer.optimizer.zero_grad(set_to_none=True)
@@ -253,8 +351,13 @@ def measure_row(row: Row, phase: Phase, trainer: run_pretraining.Trainer, window
         "real_flops_share": round(real_flops / padded_flops, 4),
         "real_tflops_per_s": significant(real_flops / measured_s / 1e12),
         "padded_tflops_per_s": significant(padded_flops / measured_s / 1e12),
-        "host_sync_in_accumulation": sync_error if device.type == "cuda" else "not checked (CPU)",
+        "host_sync": sync_error if device.type == "cuda" else "not checked (CPU)",
+        "host_sync_checked_over": sync_scope if device.type == "cuda" else "nothing (CPU)",
+        **trainer.compile_stats.as_dict(),
+        "lamb_skipped_steps": getattr(trainer.optimizer, "skipped_steps", None),
     }
+    if row.precision == "fp16":  # steps the GradScaler skipped (overflow) and where its scale ended
+        result.update(fp16_skipped_steps=trainer.state.skipped_steps, final_loss_scale=trainer.scaler.get_scale())
     if peak:
         result["mfu_real"] = round(real_flops / measured_s / peak, 4)
         result["mfu_padded"] = round(padded_flops / measured_s / peak, 4)
@@ -332,102 +435,301 @@ def _default_sdpa_kernels(q, k, v, mask, device: torch.device) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Main
+# The plan (this process) and the rows (one subprocess each)
 # --------------------------------------------------------------------------------------------
 
 
-def estimated_cost_s(row: Row, compiled_phases: set[tuple[str, bool]], dry_run: bool) -> float:
-    """Rough seconds a row needs (build + warm-up + timing); compilation dominates the first compiled row."""
-    if dry_run:
-        return 1.0
-    cost = 25.0
-    if row.compiled and (row.phase, row.unpadded) not in compiled_phases:
-        cost += 100.0
-    return cost
+@dataclass(frozen=True)
+class Setup:
+    """What every row process needs, written once by the planner (`setup.json` in its work folder)."""
+
+    device: str
+    preset: str
+    phases: list[dict[str, Any]]
+    config: str
+    data: dict[str, str]
+    window: int
+    windows: int
+
+
+def projected_s(row: Row, estimates: Estimates, measured: dict[bool, float], profile: bool) -> tuple[float, str]:
+    """Seconds a row is expected to take and on what that rests: the measured seconds of the latest
+    row of the same kind (compiled or eager) when there is one, else the stated estimates."""
+    extra = estimates.profile_s if profile else 0.0
+    if row.compiled in measured:
+        return measured[row.compiled] + extra, "measured on an earlier row of the same kind"
+    stated = estimates.row_s + (estimates.compile_s if row.compiled else 0.0) + extra
+    basis = f"stated: {estimates.row_s:.0f} s a row" + (
+        f" + {estimates.compile_s:.0f} s compile" if row.compiled else "")
+    return stated, basis + (f" + {estimates.profile_s:.0f} s profile" if profile else "")
+
+
+def time_limit_s(projected: float, left: float) -> float:
+    """A row's own limit: twice its projection (compile times vary) plus a minute, within what is left."""
+    return min(left, 2.0 * projected + 60.0)
+
+
+def budget_decision(row: Row, elapsed: float, budget: float, estimates: Estimates, measured: dict[bool, float],
+                    profile: bool) -> tuple[float | None, str]:
+    """(time limit, basis) for a row that fits what is left of the budget, (None, reason) for one that does not."""
+    projected, basis = projected_s(row, estimates, measured, profile)
+    left = budget - elapsed
+    if projected > left:
+        return None, (f"time budget: {elapsed:.0f} of {budget:.0f} s used, {left:.0f} s left; "
+                      f"needs ~{projected:.0f} s ({basis})")
+    return time_limit_s(projected, left), f"~{projected:.0f} s ({basis})"
+
+
+def records_of(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return records
+
+
+def run_subprocess(out: JsonLines, out_path: Path, cmd: list[str], limit_s: float, log: Path,
+                   what: dict[str, Any]) -> tuple[bool, float]:
+    """Run one row (or the probe) in its own process with its own limit; (measured, seconds). A process
+    that ends without recording an outcome (a crash, a timeout) is recorded as `failed` here, with the
+    end of its log."""
+    before = len(records_of(out_path))
+    start = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as fh:
+        # A session of its own, so that a timeout also ends the compile workers inductor started.
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc: int | str = proc.wait(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = f"killed after its limit of {limit_s:.0f} s"
+    seconds = time.perf_counter() - start
+    outcomes = {r.get("kind") for r in records_of(out_path)[before:]} & {"row", "sdpa", "failed", "skipped"}
+    if outcomes:
+        return bool(outcomes & {"row", "sdpa"}), seconds
+    tail = log.read_text(encoding="utf-8", errors="replace")[-1500:]
+    out.write("failed", **what, error=f"process: {rc}" if not isinstance(rc, int) else f"process exit code {rc}",
+              seconds=round(seconds, 1), log=str(log), log_tail=tail)
+    return False, seconds
+
+
+def plan_and_run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    out_path = Path(args.out)
+    out = JsonLines(out_path)
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        out.write("error", message="no CUDA device visible; use --dry-run on a CPU machine")
+        return 2
+    estimates = DRY_RUN_ESTIMATES if args.dry_run else GPU_ESTIMATES
+    budget = args.budget_s
+    logs = out_path.parent / "bench_rows"
+    logs.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
+        setup = prepare(args, device, Path(tmp))
+        setup_file = Path(tmp) / "setup.json"
+        setup_file.write_text(json.dumps(asdict(setup)))
+        selected = [int(i) for i in args.rows.split(",")] if args.rows else list(range(len(ROWS)))
+        out.write("plan", rows=[f"{i}: {ROWS[i].label()}" for i in selected], budget_s=budget,
+                  estimates=asdict(estimates), preset=setup.preset, phases=setup.phases)
+        measured: dict[bool, float] = {}
+        profiled: set[tuple[str, bool]] = set()
+        for index in selected:
+            row = ROWS[index]
+            key = (row.phase, row.unpadded)
+            profile = key not in profiled
+            limit, why = budget_decision(row, time.perf_counter() - start, budget, estimates, measured, profile)
+            if limit is None:
+                out.write("skipped", index=index, label=row.label(), **asdict(row), reason=why)
+                continue
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(out_path), "--row", str(index),
+                   "--setup", str(setup_file)] + (["--profile"] if profile else [])
+            if args.crash_row == index:
+                cmd.append("--crash")
+            ok, seconds = run_subprocess(out, out_path, cmd, limit, logs / f"row{index}.log",
+                                         {"index": index, "label": row.label(), **asdict(row), "limit_s": round(limit),
+                                          "projected": why})
+            if ok:
+                measured[row.compiled] = seconds - (estimates.profile_s if profile else 0.0)
+                if any(r.get("kind") == "kernels" and r.get("index") == index and r.get("top")
+                       for r in records_of(out_path)):
+                    profiled.add(key)
+        # The probe last and alone: whatever it does to its CUDA context cannot reach a row.
+        probe_limit = min(120.0, max(budget - (time.perf_counter() - start), 30.0))
+        run_subprocess(out, out_path, [sys.executable, str(Path(__file__).resolve()), "--out", str(out_path),
+                                       "--probe_sdpa", "--setup", str(setup_file)],
+                       probe_limit, logs / "sdpa.log", {"index": "sdpa", "label": "SDPA probe"})
+    out.write("done", seconds=round(time.perf_counter() - start, 1))
+    out.close()
+    return 0
+
+
+def prepare(args: argparse.Namespace, device: torch.device, base: Path) -> Setup:
+    """Phases (the preset's micro-batches), the model config and the synthetic shards, made once."""
+    if args.dry_run:
+        phases = (Phase("phase1", 64, 10, 4, 64), Phase("phase2", 128, 20, 2, 128))
+        config = base / "tiny.json"
+        config.write_text(json.dumps(TINY_CONFIG))
+        window, windows, preset = 2, 1, "dry run"
+    else:
+        name = torch.cuda.get_device_name(device)
+        preset = args.preset or ("dgxh100_8gpu_bf16" if ("H100" in name or "H200" in name) else "dgxa100_8gpu_bf16")
+        phases = preset_phases(preset)
+        config = ROOT / "bert_config.json"
+        window, windows = args.window_accum, args.windows
+    # warm-up, sync check, timed windows, profile, and a spare
+    data = {p.name: str(write_shards(base, p, (window * (windows + 4) + 1) * p.micro)) for p in phases}
+    return Setup(device.type, preset, [asdict(p) for p in phases], str(config), data, window, windows)
+
+
+def load_setup(path: str) -> tuple[Setup, dict[str, Phase], torch.device]:
+    setup = Setup(**json.loads(Path(path).read_text()))
+    phases = {p["name"]: Phase(**p) for p in setup.phases}
+    return setup, phases, torch.device(setup.device)
+
+
+def run_row(args: argparse.Namespace) -> int:
+    """One row, in its own process: build the Trainer, measure, profile when asked."""
+    if args.crash:  # for tests/test_gpu_script.py: a row whose process dies must lose that row only
+        os.abort()
+    out = JsonLines(Path(args.out))
+    setup, phases, device = load_setup(args.setup)
+    row, phase = ROWS[args.row], phases[ROWS[args.row].phase]
+    if device.type == "cpu":  # compiled rows capture their graphs without inductor's code generation (minutes on a CPU)
+        os.environ.setdefault("BERT_COMPILE_BACKEND", "eager")
+    apply_tf32("bf16")
+    trainer = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_row_") as run_dir:
+            trainer = build_trainer(row, phase, Path(setup.data[row.phase]), Path(setup.config), Path(run_dir),
+                                    device, setup.window)
+            result = measure_row(row, phase, trainer, setup.windows)
+            out.write("row", index=args.row, label=row.label(), pid=os.getpid(), **result)
+            if args.profile:
+                write_kernel_table(out, args.row, row, trainer)
+    except NotImplementedError as exc:
+        out.write("skipped", index=args.row, label=row.label(), **asdict(row), reason=str(exc))
+    except Exception as exc:  # noqa: BLE001 - recorded; the planner goes on with the next row
+        out.write("failed", index=args.row, label=row.label(), **asdict(row),
+                  error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                  traceback=traceback.format_exc()[-2000:])
+        return 1
+    finally:
+        if trainer is not None:
+            trainer.stream.close()
+        out.close()
+    return 0
+
+
+def write_kernel_table(out: JsonLines, index: int, row: Row, trainer: run_pretraining.Trainer) -> None:
+    """The row's kernel table; a profiler failure is recorded with it and leaves the measured row alone."""
+    where = {"index": index, "phase": row.phase, "packed": row.unpadded, "label": row.label()}
+    try:
+        out.write("kernels", **where, top=kernel_table(trainer))
+    except Exception as exc:  # noqa: BLE001 - the row itself was measured
+        out.write("kernels", **where, top=[], error=f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    out = JsonLines(Path(args.out))
+    setup, phases, device = load_setup(args.setup)
+    config = json.loads(Path(setup.config).read_text())
+    out.write("sdpa", phase="phase2", **probe_sdpa(device, config, phases["phase2"]))
+    out.close()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------
+
+SUMMARY_FIELDS = ("seq_per_s_at_preset_accum", "mfu_real", "mfu_padded", "peak_memory_gib", "graphs_compiled",
+                  "backend_compile_s", "warmup_s", "host_sync")
+
+
+def ratio(rows: dict[str, dict[str, Any]], pairs: list[tuple[Row, Row]]) -> dict[str, Any] | None:
+    """sequences/s of the first pair (numerator row, denominator row) that was measured."""
+    for top, bottom in pairs:
+        a, b = rows.get(top.label()), rows.get(bottom.label())
+        if a and b and b["seq_per_s_at_preset_accum"] > 0:
+            return {"value": round(a["seq_per_s_at_preset_accum"] / b["seq_per_s_at_preset_accum"], 3),
+                    "of": f"{top.label()} / {bottom.label()}"}
+    return None
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per row the headline measures; per phase packed ÷ padded and compiled ÷ eager (like against like
+    where both were measured, else packed + compiled against the original's padded + eager)."""
+    rows = {r["label"]: r for r in records if r.get("kind") == "row"}
+    per_row = {label: {k: r[k] for k in SUMMARY_FIELDS if k in r} for label, r in rows.items()}
+    ratios = {}
+    for phase in ("phase1", "phase2"):
+        packed_c, padded_c = Row(phase, compiled=True, unpadded=True), Row(phase, compiled=True)
+        packed_e, padded_e = Row(phase, unpadded=True), Row(phase)
+        ratios[phase] = {
+            "packed/padded": ratio(rows, [(packed_c, padded_c), (packed_e, padded_e), (packed_c, padded_e)]),
+            "compiled/eager": ratio(rows, [(packed_c, packed_e), (padded_c, padded_e)]),
+        }
+    tests = {r["group"]: r["rc"] for r in records if r.get("kind") == "tests" and "group" in r}
+    return {"rows": per_row, "ratios": ratios, "tests": tests,
+            "skipped": [f"{r.get('label', r.get('file', '?'))}: {r.get('reason', '')}"
+                        for r in records if r.get("kind") == "skipped"],
+            "failed": [f"{r.get('label', '?')}: {r.get('error', '')}" for r in records if r.get("kind") == "failed"]}
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="JSON-lines file (appended)")
     p.add_argument("--dry-run", action="store_true", help="tiny model on the CPU, small batches: checks the script")
-    p.add_argument("--budget_s", type=float, default=300.0, help="skip rows that would end after this many seconds")
+    p.add_argument("--budget_s", type=float, default=300.0,
+                   help="seconds for all rows: a row whose projected time does not fit what is left is skipped")
     p.add_argument("--preset", default=None, help="pretrain_config.sh preset for micro-batch sizes "
                    "(default: dgxh100_8gpu_bf16 on H100/H200, else dgxa100_8gpu_bf16)")
     p.add_argument("--window_accum", type=int, default=8, help="micro-steps per timed optimizer step")
     p.add_argument("--windows", type=int, default=2, help="timed optimizer steps per row")
     p.add_argument("--rows", default=None, help="comma-separated row indices to run (default: all, in order)")
+    p.add_argument("--preflight", action="store_true", help="write one `preflight` record and stop")
+    p.add_argument("--summarize", action="store_true", help="write the `summary` record of --out and stop")
+    p.add_argument("--script_seconds", type=float, default=None, help="with --summarize: the whole script's seconds")
+    inner = p.add_argument_group("inner (the planner starts these processes)")
+    inner.add_argument("--row", type=int, default=None, help="measure this row only (needs --setup)")
+    inner.add_argument("--setup", default=None, help="the planner's setup.json")
+    inner.add_argument("--profile", action="store_true", help="with --row: also write its kernel table")
+    inner.add_argument("--probe_sdpa", action="store_true", help="the SDPA probe only (needs --setup)")
+    inner.add_argument("--crash_row", type=int, default=None, help="for tests: that row's process aborts")
+    inner.add_argument("--crash", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    start = time.perf_counter()
-    out = JsonLines(Path(args.out))
-    device = torch.device("cpu" if args.dry_run else "cuda")
-    if args.dry_run:  # compiled rows capture their graphs without inductor's code generation (minutes on a CPU)
-        os.environ.setdefault("BERT_COMPILE_BACKEND", "eager")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        out.write("error", message="no CUDA device visible; use --dry-run on a CPU machine")
-        return 2
-    env_info = environment(device)
-    out.write("env", **env_info)
-    apply_tf32("bf16")
-    with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
-        base = Path(tmp)
-        if args.dry_run:
-            phases = (Phase("phase1", 64, 10, 4, 64), Phase("phase2", 128, 20, 2, 128))
-            config = base / "tiny.json"
-            config.write_text(json.dumps(TINY_CONFIG))
-            window, windows = 2, 1
-        else:
-            name = env_info.get("card", "")
-            preset = args.preset or ("dgxh100_8gpu_bf16" if ("H100" in name or "H200" in name) else "dgxa100_8gpu_bf16")
-            phases = preset_phases(preset)
-            out.write("preset", name=preset, phases=[asdict(p) for p in phases])
-            config = ROOT / "bert_config.json"
-            window, windows = args.window_accum, args.windows
-        by_name = {p.name: p for p in phases}
-        model_config = json.loads(config.read_text())
-        out.write("sdpa", phase="phase2", **probe_sdpa(device, model_config, by_name["phase2"]))
-        data = {p.name: write_shards(base, p, (window * (windows + 3) + 1) * p.micro) for p in phases}
-        selected = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else list(ROWS)
-        profiled: set[str] = set()
-        compiled: set[tuple[str, bool]] = set()
-        for row in selected:
-            phase = by_name[row.phase]
-            elapsed = time.perf_counter() - start
-            cost = estimated_cost_s(row, compiled, args.dry_run)
-            if elapsed + cost > args.budget_s:
-                out.write("skipped", **asdict(row), reason=f"time budget: {elapsed:.0f} s used, ~{cost:.0f} s needed")
-                continue
-            run_dir = base / f"run_{len(compiled)}_{time.monotonic_ns()}"
-            trainer = None
-            try:
-                trainer = build_trainer(row, phase, data[row.phase], config, run_dir, device, window)
-                out.write("row", **measure_row(row, phase, trainer, windows))
-                if row.compiled:
-                    compiled.add((row.phase, row.unpadded))
-                if row.phase not in profiled and not row.compiled:
-                    out.write("kernels", phase=row.phase, row=asdict(row), top=kernel_table(trainer))
-                    profiled.add(row.phase)
-            except NotImplementedError as exc:
-                out.write("skipped", **asdict(row), reason=str(exc))
-            except Exception as exc:  # noqa: BLE001 - one failing row must not lose the others
-                out.write("failed", **asdict(row),
-                          error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                          traceback=traceback.format_exc()[-2000:])
-            finally:
-                if trainer is not None:
-                    trainer.stream.close()
-                del trainer
-                if row.compiled:  # dynamo's caches keep the compiled model (and its ~5 GB of state) alive
-                    torch._dynamo.reset()
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-    out.write("done", seconds=round(time.perf_counter() - start, 1))
-    out.close()
-    return 0
+    if args.preflight:
+        out = JsonLines(Path(args.out))
+        out.write("preflight", **preflight())
+        out.close()
+        return 0
+    if args.summarize:
+        out = JsonLines(Path(args.out))
+        summary = summarize(records_of(Path(args.out)))
+        if args.script_seconds is not None:
+            summary["script_seconds"] = round(args.script_seconds)
+        out.write("summary", **summary)
+        out.close()
+        return 0
+    if args.row is not None:
+        return run_row(args)
+    if args.probe_sdpa:
+        return run_probe(args)
+    return plan_and_run(args)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--squad-questions", type=int, default=300, help="questions of the dev slice to compare")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the ONNX files here (default: temp)")
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--profile", action="store_true",
+                        help="print where the time goes (ours vs transformers, per op) at every batch size; by "
+                             "default only where ours is slower than transformers")
     return parser.parse_args(argv)
 
 
@@ -204,6 +207,31 @@ def largest_differences(paths: dict[str, Runner], batch: dict[str, np.ndarray]) 
             for name, run in paths.items() if name != "ours"}
 
 
+def profile_ops(paths: dict[str, Runner], batch: dict[str, np.ndarray]) -> dict[str, dict[str, tuple[float, int]]]:
+    """Per path, each torch op's self CPU seconds and call count over one call (after the timed ones)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ops = {}
+    for name, run in paths.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(batch)
+        ops[name] = {event.key: (event.self_cpu_time_total / 1e6, event.count) for event in prof.key_averages()}
+    return ops
+
+
+def format_profile(ops: dict[str, dict[str, tuple[float, int]]], top: int = 10) -> str:
+    """The ops that take the most time in any path, side by side (seconds and calls per path)."""
+    names = list(ops)
+    totals = {op: max(path_ops.get(op, (0.0, 0))[0] for path_ops in ops.values())
+              for path_ops in ops.values() for op in path_ops}
+    lines = ["| op | " + " | ".join(f"{name} s (calls)" for name in names) + " |", "|---|" + "---|" * len(names)]
+    for op in sorted(totals, key=totals.get, reverse=True)[:top]:
+        cells = [f"{ops[name].get(op, (0.0, 0))[0]:.3f} ({ops[name].get(op, (0.0, 0))[1]})" for name in names]
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    lines.append("| total | " + " | ".join(f"{sum(t for t, _ in ops[name].values()):.3f}" for name in names) + " |")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| path | batch | seq/s | p50 ms | p99 ms | vs transformers |", "|---|---|---|---|---|---|"]
     for row in rows:
@@ -305,6 +333,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rows.append({"path": name, "batch_size": batch_size, **stats,
                              "speedup": stats["sequences_per_second"] / base})
         print(format_table(rows), flush=True)
+        for batch_size in args.batch_sizes:
+            ours_row = next(r for r in rows if r["path"] == "ours" and r["batch_size"] == batch_size)
+            if args.profile or ours_row["speedup"] < 1.0:
+                batch = bert_io.random_token_batch(rng, batch_size, args.seq_length, config.vocab_size)
+                batch["attention_mask"][:] = 1
+                print(f"\nwhere the time goes at batch {batch_size} (ours {ours_row['speedup']:.2f}x transformers; "
+                      "torch profiler, self CPU seconds of one call):", flush=True)
+                print(format_profile(profile_ops({name: paths[name] for name in ("ours", "transformers")}, batch)))
         result: dict[str, Any] = {"config": str(args.config), "seq_length": args.seq_length, "threads": args.threads,
                                   "clock": args.clock, "cpu": describe_cpu(),
                                   "iterations": args.iterations, "max_abs_diff": differences, "rows": rows}

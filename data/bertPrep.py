@@ -382,6 +382,13 @@ def _failure_of(name: str, run) -> str | None:
     return None
 
 
+def remove_killed_writes(folder: Path) -> None:
+    """The temp files (`.tmp-<shard>.hdf5.<random>`, atomic_io.atomic_path's) of shards whose writer was killed: no
+    reader trusts them, but nothing else would ever remove them (one shard's worth of disk each)."""
+    for leftover in folder.glob(".tmp-*.hdf5.*"):
+        leftover.unlink(missing_ok=True)
+
+
 def action_create_hdf5_files(args: argparse.Namespace, layout: Layout) -> None:
     if not args.vocab_file:
         raise InputError("--action create_hdf5_files needs --vocab_file (e.g. "
@@ -393,6 +400,7 @@ def action_create_hdf5_files(args: argparse.Namespace, layout: Layout) -> None:
     print(f"{len(jobs)} shard(s) to convert, {done} already complete -> {layout.hdf5 / args.dataset}", flush=True)
     (layout.hdf5 / args.dataset).mkdir(parents=True, exist_ok=True)
     clear_stage_done(layout.hdf5 / args.dataset, "create_hdf5_files")
+    remove_killed_writes(layout.hdf5 / args.dataset)
     failures = run_hdf5_jobs(jobs, args.n_processes) if jobs else []
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr, flush=True)

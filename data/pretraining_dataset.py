@@ -46,11 +46,18 @@ def list_shards(folder: str | os.PathLike, split: str = "training") -> list[str]
     if not folder.is_dir():
         raise InputError(f"{folder}: shard folder not found")
     files = [str(folder / name) for name in sorted(entry.name for entry in os.scandir(folder)
-                                                   if entry.is_file() and split in entry.name
-                                                   and not entry.name.startswith("."))]
+                                                   if split in entry.name and not entry.name.startswith(".")
+                                                   and _is_file(entry))]
     if not files:
         raise InputError(f"{folder}: no .hdf5 shards whose name contains '{split}'")
     return files
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError as exc:  # e.g. a symlink loop
+        raise InputError(f"{entry.path}: cannot be read ({exc.strerror})") from None
 
 
 def read_shard(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -363,17 +370,79 @@ def check_bin_size_of_position(position: DataPosition, bin_size: int) -> None:
     position.bin_size = bin_size
 
 
-def shard_header(path: str) -> tuple[int, int, int]:
-    """(rows, sequence length, masked positions per row) of a shard, from its header only (no data read)."""
+# What a shard records of how it was made (data/shard_creation.py's attributes) that changes what training
+# learns: mixing shards that differ in one of these trains on two tokenizations or maskings at once.
+MAKING_SETTINGS = ("vocab_sha256", "do_lower_case", "do_whole_word_mask", "masked_lm_prob")
+# deflate cannot shrink data more than about 1032:1, so a gzip dataset whose header claims more rows than its
+# stored bytes could hold is damaged or crafted (reading it would allocate what the header says).
+MAX_COMPRESSION_RATIO = 1100
+EXPECTED_NDIM = {key: 2 for key in (*SEQUENCE_KEYS, *PREDICTION_KEYS)} | {"next_sentence_labels": 1}
+
+
+@dataclass(frozen=True)
+class ShardHeader:
+    """What a shard's HDF5 header says, read without reading its data."""
+
+    rows: int
+    seq_len: int
+    max_pred: int
+    settings: dict  # MAKING_SETTINGS the shard records (none for the original's shards)
+
+
+def shard_header(path: str) -> ShardHeader:
+    """The header of a shard, checked: six integer datasets of the right ranks and one row count, and no more
+    rows than the stored bytes can hold (no data read; about a millisecond)."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return int(f["input_ids"].shape[0]), int(f["input_ids"].shape[1]), int(f["masked_lm_positions"].shape[1])
+            rows = {key: _checked_dataset_rows(path, f, key) for key in SHARD_DTYPES}
+            settings = {key: _plain(f.attrs[key]) for key in MAKING_SETTINGS if key in f.attrs}
+            widths = f["input_ids"].shape[1], f["masked_lm_positions"].shape[1]
     except OSError as exc:
         raise InputError(f"{path}: not a readable HDF5 file, truncated or damaged ({exc})") from None
-    except (KeyError, IndexError, ValueError):
-        raise InputError(f"{path}: not a pretraining shard (needs 2-D 'input_ids' and 'masked_lm_positions')") from None
+    count = rows["next_sentence_labels"]
+    for key, value in rows.items():
+        if value != count:
+            raise InputError(f"{path}: dataset '{key}' has {value} rows, 'next_sentence_labels' has {count}")
+    return ShardHeader(count, int(widths[0]), int(widths[1]), settings)
+
+
+def _checked_dataset_rows(path: str, f, key: str) -> int:
+    import h5py
+
+    dataset = f.get(key)
+    if not isinstance(dataset, h5py.Dataset):
+        what = "missing" if dataset is None else "not a dataset"
+        raise InputError(f"{path}: not a pretraining shard: '{key}' is {what} (a shard has {', '.join(SHARD_DTYPES)})")
+    ndim = EXPECTED_NDIM[key]
+    if dataset.ndim != ndim or not np.issubdtype(dataset.dtype, np.integer):
+        raise InputError(f"{path}: dataset '{key}' has shape {dataset.shape} and dtype {dataset.dtype}; "
+                         f"expected {ndim}-D integers")
+    claimed = int(np.prod(dataset.shape, dtype=np.float64)) * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    if claimed > MAX_COMPRESSION_RATIO * stored + (1 << 20):
+        raise InputError(f"{path}: dataset '{key}' claims {dataset.shape[0]} rows ({claimed / 2**30:.1f} GiB) but "
+                         f"stores {stored} bytes; the file is damaged")
+    return int(dataset.shape[0])
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def check_same_making_settings(headers: dict[str, ShardHeader]) -> None:
+    """InputError naming two shards made with a different vocab, case, whole-word masking or masking
+    probability (shards that record no settings, such as the original's, are not compared)."""
+    recorded = [(path, header.settings) for path, header in headers.items() if header.settings]
+    if not recorded:
+        return
+    first, settings = recorded[0]
+    for path, other in recorded[1:]:
+        for key in MAKING_SETTINGS:
+            if key in settings and key in other and settings[key] != other[key]:
+                raise InputError(f"shards made with different settings in one folder: {first} has {key}="
+                                 f"{settings[key]!r}, {path} has {key}={other[key]!r}; train on one kind")
 
 
 def check_shard_shapes(files: list[str], max_seq_length: int, max_predictions_per_seq: int,
@@ -382,8 +451,9 @@ def check_shard_shapes(files: list[str], max_seq_length: int, max_predictions_pe
     shards mix lengths, they cannot fit the model (`max_position_embeddings`) or the limits given on the
     command line, or (`micro_batch` > 0) no shard holds one micro-batch (training would find no batch)."""
     headers = {path: shard_header(path) for path in files}  # headers only: about a millisecond per shard
-    _, seq_len, max_pred = headers[files[0]]
-    for path, (_, other_len, other_pred) in headers.items():
+    seq_len, max_pred = headers[files[0]].seq_len, headers[files[0]].max_pred
+    for path, header in headers.items():
+        other_len, other_pred = header.seq_len, header.max_pred
         if (other_len, other_pred) != (seq_len, max_pred):
             raise InputError(f"shards of different lengths in one folder: {files[0]} has sequence length {seq_len} "
                              f"and {max_pred} masked positions, {path} has {other_len} and {other_pred}")
@@ -395,7 +465,8 @@ def check_shard_shapes(files: list[str], max_seq_length: int, max_predictions_pe
     if max_pred > max_predictions_per_seq:
         raise InputError(f"{files[0]}: {max_pred} masked positions per row exceed --max_predictions_per_seq "
                          f"{max_predictions_per_seq}")
-    most_rows = max(rows for rows, _, _ in headers.values())
+    check_same_making_settings(headers)
+    most_rows = max(header.rows for header in headers.values())
     if most_rows < micro_batch:
         folder = os.path.dirname(files[0]) or "."
         raise InputError(f"{folder}: the largest of its {len(files)} shards holds {most_rows} rows, fewer than one "

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from atomic_io import atomic_path
-from input_checks import InputError, read_text_file
+from input_checks import InputError, allow_csv_fields_of, read_text_file
 from processors import cache, tokenize_texts
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def read_tsv(path: str | os.PathLike, columns: int, skip_malformed: bool = False
         raise InputError(f"{path}: file not found")
     rows = []
     # Read whole (a bad byte is then one line naming the file and line, not a traceback mid-parse).
-    with io.StringIO(read_text_file(path, encoding="utf-8-sig"), newline="") as fh:
+    with io.StringIO(allow_csv_fields_of(read_text_file(path, encoding="utf-8-sig")), newline="") as fh:
         for line_number, fields in enumerate(csv.reader(fh, delimiter="\t", quotechar=None), start=1):
             if not fields:
                 continue

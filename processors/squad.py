@@ -200,9 +200,10 @@ def _read_question(
     spans = [_answer_word_span(path, qas_id, context, char_to_word_offset, ans) for ans in answers]
     example = SquadExample(qas_id=qas_id, question_text=question, doc_tokens=doc_tokens,
                            answers=[text for text, _, _ in spans])
+    impossible = _is_impossible(path, qas_id, qa, version_2_with_negative)
     if not is_training:
         return example
-    example.is_impossible = bool(qa.get("is_impossible", False)) if version_2_with_negative else False
+    example.is_impossible = impossible
     if example.is_impossible:
         example.orig_answer_text, example.start_position, example.end_position = "", -1, -1
         return example
@@ -215,6 +216,19 @@ def _read_question(
         return None
     example.orig_answer_text, example.start_position, example.end_position = text, start_word, end_word
     return example
+
+
+def _is_impossible(path: Path, qas_id: str, qa: dict, version_2_with_negative: bool) -> bool:
+    """The question's `is_impossible`, a JSON boolean ("false", a string, used to make every question
+    unanswerable); a SQuAD 2.0 file, which has unanswerable questions, is refused in v1.1 mode, where the
+    scores would fail (or be wrong) only after the predictions were written."""
+    value = qa.get("is_impossible", False)
+    if not isinstance(value, bool):
+        raise InputError(f"{path}: question {qas_id}: 'is_impossible' must be true or false, got {value!r}")
+    if value and not version_2_with_negative:
+        raise InputError(f"{path}: question {qas_id} has is_impossible true, a SQuAD 2.0 file; "
+                         "pass --version_2_with_negative")
+    return value
 
 
 def example_from_text(question: str, context: str, qas_id: str = "0") -> SquadExample:
@@ -798,6 +812,9 @@ def get_answers(
 
     out = SquadPredictions(answers={}, nbest={})
     for example_index, example in enumerate(examples):
+        if example_index not in features_by_example:  # a context without a word piece (whitespace only) has
+            _add_empty_answer(out, example.qas_id, version_2_with_negative)  # no window: its answer is empty
+            continue
         example_features = [f for f in features_by_example.get(example_index, []) if f.unique_id in by_unique_id]
         if not example_features:
             continue
@@ -819,6 +836,18 @@ def get_answers(
         out.null_odds[example.qas_id] = score_diff
         out.answers[example.qas_id] = "" if score_diff > null_score_diff_threshold else best_non_null.text
     return out
+
+
+def _add_empty_answer(out: SquadPredictions, qas_id: str, version_2_with_negative: bool) -> None:
+    out.answers[qas_id] = ""
+    out.nbest[qas_id] = [{"text": "", "probability": 1.0, "start_logit": 0.0, "end_logit": 0.0}]
+    if version_2_with_negative:
+        out.null_odds[qas_id] = EMPTY_CONTEXT_NULL_ODDS
+
+
+# The null odds of a question over an empty context: it has no answer whatever the threshold (a finite number
+# keeps null_odds.json plain JSON).
+EMPTY_CONTEXT_NULL_ODDS = 1e9
 
 
 def write_predictions(

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from input_checks import InputError, read_text_file
+from input_checks import InputError, allow_csv_fields_of, read_text_file
 from processors.glue import check_max_seq_length, truncate_seq_pair
 
 NUM_CHOICES = 4
@@ -64,7 +64,7 @@ def read_swag_examples(input_file: str | os.PathLike, is_training: bool = True) 
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     examples = []
-    with io.StringIO(read_text_file(path), newline="") as fh:
+    with io.StringIO(allow_csv_fields_of(read_text_file(path)), newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BERT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
+
 def load_benchmark(name: str):
     """A module of benchmarks/ (a folder of scripts, not a package) by file name, e.g. 'bench_data_pipeline'."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")

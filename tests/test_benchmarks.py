@@ -68,3 +68,27 @@ def test_bf16_rows_are_skipped_with_the_reason_where_the_cpu_only_emulates_bf16(
     assert benchmark_precisions(["fp32", "bf16"], "cuda") == (["fp32", "bf16"], {})
     monkeypatch.setattr(precision, "cpu_runs_bf16_natively", lambda: True)
     assert benchmark_precisions(["fp32", "bf16"], "cpu") == (["fp32", "bf16"], {})
+
+
+def test_inference_benchmark_shows_where_the_time_goes_per_op():
+    from conftest import load_benchmark
+
+    bench = load_benchmark("bench_inference")
+    import torch
+
+    a = torch.randn(64, 64)
+
+    def ours(batch):
+        return [torch.mm(a, a).relu()]
+
+    def theirs(batch):
+        return [torch.mm(torch.mm(a, a), a)]
+
+    ops = bench.profile_ops({"ours": ours, "transformers": theirs}, {})
+    assert ops["ours"]["aten::mm"][1] == 1 and ops["transformers"]["aten::mm"][1] == 2
+    assert "aten::relu" in ops["ours"] and "aten::relu" not in ops["transformers"]
+    table = bench.format_profile(ops).splitlines()
+    assert table[0] == "| op | ours s (calls) | transformers s (calls) |"
+    cells = [cell.strip() for cell in next(line for line in table if line.startswith("| aten::mm |")).split("|")]
+    assert cells[2].endswith("(1)") and cells[3].endswith("(2)")
+    assert table[-1].startswith("| total | ")

@@ -1,15 +1,16 @@
 """The compiled training step: model and loss in one graph with no breaks (padded, packed, and the packed
-FlashAttention call traced on meta tensors), a bounded number of recompilations while the packed token
-count varies, and compiled = eager on the CPU."""
+FlashAttention call traced on meta tensors), one compile however the packed token count varies, and
+compiled = eager on the CPU."""
 from __future__ import annotations
 
 import pytest
 import torch
 from conftest import record_allreduces
-from pretrain_helpers import TINY_MODEL
+from pretrain_helpers import TINY_MODEL, write_config
 from test_unpadded import padded_batch
 
-from bert_kernels import pack_batch
+from bert_kernels import mark_token_count_dynamic, pack_batch
+from data.synthetic_shards import write_synthetic_shard
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion
 from training import PretrainingLoss
 
@@ -52,7 +53,9 @@ def test_flash_varlen_path_compiles_to_one_graph_on_meta_tensors():
     assert explained.graph_count == 1
 
 
-def test_varying_token_counts_recompile_a_bounded_number_of_times():
+def test_varying_token_counts_compile_one_graph_once_marked_dynamic():
+    """Packed batches of many token counts T: with T marked dynamic (as the Trainer does) the first
+    compile serves them all; unmarked, dynamo would specialise to the first T and recompile."""
     torch._dynamo.reset()
     compiled_graphs = []
 
@@ -64,11 +67,48 @@ def test_varying_token_counts_recompile_a_bounded_number_of_times():
     token_counts = set()
     for seed in range(8):
         args = packed_args(seed=seed, bucket=16, vary=True)
+        mark_token_count_dynamic(args[0], args[1], args[6].position_ids)
         token_counts.add(args[0].numel())
         loss, _, _ = step(*args)
         loss.backward()
     assert len(token_counts) >= 3, "the batches must really vary in packed size"
-    assert len(compiled_graphs) <= 2, f"{len(compiled_graphs)} compilations for {len(token_counts)} token counts"
+    assert len(compiled_graphs) == 1, f"{len(compiled_graphs)} compilations for {len(token_counts)} token counts"
+
+
+def test_trainer_compiles_one_graph_for_packed_micro_batches_of_varying_size(tmp_path, monkeypatch):
+    """The real Trainer (host packing, DeviceBatches, the compiled region, its CompileStats backend):
+    two optimizer steps of packed micro-batches whose token counts vary → one graph, no recompile."""
+    import distributed
+    import run_log
+    import run_pretraining
+
+    monkeypatch.setenv("BERT_COMPILE_BACKEND", "eager")
+    data = tmp_path / "data"
+    data.mkdir()
+    write_synthetic_shard(data / "synthetic_training_0.hdf5", rows=64, seq_len=64, max_pred=10, profile="wikitext_512")
+    config = write_config(tmp_path / "tiny.json")
+    args = run_pretraining.parse_args([
+        f"--input_dir={data}", f"--config_file={config}", f"--output_dir={tmp_path / 'out'}", "--do_train",
+        "--train_batch_size=16", "--gradient_accumulation_steps=4", "--max_seq_length=64",
+        "--max_predictions_per_seq=10", "--precision=fp32", "--skip_checkpoint", "--device=cpu",
+        "--unpad=reference", "--compile=on", "--pack_bucket=16"])
+    env = distributed.DistEnv(device=torch.device("cpu"))
+    run_pretraining.validate_args(args, env)
+    torch._dynamo.reset()
+    trainer = run_pretraining.Trainer(args, env, run_log.Logger(None, enabled=False))
+    token_counts = set()
+    try:
+        for _ in range(2):
+            for i, batch in enumerate(trainer.batches.step(trainer.accum)):
+                token_counts.add(batch["input_ids"].numel())
+                trainer.micro_step(batch, sync=i == trainer.accum - 1)
+            trainer.optimizer_step()
+    finally:
+        trainer.stream.close()
+    assert trainer.packed and trainer.compiled
+    assert len(token_counts) >= 3, token_counts
+    assert trainer.compile_stats.as_dict()["graphs_compiled"] == 1
+    assert trainer.compile_stats.as_dict()["recompiles"] == 0
 
 
 @pytest.mark.slow

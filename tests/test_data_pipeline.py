@@ -540,6 +540,32 @@ def _sharded_mini(tmp_path: Path) -> list[str]:
     return common
 
 
+KILLED_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from atomic_io import atomic_path
+with atomic_path(Path(sys.argv[1])) as tmp:
+    tmp.write_bytes(b"half a shard")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_rerun_of_create_hdf5_files_removes_the_temp_files_of_a_killed_one(tmp_path):
+    """A shard writer killed mid-write (a real SIGKILL inside atomic_io.atomic_path, which write_shard uses) leaves
+    `.tmp-<shard>.hdf5.<random>`; the next create_hdf5_files run removes it and makes the shard."""
+    common = [*_sharded_mini(tmp_path), *HDF5_COMMON, "--vocab_file",
+              str(shared_path("vocab", "bert-base-uncased-vocab.txt"))]
+    out = tmp_path / HDF5_FOLDER / "mini"
+    out.mkdir(parents=True)
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(out / "mini_training_0.hdf5")], env=script_env(),
+                            cwd=ROOT, capture_output=True)
+    assert killed.returncode == -9
+    (leftover,) = out.glob(".tmp-mini_training_0.hdf5.*")
+    ok(run_prep(tmp_path, "--action", "create_hdf5_files", *common))
+    assert not leftover.exists() and not list(out.glob(".tmp-*"))
+    assert (out / "mini_training_0.hdf5").is_file() and (out / ".create_hdf5_files_complete").exists()
+
+
 def test_shards_record_their_settings_and_a_rerun_with_other_settings_is_a_one_line_error(tmp_path):
     from data import shard_creation as cpd
 

@@ -173,6 +173,19 @@ def test_dockerignore_keeps_code_and_drops_outputs(path, ignored):
     assert dockerignored(path) is ignored
 
 
+@pytest.mark.parametrize("action", ["sharding", "create_hdf5_files"])
+def test_dockerignore_drops_every_folder_bertprep_writes(action):
+    """The folders come from bertPrep's own layout (parametrised names included), not from a list kept here."""
+    from data import bertPrep
+
+    args = bertPrep.parse_args(["--action", action, "--dataset", "wikicorpus_en"])
+    layout = bertPrep.layout_for(args)
+    folders = [getattr(layout, name) for name in layout.__dataclass_fields__ if name != "working_dir"]
+    for folder in folders:
+        relative = folder.relative_to(ROOT).as_posix()
+        assert dockerignored(f"{relative}/wikicorpus_en/x.hdf5"), relative
+
+
 # ------------------------------------------------------------------------------ the real engine
 # The base image, wheelhouse and the engine's own state (so its layer cache) live in this cache folder
 # between runs; a warm run only rebuilds the final COPY layer and runs the demo.

@@ -25,8 +25,8 @@ from data.pretraining_dataset import (
     sample_uniforms,
     unmasked_input_ids,
 )
+from evaluation import BatchSlice, ShardInfo, iter_batches
 from input_checks import InputError
-from run_pretraining_inference import BatchSlice, ShardInfo, iter_batches
 
 SEQ, PRED = 128, 20
 CLS, SEP, MASK, PAD = 101, 102, 103, 0

@@ -455,3 +455,94 @@ def test_pretraining_groups_on_real_bert_for_pretraining(tmp_path):
     assert len(decay["params"]) + len(no_decay["params"]) == len(named)
     assert any(p is named["cls.predictions.bias"] for p in no_decay["params"])
     assert any(p is named["bert.embeddings.word_embeddings.weight"] for p in decay["params"])
+
+
+# --------------------------------------------------------------------------------------------
+# LAMB keeps its per-step scalars on the device (issue 21)
+# --------------------------------------------------------------------------------------------
+
+# Parameters and moments after `lamb_trajectory`, saved with the LAMB of commit 23f5a3e (before its
+# per-step scalars moved to the device: the global norm was read on the host, the step count and the
+# clipping divisor copied to the device each step). The fused path must give the same bits; the
+# foreach path now scales the gradients by a device tensor instead of folding the factor into a host
+# scalar, so it agrees to float rounding.
+BEFORE_DEVICE_SCALARS = ROOT / "tests" / "assets" / "lamb_trajectories_23f5a3e.pt"
+TRAJECTORY_CASES = [(path, scale, decay, nvlamb, dtype)
+                    for path in ("fused", "foreach") for scale in (10.0, 0.01) for decay in (0.01, 0.0)
+                    for nvlamb in (False, True) for dtype in (torch.float32, torch.bfloat16)
+                    if not (path == "fused" and dtype == torch.bfloat16)]
+
+
+def lamb_trajectory(path: str, grad_scale: float, weight_decay: float, use_nvlamb: bool,
+                    dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Five LAMB steps, the third with an inf gradient (skipped); weights and moments at the end."""
+    steps = gradient_steps(5, grad_scale, seed=7)
+    steps[2] = dict(steps[2])
+    steps[2]["encoder.dense.weight"] = steps[2]["encoder.dense.weight"].clone()
+    steps[2]["encoder.dense.weight"][1, 2] = math.inf
+    params, opt = run_lamb(dtype, steps, 0.05, weight_decay, use_nvlamb, path)
+    result = {f"w/{n}": p.detach().clone() for n, p in params.items()}
+    for name, param in params.items():
+        for key, value in opt.state.get(param, {}).items():
+            result[f"{key}/{name}"] = value.clone()
+    return result
+
+
+def trajectory_key(case) -> str:
+    path, scale, decay, nvlamb, dtype = case
+    return f"{path}-{scale}-{decay}-{nvlamb}-{str(dtype).split('.')[-1]}"
+
+
+@pytest.mark.parametrize("case", TRAJECTORY_CASES, ids=trajectory_key)
+def test_lamb_steps_unchanged_by_keeping_scalars_on_the_device(case):
+    before = torch.load(BEFORE_DEVICE_SCALARS, weights_only=True)[trajectory_key(case)]
+    after = lamb_trajectory(*case)
+    assert after.keys() == before.keys()
+    for name, value in before.items():
+        if case[0] == "fused":
+            assert torch.equal(after[name], value), name
+        else:
+            torch.testing.assert_close(after[name], value, rtol=1e-5, atol=1e-8, msg=name)
+
+
+class _HostTraffic(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the operations that pass a value between host and tensor: reading a tensor's value on the
+    host (`.item()`, `float()`: a device-to-host wait on a GPU) and making a tensor from host data
+    (`torch.tensor(x)`: a host-to-device copy there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        if name in ("aten._local_scalar_dense", "aten.lift_fresh", "aten.lift_fresh_copy"):
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("path", ["foreach", "fused"])
+def test_lamb_step_reads_nothing_on_the_host_until_asked(path):
+    """The device-side scalars: a step (clipped, with weight decay and trust ratios, one of them skipped for
+    an inf gradient) makes no tensor from host data and reads no value back; asking for the skip count does,
+    once. (On the CPU the fused path reads its trust ratios with .tolist(), which dispatches no op.)"""
+    steps = gradient_steps(3, 10.0, seed=7)
+    steps[1] = dict(steps[1])
+    steps[1]["encoder.dense.bias"] = steps[1]["encoder.dense.bias"].clone()
+    steps[1]["encoder.dense.bias"][0] = math.nan
+    params = make_params(torch.float32)
+    opt = Lamb(make_groups(params, 0.01), lr=0.05, **LAMB_PATHS[path])
+    traffic = _HostTraffic()
+    for grads in steps:
+        set_grads(params, grads)
+        with traffic:
+            opt.step()
+    assert traffic.seen == []
+    assert [g["step"] for g in opt.param_groups] == [3, 3], "the host has not read the skip yet"
+    with traffic:
+        assert opt.settle() == 1
+    assert traffic.seen == ["aten._local_scalar_dense"]
+    assert [g["step"] for g in opt.param_groups] == [2, 2] and opt.skipped_steps == 1
+    ref_w, _, _, _ = reference_lamb(initial_weights(), [steps[0], steps[2]], 0.05, 0.01, False)
+    for name, param in params.items():
+        torch.testing.assert_close(param.detach().double(), ref_w[name], rtol=1e-5, atol=1e-6)

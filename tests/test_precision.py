@@ -26,7 +26,7 @@ def bf16_native(monkeypatch):
 def test_auto_picks_bf16_only_where_the_cpu_runs_it_natively(bf16_native, capsys, native, expected, why, asked):
     bf16_native(native)
     assert resolve_precision(asked, False, torch.device("cpu")) == expected
-    lines = capsys.readouterr().err.splitlines()
+    lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"precision auto: {expected} (") and why in lines[0], lines
 
 
@@ -61,7 +61,7 @@ def test_only_rank_zero_says_what_auto_chose(bf16_native, capsys, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert resolve_precision(None, False, "cpu") == "fp32"
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr() == ("", "")
 
 
 def test_unknown_precision_is_refused():

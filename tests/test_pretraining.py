@@ -186,7 +186,7 @@ def test_default_runs_are_bitwise_equal_and_resume_exactly(corpus, tmp_path):
     runs = [tmp_path / "first", tmp_path / "second"]
     for out in runs:
         proc = run_pretraining(default_path_args(corpus, out, max_steps=n, num_steps_per_checkpoint=4))
-        assert re.search(r"precision auto: (fp32|bf16) \(", proc.stderr), proc.stderr[-2000:]
+        assert re.search(r"precision auto: (fp32|bf16) \(", proc.stdout), proc.stdout[-2000:]
     resumed = tmp_path / "resumed"
     returncode, out = sigterm_after_steps(default_path_args(corpus, resumed, max_steps=n, num_steps_per_checkpoint=4),
                                           resumed / "dllogger.json", steps=5)
@@ -321,10 +321,12 @@ def test_run_sub_without_container_passes_no_mounts(tmp_path):
 
 @pytest.mark.slow
 def test_run_sub_on_real_slurm(corpus, tmp_path, slurm_cluster):  # noqa: F811
-    """sbatch run.sub for a 2-task tiny pretraining run on a real single-node Slurm (gloo, bind.sh per task)."""
+    """sbatch run.sub for a 2-task tiny pretraining run on a real single-node Slurm (gloo, bind.sh per task).
+    Submitted by its path from another folder without CODEDIR: Slurm runs a copy from its spool folder, and
+    run.sub finds its code (bind.sh, run_pretraining.py) through the submitted path."""
     ckpt_dir = tmp_path / "checkpoints"
     env = {
-        "PHASE": "1", "DATADIR": str(corpus["phase1"]), "CHECKPOINTDIR": str(ckpt_dir), "CODEDIR": str(ROOT),
+        "PHASE": "1", "DATADIR": str(corpus["phase1"]), "CHECKPOINTDIR": str(ckpt_dir),
         "BERT_CONFIG": str(corpus["config"]), "PRECISION": "fp32", "MAX_STEPS": "3", "BATCHSIZE": "8",
         "GRADIENT_STEPS": "2", "LR": "1e-2", "CKPT_STEPS": "2", "PYTHON": sys.executable,
         "EXTRA_PARAMS": "--device=cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),

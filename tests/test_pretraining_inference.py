@@ -19,6 +19,7 @@ from conftest import ROOT, script_env
 from pretrain_helpers import copy_rows, make_shard, shard_rows, wikitext_documents, write_config
 
 import distributed
+import evaluation
 import run_pretraining_inference as rpi
 from checkpoint_io import load_checkpoint
 from data.pretraining_dataset import PretrainingShardDataset
@@ -211,36 +212,36 @@ def test_max_samples_and_max_steps_bound_the_set(trained, corpus, tmp_path):
 
 
 def test_batch_plan_is_a_fixed_partition():
-    shards = [rpi.ShardInfo("a", 40, SEQ, MAX_PRED), rpi.ShardInfo("b", 27, SEQ, MAX_PRED)]
-    plan = rpi.plan_batches(shards, 16)
+    shards = [evaluation.ShardInfo("a", 40, SEQ, MAX_PRED), evaluation.ShardInfo("b", 27, SEQ, MAX_PRED)]
+    plan = evaluation.plan_batches(shards, 16)
     assert [(s.shard, s.start, s.stop) for s in plan] == [(0, 0, 16), (0, 16, 32), (0, 32, 40), (1, 0, 16), (1, 16, 27)]
     assert [s.index for s in plan] == list(range(5))
-    assert [(s.shard, s.stop) for s in rpi.plan_batches(shards, 16, max_samples=45)][-2:] == [(0, 40), (1, 5)]
+    assert [(s.shard, s.stop) for s in evaluation.plan_batches(shards, 16, max_samples=45)][-2:] == [(0, 40), (1, 5)]
     for world in (1, 2, 3, 7):
-        parts = [rpi.batches_for_rank(plan, r, world) for r in range(world)]
+        parts = [evaluation.batches_for_rank(plan, r, world) for r in range(world)]
         assert [s for part in parts for s in part] == plan  # contiguous, in order, each batch once
-    assert [len(rpi.batches_for_rank(plan, r, 2, max_steps=1)) for r in range(2)] == [1, 1]
+    assert [len(evaluation.batches_for_rank(plan, r, 2, max_steps=1)) for r in range(2)] == [1, 1]
 
 
 def test_evaluation_restores_train_mode(corpus):
     model = untrained_model(corpus).train()
-    shards = rpi.find_eval_shards(corpus["data"])
-    plan = rpi.plan_batches(shards, 16, max_samples=20)
-    result = rpi.evaluate(model, rpi.iter_batches(shards, plan), len(plan), distributed.DistEnv(), "fp32")
+    shards = evaluation.find_eval_shards(corpus["data"])
+    plan = evaluation.plan_batches(shards, 16, max_samples=20)
+    result = evaluation.evaluate(model, evaluation.iter_batches(shards, plan), len(plan), distributed.DistEnv(), "fp32")
     assert model.training and result.sequences == 20
     model.eval()
-    rpi.evaluate(model, rpi.iter_batches(shards, plan), len(plan), distributed.DistEnv(), "fp32")
+    evaluation.evaluate(model, evaluation.iter_batches(shards, plan), len(plan), distributed.DistEnv(), "fp32")
     assert not model.training
 
 
 def test_evaluation_cadence_survives_resume_and_ends_with_the_last_step():
     # Resumed at 250 samples with an evaluation every 100: next at 300, then 400; always at the final step 10.
-    ev = rpi.PeriodicEvaluator([], 0, every_samples=100, samples_seen=250, final_step=10)
+    ev = evaluation.PeriodicEvaluator([], 0, every_samples=100, samples_seen=250, final_step=10)
     assert not ev.should_evaluate(299, 5) and ev.should_evaluate(300, 6)
     ev.mark_evaluated(320)
     assert not ev.should_evaluate(320, 6) and not ev.should_evaluate(399, 7)
     assert ev.should_evaluate(400, 8) and ev.should_evaluate(352, 10)
-    only_last = rpi.PeriodicEvaluator([], 0, every_samples=0, samples_seen=0, final_step=10)
+    only_last = evaluation.PeriodicEvaluator([], 0, every_samples=0, samples_seen=0, final_step=10)
     assert not only_last.should_evaluate(10**9, 9) and only_last.should_evaluate(10**9, 10)
     only_last.mark_evaluated(320)
     assert not only_last.should_evaluate(320, 10)

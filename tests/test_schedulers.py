@@ -58,6 +58,7 @@ def one_update(params, optimizer, bad: bool = False) -> None:
     if bad:
         params[0].grad[0, 0] = math.inf
     optimizer.step()
+    optimizer.settle()  # LAMB skips on the device; the host's count follows when it reads (the Trainer: log steps)
 
 
 def lrs_used_per_update(scheduler_cls, n_updates):

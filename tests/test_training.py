@@ -54,6 +54,62 @@ def test_scaler_is_a_pass_through_without_fp16():
 
 
 # --------------------------------------------------------------------------------------------
+# The one optimizer step
+# --------------------------------------------------------------------------------------------
+
+
+def _optimizer(kind: str, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    import optimization
+
+    if kind == "lamb":
+        return optimization.Lamb(params, lr=0.1)
+    if kind == "bertadam":
+        return optimization.BertAdam(params, lr=0.1)
+    return torch.optim.AdamW(params, lr=0.1)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "bertadam", "lamb"])
+def test_stepper_says_whether_an_fp16_update_was_applied(kind):
+    """An overflowing micro-batch: the scaler skips the update (False, weights unchanged); the next clean
+    update is applied (True), whether the optimizer counts its updates (LAMB) or not."""
+    param = nn.Parameter(torch.ones(3))
+    stepper = training.Stepper(param, _optimizer(kind, [param]), None, "fp16", torch.device("cpu"), loss_scale=128.0)
+    overflow = torch.tensor([1.0, float("inf"), 1.0])
+    for expected, factor in ((False, overflow), (True, torch.ones(3)), (False, overflow), (True, torch.ones(3))):
+        before = param.detach().clone()
+        stepper.accumulate(factor, lambda p, f: (p * f).sum())
+        assert stepper.update() is expected
+        assert torch.equal(param.detach(), before) is not expected
+        assert param.grad is None  # zero_grad(set_to_none=True) after every update, applied or not
+
+
+def test_stepper_lamb_skip_without_a_scaler_is_not_applied():
+    """fp32: no scaler; LAMB itself skips a step whose gradient norm is not finite, and says so."""
+    param = nn.Parameter(torch.ones(3))
+    stepper = training.Stepper(param, _optimizer("lamb", [param]), None, "fp32", torch.device("cpu"))
+    stepper.accumulate(torch.tensor([1.0, float("nan"), 1.0]), lambda p, f: (p * f).sum())
+    assert stepper.update() is False and torch.equal(param.detach(), torch.ones(3))
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()` before")  # the original's order
+def test_stepper_order_allreduce_then_unscale_clip_scheduler_step():
+    """The all-reduce hook sees the loss-scaled sum of the weighted micro-batches; clipping sees unscaled
+    gradients; the scheduler has set the LR before the optimizer uses it."""
+    param = nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 if step else 1.0)  # 0.5 after a step
+    seen: list[torch.Tensor] = []
+    stepper = training.Stepper(param, optimizer, scheduler, "fp16", torch.device("cpu"), clip_grad_norm=1.0,
+                               loss_scale=8.0, allreduce=lambda: seen.append(param.grad.clone()))
+    for micro in range(2):
+        stepper.accumulate(torch.tensor([3.0, 4.0]), lambda p, g: (p * g).sum(), weight=0.5, sync=micro == 1)
+    assert stepper.update() is True
+    assert torch.equal(seen[0], torch.tensor([24.0, 32.0]))  # 8 × (0.5 + 0.5) × [3, 4], before unscaling
+    # unscaled [3, 4] (norm 5) clipped to norm 1, times the scheduler's 0.5 set before this step
+    assert torch.allclose(param.detach(), torch.tensor([-0.3, -0.4]))
+
+
+# --------------------------------------------------------------------------------------------
 # No-sync under DDP, eager and compiled: count the all-reduces with a DDP communication hook
 # --------------------------------------------------------------------------------------------
 

@@ -14,8 +14,18 @@ import torch
 from conftest import ROOT, script_env
 from pretrain_helpers import TINY_MODEL, write_config
 
-from bert_kernels import FlashVarlenAttention, PackedSequences, block_diagonal_attention, pack_batch, varlen_attention
+from bert_kernels import (
+    FlashVarlenAttention,
+    PackedSequences,
+    UnpadChoice,
+    block_diagonal_attention,
+    choose_unpad,
+    flash_varlen_problem,
+    pack_batch,
+    varlen_attention,
+)
 from data.synthetic_shards import write_synthetic_shard
+from input_checks import InputError
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion, masked_positions_from_labels
 from run_log import read_dllogger
 
@@ -168,7 +178,94 @@ def test_run_pretraining_packed_and_compiled_equals_padded(tmp_path):
     """The whole Trainer path (host packing, DeviceBatches, the compiled model-and-loss region) against
     padded batches: same losses step by step (dropout off, fp32, so the two layouts compute the same)."""
     padded = _pretrain(tmp_path, "padded", ["--unpad=off", "--compile=off"])
-    packed = _pretrain(tmp_path, "packed", ["--unpad=on", "--compile=on", "--pack_bucket=32"])
+    packed = _pretrain(tmp_path, "packed", ["--unpad=reference", "--compile=on", "--pack_bucket=32"])
     assert sorted(padded) == sorted(packed) == [1, 2, 3]
     for step, loss in padded.items():
         assert packed[step] == pytest.approx(loss, rel=1e-5), step
+
+
+# --------------------------------------------------------------------------------------------
+# --unpad: a clear choice instead of a silent slow path
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device, precision, head_dim, reason", [
+    ("cpu", "bf16", 64, "device cpu: the kernel runs on CUDA only"),
+    ("cuda", "fp32", 64, "precision fp32: the kernel computes in fp16/bf16 only"),
+    ("cuda", "tf32", 64, "precision tf32"),
+    ("cuda", "bf16", 36, "head dim 36 (hidden_size / num_attention_heads) must be a multiple of 8 and at most 256"),
+    ("cuda", "fp16", 264, "head dim 264"),
+])
+def test_flash_varlen_problem_names_what_rules_the_kernel_out(device, precision, head_dim, reason):
+    assert reason in flash_varlen_problem(torch.device(device), precision, head_dim)
+
+
+def test_unpad_on_where_flash_cannot_run_is_a_one_line_input_error():
+    problem = flash_varlen_problem(torch.device("cuda"), "fp32", 64)
+    with pytest.raises(InputError) as caught:
+        choose_unpad("on", True, problem)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message == f"--unpad on: FlashAttention's varlen kernel cannot run here: {problem} (use --unpad auto or off)"
+
+
+def test_unpad_choices_and_their_reasons():
+    assert choose_unpad("on", True, None) == UnpadChoice(
+        True, True, "packed batches with FlashAttention's varlen kernel")
+    assert choose_unpad("auto", True, None).flash
+    auto = choose_unpad("auto", True, "head dim 36 (hidden_size / num_attention_heads) must be ...")
+    assert not auto.packed and not auto.flash and "head dim 36" in auto.reason
+    assert choose_unpad("reference", True, "device cpu").packed and not choose_unpad("reference", True, None).flash
+    assert choose_unpad("off", True, None) == UnpadChoice(False, False, "padded batches (--unpad off)")
+    assert not choose_unpad("auto", False, None).packed
+    for unpad in ("on", "reference"):
+        with pytest.raises(InputError, match="needs the masked-only MLM head"):
+            choose_unpad(unpad, False, None)
+
+
+def test_flash_path_checks_the_head_dim_before_the_raw_kernel():
+    """A packed batch marked for FlashAttention with a head dim the kernel was not built for fails with
+    a message, before the aten op is reached (here on the CPU, where the op would not run at all)."""
+    cu = torch.tensor([0, 5, 8], dtype=torch.int32)
+    seqs = PackedSequences(cu, 8, torch.zeros(8, dtype=torch.long), cu[:1].long(), flash=True)
+    q = torch.randn(8, 2, 12)
+    with pytest.raises(ValueError, match="head dim 12 .* must be a multiple of 8"):
+        varlen_attention(q, q, q, seqs, 0.0)
+
+
+def _trainer_args(tmp_path, unpad: str, config_overrides: dict | None = None) -> list[str]:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    write_synthetic_shard(data / "synthetic_training_0.hdf5", rows=16, seq_len=64, max_pred=10, profile="wikitext_512")
+    config = write_config(tmp_path / "tiny.json", **(config_overrides or {}))
+    return [f"--input_dir={data}", f"--config_file={config}", f"--output_dir={tmp_path / 'out'}", "--do_train",
+            "--train_batch_size=8", "--max_seq_length=64", "--max_predictions_per_seq=10", "--precision=fp32",
+            "--skip_checkpoint", "--device=cpu", f"--unpad={unpad}", "--compile=off"]
+
+
+def test_run_pretraining_unpad_on_without_flash_fails_in_one_line(tmp_path):
+    cmd = [sys.executable, str(ROOT / "run_pretraining.py"), *_trainer_args(tmp_path, "on"),
+           f"--json-summary={tmp_path / 'dllogger.json'}"]
+    proc = subprocess.run(cmd, env={**script_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "error: --unpad on: FlashAttention's varlen kernel cannot run here: precision fp32: the kernel computes in "
+        "fp16/bf16 only (use --unpad auto or off)"]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_unpad_auto_says_once_which_path_it_took_and_why(tmp_path, capsys):
+    import distributed
+    import run_log
+    import run_pretraining
+
+    args = run_pretraining.parse_args(_trainer_args(tmp_path, "auto", {"hidden_size": 72, "intermediate_size": 144}))
+    env = distributed.DistEnv(device=torch.device("cpu"))
+    run_pretraining.validate_args(args, env)
+    trainer = run_pretraining.Trainer(args, env, run_log.Logger(None, enabled=False))
+    trainer.stream.close()
+    printed = [line for line in capsys.readouterr().out.splitlines() if "--unpad" in line]
+    assert printed == ["--unpad auto: padded batches: FlashAttention's varlen kernel cannot run here (precision fp32: "
+                       "the kernel computes in fp16/bf16 only)"]
+    assert not trainer.packed

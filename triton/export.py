@@ -28,6 +28,7 @@ from typing import Any
 import bert_io
 import numpy as np
 import torch
+from torchscript_twin import scriptable
 
 from atomic_io import atomic_path, atomic_write_json
 from input_checks import InputError, run_main
@@ -142,7 +143,7 @@ def export_torchscript(wrapper: ExportWrapper, example: tuple[torch.Tensor, ...]
     with torch.no_grad():
         if mode == "ts-script":
             try:
-                module = torch.jit.script(wrapper)
+                module = torch.jit.script(scriptable(wrapper))  # modeling.py's TorchScript twin
             except Exception as exc:  # noqa: BLE001 - scripting failures are many kinds of errors
                 reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
                 raise InputError(f"torch.jit.script cannot compile this model ({reason}): "
@@ -239,8 +240,18 @@ def largest_difference(runner, reference, batches: list[dict[str, np.ndarray]]) 
         for mine, ref in zip(got, reference(batch), strict=True):
             if mine.shape != ref.shape:
                 raise RuntimeError(f"output shape {mine.shape} differs from PyTorch's {ref.shape}")
-            worst = max(worst, float(np.max(np.abs(mine - ref))))
+            worst = max(worst, nan_aware_max_difference(mine, ref))
     return worst, seconds
+
+
+def nan_aware_max_difference(mine: np.ndarray, ref: np.ndarray) -> float:
+    """max |mine − ref|, infinite where either side is not finite: NaN outputs never pass as equal
+    (`max(0.0, nan)` is 0.0 in Python, and NaN − NaN is NaN, so a plain max let them through)."""
+    if mine.size == 0:
+        return 0.0
+    with np.errstate(invalid="ignore"):  # inf − inf: NaN, reported as infinite below
+        difference = np.abs(mine.astype(np.float64) - ref.astype(np.float64))
+    return float(difference.max()) if np.isfinite(difference).all() else math.inf
 
 
 # --------------------------------------------------------------------------------------------
