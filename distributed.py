@@ -1,5 +1,5 @@
-"""Process setup: the process group under torchrun or SLURM, rank queries, collectives on Python
-scalars and seeding. torch is imported inside the functions that need it, so the data-preparation
+"""Process setup: the `--device` name, the process group under torchrun or SLURM, rank queries,
+collectives on Python scalars and seeding. torch is imported inside the functions that need it, so the data-preparation
 workers start without it."""
 from __future__ import annotations
 

@@ -73,9 +73,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_triton_module(name: str) -> Any:
-    """A script of triton/ loaded from its file (a folder of scripts, not a package). They import bert_io,
-    their folder's shared module, by its bare name, as `python triton/X.py` finds it: it is loaded first."""
-    for needed in ("bert_io", name):
+    """A script of triton/ loaded from its file (a folder of scripts, not a package). export.py imports
+    bert_io and torchscript_twin, modules of its folder, by their bare names, as `python triton/export.py`
+    finds them: they are loaded first."""
+    for needed in ("bert_io", "torchscript_twin", name):
         if needed not in sys.modules:
             spec = importlib.util.spec_from_file_location(needed, ROOT / "triton" / f"{needed}.py")
             module = importlib.util.module_from_spec(spec)
