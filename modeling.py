@@ -27,11 +27,12 @@ from bert_kernels import (  # noqa: F401 - masked_positions_from_labels: public 
     PackedTokens,
     StackedParameters,
     attention,
+    attention_layout,
     dropout,
+    fuse_qkv_products,
     gather_positions,
     linear,
     masked_positions_from_labels,
-    padding_mask,
     round_up,
     should_pack,
 )
@@ -224,20 +225,24 @@ class BertSelfAttention(nn.Module):
                                        (self.query.bias, self.key.bias, self.value.bias))
         return weight, bias
 
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Q, K and V as [..., heads, head_dim], from one GEMM over the stacked weights or three (see
+        `fuse_qkv_products`). The fused product is split by `unbind`: its backward writes the three
+        gradients into one buffer (indexing would run three select backwards, each zero-filling a full-size
+        buffer)."""
+        heads = (self.num_heads, self.head_dim)
+        if fuse_qkv_products(x):
+            weight, bias = self.fused_qkv_parameters()
+            return linear(x, weight, bias).unflatten(-1, (3, *heads)).unbind(-3)
+        return tuple(linear(x, part.weight, part.bias).unflatten(-1, heads) for part in (self.query, self.key, self.value))
+
     def forward(self, x: torch.Tensor, mask: AttentionLayout) -> torch.Tensor:
-        weight, bias = self.fused_qkv_parameters()  # one GEMM for Q, K and V
-        qkv = linear(x, weight, bias)
         dropout_p = self.dropout_p if self.training else 0.0
-        # Q, K and V are views of the one product, split by `unbind`: its backward writes the three
-        # gradients into one buffer (indexing qkv[0], qkv[1], qkv[2] would run three select backwards,
-        # each zero-filling a full-size buffer).
+        q, k, v = self.project_qkv(x)
         if isinstance(mask, (PackedTokens, PackedSequences)):  # x is [T, hidden]: real tokens only
-            q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)
             return attention(q, k, v, mask, dropout_p).flatten(1)
-        b, s = qkv.size(0), qkv.size(1)
-        q, k, v = qkv.view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        context = attention(q, k, v, mask, dropout_p)
-        return context.transpose(1, 2).reshape(b, s, -1)
+        context = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, dropout_p)
+        return context.transpose(1, 2).flatten(2)
 
 
 class BertResidualOutput(nn.Module):
@@ -449,7 +454,7 @@ class BertModel(BertPreTrainedModel):
             encoded = self.encoder(x, packed, output_all_encoded_layers)
             return encoded, self.pooler.pool_packed(encoded[-1], packed)
         x = self.embeddings(input_ids, token_type_ids)
-        encoded = self.encoder(x, padding_mask(attention_mask), output_all_encoded_layers)
+        encoded = self.encoder(x, attention_layout(attention_mask), output_all_encoded_layers)
         return encoded, self.pooler(encoded[-1])
 
 

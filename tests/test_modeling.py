@@ -583,9 +583,12 @@ def autograd_node_names(output: torch.Tensor) -> list[str]:
 
 
 @pytest.mark.parametrize("padded_batch", [False, True])
-def test_qkv_split_is_one_unbind_backward_per_layer(padded_batch):
-    """Q, K and V come from one fused product by `unbind` (one backward), not three `select`s; the only
+@pytest.mark.parametrize("library", [pytest.param("onednn", marks=needs_onednn), "aten"])
+def test_qkv_split_is_one_unbind_backward_per_layer(cpu_gemm, padded_batch, library):
+    """Fused (oneDNN): Q, K and V come from one product by `unbind` (one backward), not three `select`s.
+    Three products (torch's BLAS on the CPU, see `fuse_qkv_products`): no split at all. Either way the only
     select left is the pooler's first token. Checked on the padded layout and on packed tokens."""
+    cpu_gemm(library)
     config = tiny_config()
     model = BertModel(config).train()
     ids = torch.randint(1, config.vocab_size, (2, 8))
@@ -594,9 +597,34 @@ def test_qkv_split_is_one_unbind_backward_per_layer(padded_batch):
         mask[0, 5:] = 0  # training on the CPU with padding: the encoder runs on packed tokens
     encoded, pooled = model(ids, attention_mask=mask)
     names = autograd_node_names(encoded[-1].sum() + pooled.sum())
-    assert names.count("UnbindBackward0") == config.num_hidden_layers
+    assert names.count("UnbindBackward0") == (config.num_hidden_layers if library == "onednn" else 0)
     assert names.count("SelectBackward0") <= 1
     assert ("IndexSelectBackward0" in names) == padded_batch
+
+
+def test_qkv_products_are_fused_except_for_fp32_in_torchs_blas_on_the_cpu(cpu_gemm):
+    x = torch.randn(4, 8)
+    cpu_gemm("aten")
+    assert not kernels.fuse_qkv_products(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 products go to oneDNN
+        assert kernels.fuse_qkv_products(x)
+    assert kernels.fuse_qkv_products(x.double())
+    assert kernels.fuse_qkv_products(torch.empty(4, 8, device="meta"))
+    if kernels.onednn_linear_available():
+        cpu_gemm("onednn")
+        assert kernels.fuse_qkv_products(x)
+
+
+def test_a_full_window_runs_attention_without_a_mask_on_the_cpu():
+    full, padded = torch.ones(2, 6, dtype=torch.long), torch.ones(2, 6, dtype=torch.long)
+    padded[1, 4:] = 0
+    assert kernels.attention_layout(full) is None  # SDPA's unmasked CPU path; nothing to mask
+    assert kernels.attention_layout(None) is None
+    assert torch.equal(kernels.attention_layout(padded), kernels.padding_mask(padded))
+    model = BertModel(tiny_config()).eval()
+    ids = torch.randint(5, 99, (2, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, attention_mask=full)[0][-1], model(ids)[0][-1])
 
 
 def test_inference_keeps_the_stacked_qkv_weights_until_a_parameter_changes():

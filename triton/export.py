@@ -185,13 +185,13 @@ def fusable_attention():
     """
     import modeling
 
-    saved = (modeling.BertSelfAttention.forward, modeling.padding_mask)
+    saved = (modeling.BertSelfAttention.forward, modeling.attention_layout)
     modeling.BertSelfAttention.forward = _classic_attention_forward
-    modeling.padding_mask = _unsqueezed_mask
+    modeling.attention_layout = _unsqueezed_mask
     try:
         yield
     finally:
-        modeling.BertSelfAttention.forward, modeling.padding_mask = saved
+        modeling.BertSelfAttention.forward, modeling.attention_layout = saved
 
 
 def export_onnx(wrapper: ExportWrapper, example: tuple[torch.Tensor, ...], path: Path, task: str, opset: int) -> None:
