@@ -234,7 +234,8 @@ class BertSelfAttention(nn.Module):
         if fuse_qkv_products(x):
             weight, bias = self.fused_qkv_parameters()
             return linear(x, weight, bias).unflatten(-1, (3, *heads)).unbind(-3)
-        return tuple(linear(x, part.weight, part.bias).unflatten(-1, heads) for part in (self.query, self.key, self.value))
+        return tuple(linear(x, part.weight, part.bias).unflatten(-1, heads)
+                     for part in (self.query, self.key, self.value))
 
     def forward(self, x: torch.Tensor, mask: AttentionLayout) -> torch.Tensor:
         dropout_p = self.dropout_p if self.training else 0.0
