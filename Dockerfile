@@ -53,3 +53,6 @@ RUN if [ -n "$TORCH_SPEC" ]; then pip install --no-cache-dir "$TORCH_SPEC"; fi \
  && touch "$VENV/.installed"
 
 COPY . .
+# The checkout in editable mode (pyproject.toml), as the Makefile installs it: the scripts in data/,
+# triton/ and benchmarks/ import the top-level modules, also from the checkout launch.sh mounts here.
+RUN pip install --no-cache-dir --no-deps -e .

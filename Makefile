@@ -16,12 +16,15 @@ ifeq ($(VENV_PREBUILT),1)
 $(STAMP):
 	@echo "error: VENV_PREBUILT=1 but $(STAMP) is missing: rebuild the image (scripts/docker/build.sh)" >&2; exit 2
 else
-# torch goes in first and on its own, so the CPU wheel on disk is used and no CUDA build is pulled.
-$(STAMP): requirements.txt requirements-test.txt requirements-serve.txt
+# torch goes in first and on its own, so the CPU wheel on disk is used and no CUDA build is pulled; the
+# checkout last, in editable mode (pyproject.toml), so scripts in data/, triton/ and benchmarks/ import
+# the top-level modules from any folder.
+$(STAMP): requirements.txt requirements-test.txt requirements-serve.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -r requirements.txt -r requirements-serve.txt -r requirements-test.txt
+	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 endif
 
@@ -38,8 +41,7 @@ test-fast: $(STAMP) system-packages
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	@command -v shellcheck >/dev/null || bash .ci/install-system-packages.sh
-	shellcheck -x $$(git ls-files '*.sh' run.sub bind.sh)
+	$(VENV)/bin/shellcheck -x $$(git ls-files '*.sh' run.sub bind.sh)
 	$(VENV)/bin/hadolint Dockerfile
 
 demo: $(STAMP)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from bert_kernels import PackedSequences, round_up
-from utils import InputError
+from input_checks import InputError
 
 UNPAD_CHOICES = ("auto", "on", "off", "reference")
 
@@ -54,13 +54,15 @@ def choose_unpad(unpad: str, dense_seq_output: bool, flash_problem: str | None) 
             raise InputError(f"--unpad {unpad} needs the masked-only MLM head (drop --no_dense_seq_output)")
         return UnpadChoice(False, False, "padded batches: --no_dense_seq_output needs every position's MLM logits")
     if unpad == "reference":
-        return UnpadChoice(True, False, "packed batches with the block-diagonal reference attention (--unpad reference)")
+        return UnpadChoice(True, False,
+                           "packed batches with the block-diagonal reference attention (--unpad reference)")
     if flash_problem is None:
         return UnpadChoice(True, True, "packed batches with FlashAttention's varlen kernel")
     if unpad == "on":
         raise InputError(f"--unpad on: FlashAttention's varlen kernel cannot run here: {flash_problem} "
                          "(use --unpad auto or off)")
-    return UnpadChoice(False, False, f"padded batches: FlashAttention's varlen kernel cannot run here ({flash_problem})")
+    return UnpadChoice(False, False,
+                       f"padded batches: FlashAttention's varlen kernel cannot run here ({flash_problem})")
 
 
 def masked_positions_from_labels(labels: torch.Tensor, max_predictions: int) -> tuple[torch.Tensor, torch.Tensor]:

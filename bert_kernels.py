@@ -17,7 +17,7 @@ Why two packed layouts: `PackedTokens` is found inside the model from a padded b
 free on the CPU (the mask is already there) but would cost a host sync per step on a GPU; so on CUDA
 the batch is packed on the host instead (`PackedSequences`), before it is copied to the device.
 Scripts expose the library choice through `add_kernel_arguments` and `configure_kernels`. This module
-imports torch and utils only.
+imports torch and input_checks only.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from utils import InputError
+from input_checks import InputError
 
 # --------------------------------------------------------------------------------------------
 # Backend choice (flags and environment)
@@ -111,7 +111,8 @@ def configure_kernels(args: argparse.Namespace) -> None:
 
 
 def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or torch.onnx.is_in_onnx_export())
 
 
 def plain_inference() -> bool:
@@ -347,7 +348,8 @@ FLASH_MAX_HEAD_DIM = 256
 def flash_head_dim_problem(head_dim: int) -> str | None:
     """Why FlashAttention's kernel cannot take this head dim (None when it can)."""
     if head_dim % 8 or not 0 < head_dim <= FLASH_MAX_HEAD_DIM:
-        return f"head dim {head_dim} (hidden_size / num_attention_heads) must be a multiple of 8 and at most {FLASH_MAX_HEAD_DIM}"
+        return (f"head dim {head_dim} (hidden_size / num_attention_heads) must be a multiple of 8 "
+                f"and at most {FLASH_MAX_HEAD_DIM}")
     return None
 
 

@@ -9,7 +9,7 @@
 * writing Hugging Face names back: `to_hf_state_dict`;
 * the files beside a checkpoint: `load_config_for_checkpoint`, `checkpoint_folder`, `resolve_vocab_file`.
 
-Imports modeling and utils only.
+Imports modeling, bert_kernels and input_checks only.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from bert_kernels import round_up
+from input_checks import InputError
 from modeling import BertConfig, BertModel
-from utils import InputError
 
 CONFIG_NAME = "bert_config.json"
 WEIGHTS_NAME = "pytorch_model.bin"
@@ -237,7 +237,8 @@ def _check_completeness(report: LoadReport, strict: bool, source: str) -> None:
             problems.append(f"missing keys: {short_key_list(report.initialized)}")
         if report.skipped:
             problems.append(f"unexpected keys: {short_key_list(report.skipped)}")
-        raise CheckpointError(f"{source}: {'; '.join(problems)} (pass strict=False to load a backbone into a task model)")
+        raise CheckpointError(f"{source}: {'; '.join(problems)} (pass strict=False to load a backbone into a task "
+                              "model)")
     # The pooler is optional: QA and token-classification models never use it, and Hugging Face
     # saves those models without one.
     missing_backbone = [k for k in report.initialized if k.startswith("bert.") and not k.startswith("bert.pooler.")]

@@ -35,14 +35,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-import utils
+import atomic_io
+import distributed
+import run_log
 from checkpoint_io import CheckpointError, first_non_finite, load_checkpoint, load_checkpoint_file
-from utils import InputError
+from input_checks import InputError
 
 # Flags that set the shape of the LR schedule; a resume may change its length and peak, not these.
 SCHEDULE_SHAPE_FLAGS = ("lr_scheduler", "warmup_proportion")
 CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
-# What utils.atomic_path leaves behind when a save is killed half-way: `.tmp-ckpt_<step>.pt.<random>`.
+# What atomic_io.atomic_path leaves behind when a save is killed half-way: `.tmp-ckpt_<step>.pt.<random>`.
 TMP_PATTERN = re.compile(r"^\.tmp-ckpt_\d+\.pt\.")
 
 
@@ -126,16 +128,16 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
 
 def gather_plain(obj: Any) -> list[Any]:
     """Every rank's `obj` (plain data / tensors) on every rank."""
-    if utils.get_world_size() == 1:
+    if distributed.get_world_size() == 1:
         return [obj]
-    out: list[Any] = [None] * utils.get_world_size()
+    out: list[Any] = [None] * distributed.get_world_size()
     dist.all_gather_object(out, obj)
     return out
 
 
 def broadcast_from_main(obj: Any) -> Any:
     """Rank 0's `obj` (plain data) on every rank."""
-    if utils.get_world_size() == 1:
+    if distributed.get_world_size() == 1:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -151,9 +153,9 @@ class Checkpointer:
     """Saves and restores one pretraining run in `output_dir` (see the module docstring)."""
 
     def __init__(self, output_dir: str, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, scaler: torch.amp.GradScaler, env: utils.DistEnv, learning_rate: float,
+                 scheduler: Any, scaler: torch.amp.GradScaler, env: distributed.DistEnv, learning_rate: float,
                  phase2: bool = False, phase1_end_step: int = 0, keep: int = 3, enabled: bool = True,
-                 metadata: dict[str, Any] | None = None, logger: utils.Logger | None = None,
+                 metadata: dict[str, Any] | None = None, logger: run_log.Logger | None = None,
                  allow_missing_optimizer_state: bool = False):
         self.output_dir, self.env, self.learning_rate = output_dir, env, learning_rate
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
@@ -341,7 +343,7 @@ class Checkpointer:
             self.logger.log("PARAMETER", {"checkpoint_step": step})
         remove_killed_saves(self.output_dir)
         try:
-            utils.atomic_torch_save(ckpt, path)
+            atomic_io.atomic_torch_save(ckpt, path)
         except OSError as exc:  # e.g. a full disk; atomic_torch_save has removed its temp file
             newest = self.written[-1] if self.written else "none from this run"
             return f"cannot write checkpoint {path}: {exc.strerror} (newest complete checkpoint: {newest})"

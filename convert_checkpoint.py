@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import modeling
+from atomic_io import atomic_path, atomic_torch_save, atomic_write_json
 from checkpoint_io import (
     VOCAB_KEYS,
     load_checkpoint,
@@ -35,16 +36,8 @@ from checkpoint_io import (
     short_key_list,
     to_hf_state_dict,
 )
+from input_checks import InputError, check_output_dir, check_output_file, run_main
 from modeling import BertConfig
-from utils import (
-    InputError,
-    atomic_path,
-    atomic_torch_save,
-    atomic_write_json,
-    check_output_dir,
-    check_output_file,
-    run_main,
-)
 
 # transformers builds these without a pooler, so a checkpoint without one is complete for them.
 _ARCHITECTURES_WITHOUT_POOLER = ("BertForQuestionAnswering", "BertForMaskedLM")

@@ -14,7 +14,7 @@ import argparse
 from dataclasses import asdict
 
 from data.shard_creation import create_hdf5_from_text
-from utils import run_main
+from input_checks import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,11 +24,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-import utils
+import distributed
 from batch_packing import masked_positions_from_labels
 from data.pretraining_dataset import DynamicMasker, PretrainingShardDataset, list_shards, unmasked_input_ids
+from input_checks import InputError
 from modeling import BertConfig
-from utils import InputError
+from precision import autocast_context
 
 BATCH_KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_labels", "next_sentence_labels")
 Batch = dict[str, torch.Tensor]
@@ -196,9 +197,10 @@ def batch_sums(model: torch.nn.Module, batch: Batch, max_pred: int, precision: s
 
     MLM logits are computed at the `max_pred` masked slots of each row only; filler slots carry label -1.
     """
-    input_ids, segment_ids, input_mask, labels, nsp_labels = (batch[k].to(device, non_blocking=True) for k in BATCH_KEYS)
+    input_ids, segment_ids, input_mask, labels, nsp_labels = (batch[k].to(device,
+                                                                          non_blocking=True) for k in BATCH_KEYS)
     positions, labels = masked_positions_from_labels(labels, max_pred)
-    with utils.autocast_context(precision, device):
+    with autocast_context(precision, device):
         mlm_scores, nsp_scores = model(input_ids, segment_ids, input_mask, positions)
     mlm_scores = mlm_scores.float().reshape(-1, mlm_scores.size(-1))
     labels = labels.reshape(-1)
@@ -217,7 +219,7 @@ def batch_sums(model: torch.nn.Module, batch: Batch, max_pred: int, precision: s
 
 
 def evaluate(model: torch.nn.Module, batches: Iterable[tuple[BatchSlice, Batch]], num_batches: int,
-             env: utils.DistEnv, precision: str, progress: Any | None = None) -> EvalResult:
+             env: distributed.DistEnv, precision: str, progress: Any | None = None) -> EvalResult:
     """Evaluate this rank's batches and combine every rank's totals (call on all ranks together).
 
     `num_batches` is the length of the global plan: each batch's loss sums go to the slot of its number.
@@ -267,7 +269,8 @@ def add_periodic_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eval_every_samples", type=int, default=0, help="evaluate every N training samples (global)")
     g.add_argument("--eval_samples", type=int, default=10000, help="size of the fixed evaluation set")
     g.add_argument("--eval_batch_size", type=int, default=64, help="evaluation batch size")
-    g.add_argument("--target_mlm_accuracy", type=float, default=0.0, help="stop once evaluation reaches this MLM accuracy")
+    g.add_argument("--target_mlm_accuracy", type=float, default=0.0,
+                   help="stop once evaluation reaches this MLM accuracy")
 
 
 class PeriodicEvaluator:
@@ -280,16 +283,16 @@ class PeriodicEvaluator:
     """
 
     def __init__(self, batches: list[tuple[BatchSlice, Batch]], num_batches: int, every_samples: int,
-                 samples_seen: int, final_step: int, env: utils.DistEnv | None = None, precision: str = "fp32"):
+                 samples_seen: int, final_step: int, env: distributed.DistEnv | None = None, precision: str = "fp32"):
         self.batches, self.num_batches = batches, num_batches
         self.every_samples, self.final_step = every_samples, final_step
-        self.env, self.precision = env or utils.DistEnv(), precision
+        self.env, self.precision = env or distributed.DistEnv(), precision
         self.next_at = self._next_multiple(samples_seen)
         self.last_evaluated_at = -1
         self.samples_seen = samples_seen  # as of the latest should_evaluate call
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, config: BertConfig, env: utils.DistEnv, precision: str, *,
+    def from_args(cls, args: argparse.Namespace, config: BertConfig, env: distributed.DistEnv, precision: str, *,
                   samples_seen: int, final_step: int) -> PeriodicEvaluator:
         """From run_pretraining.py's --eval_* flags; `final_step` is where the training job stops."""
         if args.eval_samples < 1 or args.eval_batch_size < 1:

@@ -20,23 +20,14 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
+from atomic_io import atomic_path
 from bert_kernels import add_kernel_arguments, configure_kernels
 from checkpoint_io import load_checkpoint, load_config_for_checkpoint, resolve_vocab_file
 from finetuning import check_fits_positions, check_vocab_fits
+from input_checks import InputError, check_at_least_one, check_output_file, read_text_file, run_main
 from modeling import BertModel
+from precision import PRECISION_HELP, PRECISIONS, autocast_context, resolve_precision
 from processors.glue import encode_pair
-from utils import (
-    PRECISION_HELP,
-    PRECISIONS,
-    InputError,
-    atomic_path,
-    autocast_context,
-    check_at_least_one,
-    check_output_file,
-    read_text_file,
-    resolve_precision,
-    run_main,
-)
 
 PAIR_SEPARATOR = " ||| "
 
@@ -73,7 +64,8 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
         raise InputError(f"--layers {spec!r}: expected comma-separated integers such as -1,-2,-3,-4") from None
     bad = [layer for layer in layers if not -num_layers <= layer < num_layers]
     if not layers or bad:
-        raise InputError(f"--layers {spec!r}: the model has {num_layers} layers (valid: -{num_layers}..{num_layers - 1})")
+        raise InputError(f"--layers {spec!r}: the model has {num_layers} layers (valid: "
+                         f"-{num_layers}..{num_layers - 1})")
     return layers
 
 

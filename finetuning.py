@@ -49,6 +49,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from atomic_io import atomic_path, atomic_torch_save
 from bert_kernels import add_kernel_arguments, configure_kernels
 from checkpoint_io import (
     CONFIG_NAME,
@@ -59,7 +60,11 @@ from checkpoint_io import (
     resolve_vocab_file,
 )
 from checkpointing import first_non_finite_parameter
+from distributed import DistEnv, all_reduce_mean, barrier, init_distributed, seed_everything
+from input_checks import InputError, check_at_least_one, check_number_ranges, check_output_dir, check_output_file
 from modeling import BertConfig
+from precision import PRECISION_HELP, PRECISIONS, apply_tf32, autocast_context, resolve_precision
+from run_log import Logger
 from training import (
     COMPATIBILITY_GROUP,
     LOSS_SCALE_HELP,
@@ -70,26 +75,6 @@ from training import (
     progress_bar,
     release_output_locks,
     wrap_ddp,
-)
-from utils import (
-    PRECISION_HELP,
-    PRECISIONS,
-    DistEnv,
-    InputError,
-    Logger,
-    all_reduce_mean,
-    apply_tf32,
-    atomic_path,
-    atomic_torch_save,
-    autocast_context,
-    barrier,
-    check_at_least_one,
-    check_number_ranges,
-    check_output_dir,
-    check_output_file,
-    init_distributed,
-    resolve_precision,
-    seed_everything,
 )
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
@@ -332,7 +317,8 @@ def show_features(ctx: RunContext, dataset: TensorDataset, names: Sequence[str],
         ids = row[0].reshape(-1, row[0].size(-1))  # one row, or one per choice
         real = [int(n) for n in row[1].reshape(ids.shape).sum(-1)]
         lines = [f"*** Example {index} ***"]
-        lines += [f"tokens: {' '.join(tokenizer.convert_ids_to_tokens(ids[c, :n].tolist()))}" for c, n in enumerate(real)]
+        lines += [f"tokens: {' '.join(tokenizer.convert_ids_to_tokens(ids[c, :n].tolist()))}"
+                  for c, n in enumerate(real)]
         for name, column in zip(names, row, strict=True):
             if column.shape == row[0].shape:
                 per_choice = column.reshape(ids.shape)

@@ -21,10 +21,12 @@ import torch
 
 from bert_kernels import add_kernel_arguments, configure_kernels
 from checkpoint_io import load_checkpoint, load_config_for_checkpoint, resolve_vocab_file
+from distributed import seed_everything
 from finetuning import check_fits_positions
+from input_checks import InputError, run_main
 from modeling import BertForQuestionAnswering
+from precision import PRECISION_HELP, PRECISIONS, autocast_context, resolve_precision
 from processors import squad
-from utils import PRECISION_HELP, PRECISIONS, InputError, autocast_context, resolve_precision, run_main, seed_everything
 
 DEFAULT_QUESTION = "Most antibiotics target bacteria and don't affect what class of organisms? "
 DEFAULT_CONTEXT = (

@@ -35,7 +35,7 @@ from bert_kernels import (
     round_up,
     should_pack,
 )
-from utils import InputError, read_json_file
+from input_checks import InputError, read_json_file
 
 REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -103,7 +103,8 @@ class BertConfig:
             setattr(self, key, value)
         if self.hidden_size % self.num_attention_heads:
             raise InputError(
-                f"config: hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+                f"config: hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                f"{self.num_attention_heads}"
             )
         if self.hidden_act not in ACT2FN:
             raise InputError(f"config: hidden_act {self.hidden_act!r} unknown; choose from {', '.join(ACT2FN)}")
@@ -140,7 +141,7 @@ class BertConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        from utils import atomic_write_text
+        from atomic_io import atomic_write_text
 
         atomic_write_text(path, self.to_json_string())
 
@@ -200,7 +201,8 @@ class BertEmbeddings(nn.Module):
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """[B, S] ids → [B, S, H]; or packed [T] ids with their `position_ids` → [T, H]."""
         positions = torch.arange(input_ids.size(1), device=input_ids.device) if position_ids is None else position_ids
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings(token_type_ids))
         return self.dropout(self.LayerNorm(x))
 
 
@@ -231,7 +233,8 @@ class BertSelfAttention(nn.Module):
         if fuse_qkv_products(x):
             weight, bias = self.fused_qkv_parameters()
             return linear(x, weight, bias).unflatten(-1, (3, *heads)).unbind(-3)
-        return tuple(linear(x, part.weight, part.bias).unflatten(-1, heads) for part in (self.query, self.key, self.value))
+        return tuple(linear(x, part.weight, part.bias).unflatten(-1, heads)
+                     for part in (self.query, self.key, self.value))
 
     def forward(self, x: torch.Tensor, mask: AttentionLayout) -> torch.Tensor:
         dropout_p = self.dropout_p if self.training else 0.0
@@ -310,7 +313,8 @@ class BertEncoder(nn.Module):
         self.unpad = True
         self.pack_multiple = 64  # see PackedTokens.from_mask
 
-    def forward(self, x: torch.Tensor, mask: AttentionLayout, output_all_encoded_layers: bool = False) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: AttentionLayout,
+                output_all_encoded_layers: bool = False) -> list[torch.Tensor]:
         if isinstance(mask, PackedSequences):  # x is already [T, H]: real tokens only, end to end
             return self._run(x, mask, output_all_encoded_layers)
         if self.unpad and self.training and should_pack(x, mask):
@@ -499,7 +503,8 @@ class BertPretrainingCriterion(nn.Module):
         next_sentence_labels: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mlm = F.cross_entropy(
-            prediction_scores.reshape(-1, prediction_scores.size(-1)).float(), masked_lm_labels.reshape(-1), ignore_index=-1
+            prediction_scores.reshape(-1, prediction_scores.size(-1)).float(), masked_lm_labels.reshape(-1),
+            ignore_index=-1
         )
         nsp = F.cross_entropy(seq_relationship_score.reshape(-1, 2).float(), next_sentence_labels.reshape(-1))
         return mlm + nsp, mlm, nsp
@@ -518,7 +523,8 @@ class BertForMaskedLM(BertPreTrainedModel):
         scores = self.cls.predictions(encoded[-1])
         if masked_lm_labels is None:
             return scores
-        return F.cross_entropy(scores.reshape(-1, scores.size(-1)).float(), masked_lm_labels.reshape(-1), ignore_index=-1)
+        return F.cross_entropy(scores.reshape(-1, scores.size(-1)).float(), masked_lm_labels.reshape(-1),
+                               ignore_index=-1)
 
 
 class BertForNextSentencePrediction(BertPreTrainedModel):
@@ -566,7 +572,8 @@ class BertForMultipleChoice(BertPreTrainedModel):
         self._init_new_modules(self.classifier)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
-        flat = [t.reshape(-1, t.size(-1)) if t is not None else None for t in (input_ids, token_type_ids, attention_mask)]
+        flat = [t.reshape(-1, t.size(-1)) if t is not None else None
+                for t in (input_ids, token_type_ids, attention_mask)]
         _, pooled = self.bert(*flat, output_all_encoded_layers=False)
         scores = self.classifier(self.dropout(pooled)).view(-1, self.num_choices)
         if labels is None:

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from input_checks import InputError
 from schedulers import constant_warmup_factor, cosine_warmup_factor, linear_warmup_factor, poly_warmup_factor
-from utils import InputError
 
 # Substrings of parameter names that exempt a parameter from weight decay.
 PRETRAINING_NO_DECAY = ("bias", "gamma", "beta", "LayerNorm")
@@ -427,7 +427,8 @@ def add_lamb_arguments(parser: argparse.ArgumentParser) -> None:
     """--use_nvlamb and --fused_lamb (run_pretraining.py)."""
     parser.add_argument("--use_nvlamb", action="store_true", help="apply the LAMB trust ratio to every tensor")
     parser.add_argument("--fused_lamb", choices=FUSED_LAMB_CHOICES, default="auto",
-                        help="LAMB's Adam direction with torch's fused kernel: auto = wherever it applies (CPU and CUDA)")
+                        help="LAMB's Adam direction with torch's fused kernel: auto = wherever it applies (CPU and "
+                             "CUDA)")
 
 
 def fused_lamb_setting(choice: str) -> bool | None:

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 import finetuning as ft
+from atomic_io import atomic_write_json
 from checkpoint_io import resolve_vocab_file
+from input_checks import InputError, run_main
 from modeling import BertForSequenceClassification
 from processors import glue
 from training import feature_cache_dir, main_process_first
-from utils import InputError, atomic_write_json, run_main
 
 FEATURE_COLUMNS = ("input_ids", "input_mask", "segment_ids", "label_ids")
 
@@ -60,7 +61,8 @@ def feature_dataset(ctx: ft.RunContext, task_name: str, examples: list[glue.Inpu
     args = ctx.args
     arrays, _ = glue.load_features(task_name, examples, tokenizer, input_file=input_file, vocab_file=vocab_file,
                                    do_lower_case=args.do_lower_case, max_seq_length=args.max_seq_length,
-                                   cache_dir=feature_cache_dir(args.cache_dir, args.data_dir, args.skip_cache), write_cache=not args.skip_cache)
+                                   cache_dir=feature_cache_dir(args.cache_dir, args.data_dir, args.skip_cache),
+                                   write_cache=not args.skip_cache)
     return ft.arrays_to_dataset(arrays, FEATURE_COLUMNS)
 
 
@@ -93,7 +95,8 @@ def run_evaluation(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, v
         task = glue.get_task(task_name)
         examples = glue.get_dev_examples(task_name, args.data_dir, args.skip_malformed_rows)
         dataset = feature_dataset(ctx, task_name, examples, Path(args.data_dir) / task.dev_file, tokenizer, vocab_file)
-        inference = ft.predict(ctx, model, dataset, ft.batch_scores, args.eval_batch_size, desc=f"Evaluating {task_name}",
+        inference = ft.predict(ctx, model, dataset, ft.batch_scores, args.eval_batch_size,
+                               desc=f"Evaluating {task_name}",
                                trim=not args.keep_padding)
         logits = inference.outputs[0]
         labels = dataset.tensors[3].numpy()
@@ -125,7 +128,8 @@ def run_prediction(ctx: ft.RunContext, model: torch.nn.Module, tokenizer: Any, v
         task = glue.get_task(task_name)
         examples = glue.get_test_examples(task_name, args.data_dir, args.skip_malformed_rows)
         dataset = feature_dataset(ctx, task_name, examples, Path(args.data_dir) / task.test_file, tokenizer, vocab_file)
-        inference = ft.predict(ctx, model, dataset, ft.batch_scores, args.eval_batch_size, desc=f"Predicting {task_name}",
+        inference = ft.predict(ctx, model, dataset, ft.batch_scores, args.eval_batch_size,
+                               desc=f"Predicting {task_name}",
                                trim=not args.keep_padding)
         predictions = predictions_from_logits(task_name, inference.outputs[0])
         path = glue.write_submission(task_name, examples, predictions, ctx.output_dir)

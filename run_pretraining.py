@@ -23,8 +23,11 @@ from typing import Any
 
 import torch
 
+import distributed
+import input_checks
+import loss_curve
+import run_log
 import training
-import utils
 from batch_packing import UnpadChoice, add_packing_arguments, choose_unpad, masked_positions_from_labels, pack_batch
 from bert_kernels import (
     PackedSequences,
@@ -48,10 +51,11 @@ from data.pretraining_dataset import (
 )
 from evaluation import PeriodicEvaluator, add_periodic_evaluation_arguments
 from flops import FlopsCounter, model_flops_utilization
+from input_checks import InputError
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion
 from optimization import add_lamb_arguments, build_lamb, fused_lamb_setting, pretraining_param_groups
+from precision import PRECISION_HELP, PRECISIONS, apply_tf32, resolve_precision
 from schedulers import build_scheduler
-from utils import InputError
 
 # --------------------------------------------------------------------------------------------
 # Arguments
@@ -61,36 +65,44 @@ from utils import InputError
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="BERT pretraining with LAMB (phase 1 / phase 2).")
     req = p.add_argument_group("required")
-    req.add_argument("--input_dir", required=True, help="folder of .hdf5 shards; files whose name contains 'training' are used")
+    req.add_argument("--input_dir", required=True,
+                     help="folder of .hdf5 shards; files whose name contains 'training' are used")
     req.add_argument("--config_file", required=True, help="model config JSON (bert_config.json)")
     req.add_argument("--output_dir", required=True, help="where ckpt_<step>.pt checkpoints are written")
-    p.add_argument("--init_checkpoint", default=None, help="start from these weights (any layout load_checkpoint accepts)")
+    p.add_argument("--init_checkpoint", default=None,
+                   help="start from these weights (any layout load_checkpoint accepts)")
     p.add_argument("--max_seq_length", type=int, default=512, help="error if the shards' sequences are longer")
-    p.add_argument("--max_predictions_per_seq", type=int, default=80, help="masked positions per sequence in the shards")
-    p.add_argument("--train_batch_size", type=int, default=32, help="per-rank batch per optimizer step (micro-batch × accumulation)")
+    p.add_argument("--max_predictions_per_seq", type=int, default=80,
+                   help="masked positions per sequence in the shards")
+    p.add_argument("--train_batch_size", type=int, default=32,
+                   help="per-rank batch per optimizer step (micro-batch × accumulation)")
     p.add_argument("--learning_rate", type=float, default=5e-5, help="peak learning rate")
     p.add_argument("--max_steps", type=float, default=1000, help="total optimizer steps (the LR-schedule horizon)")
     p.add_argument("--warmup_proportion", type=float, default=0.01, help="fraction of max_steps spent warming up")
     p.add_argument("--seed", type=int, default=42, help="seed; ranks use seed + rank for dropout")
     p.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--fp16", "--amp", dest="fp16", action="store_true", help="fp16 autocast with loss scaling")
-    p.add_argument("--precision", choices=utils.PRECISIONS, default=None, help=utils.PRECISION_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
     p.add_argument("--loss_scale", type=float, default=0.0, help=training.LOSS_SCALE_HELP)
     p.add_argument("--init_loss_scale", type=int, default=2**20, help="initial dynamic loss scale (fp16)")
     p.add_argument("--log_freq", type=float, default=1.0, help="log every N optimizer steps")
     p.add_argument("--checkpoint_activations", action="store_true", help="recompute encoder activations in backward")
-    p.add_argument("--resume_from_checkpoint", action="store_true", help="resume from the newest valid ckpt in output_dir")
+    p.add_argument("--resume_from_checkpoint", action="store_true",
+                   help="resume from the newest valid ckpt in output_dir")
     p.add_argument("--resume_step", type=int, default=-1, help="resume from this step's checkpoint (-1 = newest)")
     p.add_argument("--num_steps_per_checkpoint", type=int, default=100, help="save every N optimizer steps")
     p.add_argument("--skip_checkpoint", action="store_true", help="do not write checkpoints")
-    p.add_argument("--keep_checkpoints", type=int, default=3, help="ckpt_*.pt of --output_dir to keep, newest by step, whichever job wrote them (0 = all)")
+    p.add_argument("--keep_checkpoints", type=int, default=3,
+                   help="ckpt_*.pt of --output_dir to keep, newest by step, whichever job wrote them (0 = all)")
     p.add_argument("--phase2", action="store_true", help="phase-2 semantics: start from phase 1's last checkpoint")
     p.add_argument("--allow_missing_optimizer_state", action="store_true",
                    help="resume from a checkpoint without optimizer state (LAMB's moments restart from zero); "
                         "refused otherwise")
-    p.add_argument("--allreduce_post_accumulation", action="store_true", help="all-reduce gradients once per optimizer step")
+    p.add_argument("--allreduce_post_accumulation", action="store_true",
+                   help="all-reduce gradients once per optimizer step")
     p.add_argument("--allreduce_post_accumulation_fp16", action="store_true", help="do that all-reduce in fp16")
-    p.add_argument("--phase1_end_step", type=int, default=7038, help="steps of phase 1; offsets phase-2 checkpoint names")
+    p.add_argument("--phase1_end_step", type=int, default=7038,
+                   help="steps of phase 1; offsets phase-2 checkpoint names")
     p.add_argument("--do_train", action="store_true", help="must be set, as in the original")
     p.add_argument("--json-summary", dest="json_summary", default="results/dllogger.json", help="dllogger JSON output")
     p.add_argument("--disable_progress_bar", action="store_true", help="no tqdm progress bar")
@@ -99,12 +111,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "this; -1 = max_steps. The LR horizon stays max_steps. A chain of time-limited jobs passes "
                         "a larger value to each resumed job (or relies on run.sub's requeue on a stop signal)")
     # Added by this implementation.
-    p.add_argument("--lr_scheduler", default="poly", choices=("poly", "linear", "cosine", "constant"), help="LR schedule")
+    p.add_argument("--lr_scheduler", default="poly", choices=("poly", "linear", "cosine", "constant"),
+                   help="LR schedule")
     p.add_argument("--no_dense_seq_output", dest="dense_seq_output", action="store_false",
                    help="compute MLM logits at every position instead of only the masked ones")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--tensorboard_dir", default=None, help="also write TensorBoard scalars here")
-    p.add_argument("--loss_curve", default=None, help="PNG loss curve written at the end (default: next to --json-summary)")
+    p.add_argument("--loss_curve", default=None,
+                   help="PNG loss curve written at the end (default: next to --json-summary)")
     add_lamb_arguments(p)
     training.add_compile_arguments(p)
     add_periodic_evaluation_arguments(p)
@@ -121,10 +135,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
+def validate_args(args: argparse.Namespace, env: distributed.DistEnv) -> None:
     if not args.do_train:
         raise InputError("--do_train must be set (as in the original)")
-    utils.check_at_least_one(args.train_batch_size, "--train_batch_size")
+    input_checks.check_at_least_one(args.train_batch_size, "--train_batch_size")
     if args.gradient_accumulation_steps < 1:
         raise InputError(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
     if args.train_batch_size % args.gradient_accumulation_steps:
@@ -134,8 +148,8 @@ def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
         )
     if not Path(args.input_dir).is_dir():
         raise InputError(f"--input_dir: not a folder: {args.input_dir}")
-    utils.check_output_dir(args.output_dir)  # a file there, or a read-only folder: one line before any work
-    utils.check_output_file(args.json_summary, "--json-summary")
+    input_checks.check_output_dir(args.output_dir)  # a file there, or a read-only folder: one line before any work
+    input_checks.check_output_file(args.json_summary, "--json-summary")
     if args.eval_every_samples and not args.eval_dir:
         raise InputError("--eval_every_samples needs --eval_dir")
     check_finite_settings(args)
@@ -147,8 +161,9 @@ def validate_args(args: argparse.Namespace, env: utils.DistEnv) -> None:
 
 
 def check_finite_settings(args: argparse.Namespace) -> None:
-    """Numbers that would make every loss NaN (a NaN or infinite learning rate) or no batch are refused before any work."""
-    utils.check_number_ranges({  # flag: (value, lowest allowed, lowest is allowed, highest)
+    """Numbers that would make every loss NaN (a NaN or infinite learning rate) or no batch are refused before
+    any work."""
+    input_checks.check_number_ranges({  # flag: (value, lowest allowed, lowest is allowed, highest)
         "--learning_rate": (args.learning_rate, 0.0, False, math.inf),
         "--max_steps": (args.max_steps, 1.0, True, math.inf),
         "--warmup_proportion": (args.warmup_proportion, 0.0, True, 1.0),
@@ -199,10 +214,11 @@ def final_step(args: argparse.Namespace) -> int:
 class Trainer:
     """Holds the model, optimizer, data stream and checkpointer; `train()` is the loop."""
 
-    def __init__(self, args: argparse.Namespace, env: utils.DistEnv, logger: utils.Logger, tb_writer: Any = None):
+    def __init__(self, args: argparse.Namespace, env: distributed.DistEnv, logger: run_log.Logger,
+                 tb_writer: Any = None):
         self.args, self.env, self.logger, self.tb_writer = args, env, logger, tb_writer
-        self.precision = utils.resolve_precision(args.precision, args.fp16, env.device)
-        utils.apply_tf32(self.precision)
+        self.precision = resolve_precision(args.precision, args.fp16, env.device)
+        apply_tf32(self.precision)
         self.config = BertConfig.from_json_file(args.config_file)
         self.unpad = self._choose_unpad()  # before any work: `--unpad on` where it cannot run is an input error
         self.files = list_shards(args.input_dir, "training")
@@ -216,7 +232,7 @@ class Trainer:
         self.loss_finite = True  # the last step's, on every rank
         self.evaluator: Any = None
 
-        utils.seed_everything(args.seed)  # identical initial weights on every rank
+        distributed.seed_everything(args.seed)  # identical initial weights on every rank
         self.model = BertForPreTraining(self.config).to(env.device)
         if args.checkpoint_activations:
             self.model.enable_activation_checkpointing(True)
@@ -224,7 +240,8 @@ class Trainer:
         self.optimizer = build_lamb(pretraining_param_groups(self.model), lr=args.learning_rate,
                                     use_nvlamb=args.use_nvlamb, fused=fused_lamb_setting(args.fused_lamb))
         self.scheduler = build_scheduler(args.lr_scheduler, self.optimizer, args.warmup_proportion, args.max_steps)
-        self.scaler = training.make_grad_scaler(self.precision, env.device, args.loss_scale, float(args.init_loss_scale))
+        self.scaler = training.make_grad_scaler(self.precision, env.device, args.loss_scale,
+                                                float(args.init_loss_scale))
         self.checkpointer = Checkpointer(
             args.output_dir, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
             env=env, learning_rate=args.learning_rate, phase2=args.phase2, phase1_end_step=args.phase1_end_step,
@@ -232,7 +249,7 @@ class Trainer:
             metadata={"config": self.config.to_dict(), "args": plain_flags(args)},
             allow_missing_optimizer_state=args.allow_missing_optimizer_state,
         )
-        utils.seed_everything(args.seed + env.rank)  # dropout differs per rank, as in the original
+        distributed.seed_everything(args.seed + env.rank)  # dropout differs per rank, as in the original
         stored = self.checkpointer.restore(resume=args.resume_from_checkpoint, resume_step=args.resume_step,
                                            init_checkpoint=args.init_checkpoint)
         position = data_position(stored, self.checkpointer.output_dir)
@@ -394,7 +411,8 @@ class Trainer:
                 window, mlm_window, log_start, log_samples = [], [], time.time(), 0
             if self._evaluation_due() and self._evaluate():
                 break
-            if applied and args.num_steps_per_checkpoint > 0 and self.state.global_step % args.num_steps_per_checkpoint == 0:
+            every = args.num_steps_per_checkpoint
+            if applied and every > 0 and self.state.global_step % every == 0:
                 self.save_checkpoint()
             self.stop_requested = training.any_rank(self.stop_requested, self.env)  # all stop at one step
         self.settle_skips()
@@ -407,7 +425,7 @@ class Trainer:
         return {
             "raw_train_time": raw_time,
             "training_sequences_per_second": attempted * global_batch / max(raw_time, 1e-9),
-            "final_loss": utils.all_reduce_mean(history.get("average_loss", float("nan")), env.device),
+            "final_loss": distributed.all_reduce_mean(history.get("average_loss", float("nan")), env.device),
             "final_mlm_loss": history.get("mlm_loss", float("nan")),
             "global_step": self.state.global_step,
             "skipped_steps": self.state.skipped_steps,
@@ -516,14 +534,14 @@ def build_evaluator(args: argparse.Namespace, trainer: Trainer) -> Any:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     e2e_start = time.time()
     args = parse_args(argv)
-    env = utils.init_distributed(args.device)
+    env = distributed.init_distributed(args.device)
     try:
         validate_args(args, env)
         configure_kernels(args)
         os.makedirs(args.output_dir, exist_ok=True)
         if env.is_main:  # held for the run: a second run on this folder stops here
             training.lock_output_dir(args.output_dir)
-        logger = utils.Logger(args.json_summary, enabled=env.is_main)
+        logger = run_log.Logger(args.json_summary, enabled=env.is_main)
         logger.log("PARAMETER", {"Config": [str(args)], "SEED": args.seed})
         trainer = Trainer(args, env, logger, training.tensorboard_writer(args.tensorboard_dir, env.is_main))
         if trainer.state.global_step >= final_step(args):
@@ -534,17 +552,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         finally:  # also on an error: a shard load still running in its thread can abort the exit
             trainer.stream.close()
         summary["e2e_train_time"] = time.time() - e2e_start
-        logger.log((), {k: summary[k] for k in ("e2e_train_time", "training_sequences_per_second", "final_loss", "raw_train_time")})
+        logger.log((), {k: summary[k] for k in ("e2e_train_time", "training_sequences_per_second", "final_loss",
+                                                "raw_train_time")})
         if env.is_main:
             finish_outputs(args, trainer.checkpointer.latest, summary)
         logger.close()
         return summary
     finally:
         training.release_output_locks()
-        utils.cleanup_distributed()
+        distributed.cleanup_distributed()
 
 
-def nothing_to_do(args: argparse.Namespace, trainer: Trainer, logger: utils.Logger) -> dict[str, Any]:
+def nothing_to_do(args: argparse.Namespace, trainer: Trainer, logger: run_log.Logger) -> dict[str, Any]:
     """A resumed run that is already at its final step: say so and change nothing (no NaN "final loss")."""
     trainer.stream.close()
     logger.close()
@@ -559,7 +578,7 @@ def nothing_to_do(args: argparse.Namespace, trainer: Trainer, logger: utils.Logg
 def finish_outputs(args: argparse.Namespace, latest_checkpoint: str | None, summary: dict[str, Any]) -> None:
     png = args.loss_curve or os.path.splitext(args.json_summary)[0] + "_loss.png"
     try:
-        utils.plot_loss_curve(args.json_summary, png)
+        loss_curve.plot_loss_curve(args.json_summary, png)
         summary["loss_curve"] = png
     except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished training run
         print(f"warning: could not draw the loss curve: {exc}", file=sys.stderr)
@@ -581,9 +600,10 @@ def cli(argv: list[str] | None = None) -> None:
     summary = main(argv)
     if summary.get("stopped_by_signal"):
         print(f"stopped by a signal at step {summary['global_step']} before the final step, after its checkpoint "
-              f"(none with --skip_checkpoint); exit code {EXIT_STOPPED}: resume with --resume_from_checkpoint", file=sys.stderr, flush=True)
+              f"(none with --skip_checkpoint); exit code {EXIT_STOPPED}: resume with --resume_from_checkpoint",
+              file=sys.stderr, flush=True)
         raise SystemExit(EXIT_STOPPED)
 
 
 if __name__ == "__main__":
-    utils.run_main(cli)
+    input_checks.run_main(cli)

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
+import distributed
+import input_checks
+import run_log
 import training
-import utils
 from bert_kernels import add_kernel_arguments, configure_kernels
 from checkpoint_io import load_checkpoint, load_config_for_checkpoint
 from data.pretraining_dataset import add_masking_arguments, masker_from_args
@@ -34,8 +36,9 @@ from evaluation import (
     iter_batches,
     plan_batches,
 )
+from input_checks import InputError
 from modeling import BertConfig, BertForPreTraining
-from utils import InputError
+from precision import PRECISION_HELP, PRECISIONS, apply_tf32, resolve_precision
 
 # --------------------------------------------------------------------------------------------
 # Command line
@@ -57,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, default=-1, help="at most this many batches per rank (-1 = no bound)")
     p.add_argument("--max_samples", type=int, default=-1,
                    help="evaluate the first N sequences of the sorted shards (-1 = all)")
-    p.add_argument("--precision", choices=utils.PRECISIONS, default=None, help=utils.PRECISION_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
     p.add_argument("--fp16", "--amp", dest="fp16", action="store_true", help="same as --precision fp16")
     p.add_argument("--json-summary", dest="json_summary", default="results/dllogger_inference.json",
                    help="dllogger JSON output")
@@ -91,10 +94,10 @@ def main(argv: list[str] | None = None) -> EvalResult:
     configure_kernels(args)
     if not Path(args.init_checkpoint).exists():
         raise InputError(f"--init_checkpoint: not found: {args.init_checkpoint}")
-    env = utils.init_distributed(args.device)
+    env = distributed.init_distributed(args.device)
     try:
-        precision = utils.resolve_precision(args.precision, args.fp16, env.device)
-        utils.apply_tf32(precision)
+        precision = resolve_precision(args.precision, args.fp16, env.device)
+        apply_tf32(precision)
         config = load_config_for_checkpoint(args.init_checkpoint, args.config_file, allow_stored=True)
         shards = find_eval_shards(args.input_dir, args.shard_kind)
         check_fits_model(shards, config)  # before loading weights: a wrong shard is the clearer message
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> EvalResult:
         plan = plan_batches(shards, args.eval_batch_size, args.max_samples)
         mine = batches_for_rank(plan, env.rank, env.world_size, args.max_steps)
 
-        logger = utils.Logger(args.json_summary, enabled=env.is_main)
+        logger = run_log.Logger(args.json_summary, enabled=env.is_main)
         logger.log("PARAMETER", {"Config": [str(args)], "precision": precision, "world_size": env.world_size,
                                  "shards": len(shards)})
         for key, unit in (("e2e_inference_time", "s"), ("inference_sequences_per_second", "sequences/s")):
@@ -120,8 +123,8 @@ def main(argv: list[str] | None = None) -> EvalResult:
             print(result.summary_line(), flush=True)
         return result
     finally:
-        utils.cleanup_distributed()
+        distributed.cleanup_distributed()
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    input_checks.run_main(main)

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 
 import finetuning as ft
 from checkpoint_io import resolve_vocab_file
+from input_checks import InputError, run_main
 from modeling import BertForQuestionAnswering
 from processors import squad, squad_metrics
 from training import feature_cache_dir, main_process_first
-from utils import InputError, run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

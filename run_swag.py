@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 import finetuning as ft
+from atomic_io import atomic_write_text
 from checkpoint_io import resolve_vocab_file
+from input_checks import InputError, run_main
 from modeling import BertForMultipleChoice
 from processors import swag
-from utils import InputError, atomic_write_text, run_main
 
 FEATURE_COLUMNS = ("input_ids", "input_mask", "segment_ids", "labels")
 

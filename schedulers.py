@@ -44,7 +44,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from utils import InputError
+from input_checks import InputError
 
 # --------------------------------------------------------------------------------------------
 # Schedule factors: multipliers of the base lr as a function of progress p and warm-up fraction w.

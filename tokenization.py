@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from utils import InputError
+from input_checks import InputError
 
 UNK_TOKEN = "[UNK]"
 MAX_INPUT_CHARS_PER_WORD = 100
@@ -412,7 +412,8 @@ class FullTokenizer:
         if self._rust is None:
             return [self._reference_encoding(text) for text in texts]
         goes_fast = [self._rust.agrees_on(text) for text in texts]
-        fast_results = iter(self._rust.encode_batch([text for text, fast in zip(texts, goes_fast, strict=True) if fast]))
+        fast_texts = [text for text, fast in zip(texts, goes_fast, strict=True) if fast]
+        fast_results = iter(self._rust.encode_batch(fast_texts))
         return [
             next(fast_results) if fast else self._reference_encoding(text)
             for text, fast in zip(texts, goes_fast, strict=True)

@@ -23,7 +23,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from utils import DistEnv, InputError, autocast_context, barrier
+from distributed import DistEnv, barrier
+from input_checks import InputError
+from precision import autocast_context
 
 COMPILE_CHOICES = ("auto", "on", "off")
 COMPATIBILITY_GROUP = "accepted for compatibility with the original (no effect)"  # argparse group title

@@ -22,14 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from cpu_info import describe_cpu
+
+from input_checks import InputError, run_main
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "data"))  # bench_create_pretraining_data's text preparation imports data/ modules
-
-import torch  # noqa: E402
-
-from utils import InputError, describe_cpu, run_main  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 MODEL = {"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 6,
@@ -86,8 +84,9 @@ def build_trainer(shards: Path, work: Path, config: dict, micro_batch: int, seq_
                   extra: list[str]):
     import json
 
+    import distributed
+    import run_log
     import run_pretraining
-    import utils
 
     config_file = work / "bench_config.json"
     config_file.write_text(json.dumps(config))
@@ -95,9 +94,9 @@ def build_trainer(shards: Path, work: Path, config: dict, micro_batch: int, seq_
         f"--input_dir={shards}", f"--config_file={config_file}", f"--output_dir={work / 'out'}", "--do_train",
         f"--train_batch_size={micro_batch}", f"--max_seq_length={seq_len}", f"--max_predictions_per_seq={max_pred}",
         "--precision=fp32", "--skip_checkpoint", "--max_steps=1000", "--learning_rate=1e-4", *extra])
-    env = utils.DistEnv()
+    env = distributed.DistEnv()
     run_pretraining.validate_args(args, env)
-    return run_pretraining.Trainer(args, env, utils.Logger(str(work / "dllogger.json"), enabled=False))
+    return run_pretraining.Trainer(args, env, run_log.Logger(str(work / "dllogger.json"), enabled=False))
 
 
 def padded_tokens(batch: list[torch.Tensor]) -> tuple[int, int]:
@@ -132,8 +131,9 @@ def print_corpus(trainer) -> None:
 
     lengths = torch.cat([load_shard(path, trainer.max_pred)["input_mask"].sum(1) for path in trainer.files])
     width = trainer.seq_len
-    print(f"{lengths.numel()} sequences in {len(trainer.files)} shard(s); real length mean {lengths.float().mean():.0f} "
-          f"of {width}, median {lengths.median():.0f}, {(lengths > width - 64).float().mean() * 100:.0f}% longer than "
+    longer = (lengths > width - 64).float().mean() * 100
+    print(f"{lengths.numel()} sequences in {len(trainer.files)} shard(s); real length mean "
+          f"{lengths.float().mean():.0f} of {width}, median {lengths.median():.0f}, {longer:.0f}% longer than "
           f"{width - 64}; no padding at all would compute {width * lengths.numel() / lengths.sum():.2f}x fewer tokens")
 
 
@@ -248,10 +248,12 @@ def main(argv: list[str] | None = None) -> None:
         masking = masking_cost(trainers["padded"], vocab, batches=max(args.steps, 20))
         binned_epoch, padded_epoch, per_width = epoch_estimate(trainers[f"bins of {args.bin_size}"], args.reps)
         print(f"| {'batches':<12} | {'padded tokens per step (run)':>28} | {'padded tokens per step (epoch)':>30} "
-              f"| {'tokens computed per step (run / epoch)':>38} | {'s/step':>7} | {'sequences/s':>11} | {'per CPU s':>9} |")
+              f"| {'tokens computed per step (run / epoch)':>38} | {'s/step':>7} | {'sequences/s':>11} | "
+              f"{'per CPU s':>9} |")
         for name, r in results.items():
             print(f"| {name:<12} | {r['padded_per_step']:>28.0f} | {r['epoch_padded']:>30.0f} "
-                  f"| {r['slots_per_step']:>18.0f} / {r['epoch_slots']:>17.0f} | {r['step_s']:>7.3f} | {r['seq_per_s']:>11.2f} | {r['cpu_seq_per_s']:>9.2f} |")
+                  f"| {r['slots_per_step']:>18.0f} / {r['epoch_slots']:>17.0f} | {r['step_s']:>7.3f} | "
+                  f"{r['seq_per_s']:>11.2f} | {r['cpu_seq_per_s']:>9.2f} |")
         padded, binned = results.values()
         print(f"speed-up of bins: {binned['seq_per_s'] / padded['seq_per_s']:.2f}x sequences/s "
               f"({binned['cpu_seq_per_s'] / padded['cpu_seq_per_s']:.2f}x per CPU second); tokens computed per "

@@ -30,11 +30,11 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from cpu_info import describe_cpu
 
-from utils import InputError, describe_cpu, run_main  # noqa: E402
+from input_checks import InputError, run_main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 BOOKS = ("austen-emma.txt", "austen-persuasion.txt", "chesterton-brown.txt", "melville-moby_dick.txt",
@@ -190,7 +190,7 @@ def repeat_files(files: list[Path], factor: float, outdir: Path) -> list[Path]:
 
 
 def measure_import() -> float:
-    """Seconds a new Python process spends importing data.shard_creation (torch comes in via utils):
+    """Seconds a new Python process spends importing data.shard_creation:
     what each pool worker pays before its first shard."""
     code = "import time; s = time.perf_counter(); import data.shard_creation; print(time.perf_counter() - s)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -272,8 +272,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.large_megabytes > 0:
             large = repeat_files(files, args.large_megabytes / megabytes, workdir / "large")
             large_mb = sum(path.stat().st_size for path in large) / 1e6
-            pool_rows.append((large_mb, *(in_fresh_process(measure_ours_files, [str(f) for f in large], str(vocab),
-                                                           args.dupe_factor, tmp, processes) for processes in (1, args.processes))))
+            files = [str(f) for f in large]
+            pool_rows.append((large_mb, *(in_fresh_process(measure_ours_files, files, str(vocab), args.dupe_factor,
+                                                           tmp, processes) for processes in (1, args.processes))))
 
     print()
     print_table([

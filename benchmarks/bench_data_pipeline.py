@@ -51,9 +51,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cpu_info import describe_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from utils import describe_cpu  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 WIKIPEDIA_TEXT_MB = 20_000  # English Wikipedia after extraction, about 20 GB
@@ -103,14 +103,16 @@ def _cited(paragraph: str, rng: random.Random, page: int) -> str:
                          f'|title=Source {index} |publisher=Example Press |date=2019-05-{1 + index % 28:02d} '
                          f'|access-date=2024-01-01}}}}</ref>')
         elif rng.random() < 0.1:
-            sentence += f'<ref>{{{{cite book |last=Author |first=A. |year={1900 + index} |title=Book {page} |p={index}}}}}</ref>'
+            sentence += (f"<ref>{{{{cite book |last=Author |first=A. |year={1900 + index} |title=Book {page} "
+                         f"|p={index}}}}}</ref>")
         out.append(sentence)
     return " . ".join(out)
 
 
 def page_wikitext(title: str, paragraphs: list[str], page: int, rng: random.Random) -> str:
     infobox = (f"{{{{Infobox topic\n| name = {title}\n| image = {title.replace(' ', '_')}.jpg\n"
-               f"| caption = {title} in {1900 + page % 120}\n| established = {{{{start date|{1900 + page % 120}|5|1}}}}\n"
+               f"| caption = {title} in {1900 + page % 120}\n| established = {{{{start "
+               f"date|{1900 + page % 120}|5|1}}}}\n"
                f"| website = {{{{URL|example.org/{page}}}}}\n}}}}\n")
     table = ("{| class=\"wikitable sortable\"\n|+ Figures\n! Year !! Value !! Note\n" +
              "".join(f"|-\n| {1990 + row} || {rng.randint(1, 999)} || {{{{small|row {row}}}}}\n" for row in range(5)) +
@@ -165,7 +167,8 @@ SITEINFO = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" versi
 PAGES_PER_STREAM = 100  # as Wikimedia's multistream dumps
 
 
-def dump_pages(articles: list[tuple[str, list[str]]], pages: int, seed: int = 0) -> Iterator[tuple[str, list[str], str]]:
+def dump_pages(articles: list[tuple[str, list[str]]], pages: int,
+               seed: int = 0) -> Iterator[tuple[str, list[str], str]]:
     """(title, WikiText paragraphs, XML) of each article page: `pages` of them, the XML of every 20th followed by
     a redirect to it and its Talk page."""
     rng = random.Random(seed)
@@ -257,25 +260,24 @@ def run_stage(args: list[str], env: dict[str, str]) -> StageRun:
 
 
 # The extraction stage on its own, in a process of its own: what `bertPrep.py --action text_formatting`
-# runs before formatting (argv: dump, output folder, processes, extractor, project root).
+# runs before formatting (argv: dump, output folder, processes, extractor); run in the project root.
 EXTRACT_ONLY = """
 import sys
-sys.path.insert(0, sys.argv[5])
 from data.bertPrep import extract_articles
 extract_articles(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
 """
 
 
 def run_extraction(dump: Path, output: Path, processes: int, extractor: str, env: dict[str, str]) -> StageRun:
-    return run_command([sys.executable, "-c", EXTRACT_ONLY, str(dump), str(output), str(processes), extractor,
-                        str(ROOT)], env)
+    return run_command([sys.executable, "-c", EXTRACT_ONLY, str(dump), str(output), str(processes), extractor],
+                       env, cwd=ROOT)
 
 
-def run_command(command: list[str], env: dict[str, str]) -> StageRun:
+def run_command(command: list[str], env: dict[str, str], cwd: Path | None = None) -> StageRun:
     """Wall and CPU time of a command and its workers, peak RSS per process and in total."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks = [0, 0]
 
     def sample() -> None:
@@ -387,9 +389,9 @@ def print_extrapolation(results: list[Result], wiki_extractor: str) -> None:
     shared_minutes = sum(minutes(stage) for stage in ("extraction", "formatting", "sharding"))
     xml_rate = marginal_rate((small_xml, small_runs["extraction"]), (xml_mb, runs["extraction"]))
     print(f"  (extraction ({wiki_extractor}) by XML instead: {xml_rate:.2f} MB of XML/s/core -> "
-          f"{WIKIPEDIA_XML_MB / (xml_rate * NODE_CORES) / 60:.1f} min for Wikipedia's ~{WIKIPEDIA_XML_MB / 1000:.0f} GB "
-          f"of XML; this dump has {xml_mb / text_mb:.1f} bytes of XML per text byte, Wikipedia "
-          f"{WIKIPEDIA_XML_MB / WIKIPEDIA_TEXT_MB:.1f})")
+          f"{WIKIPEDIA_XML_MB / (xml_rate * NODE_CORES) / 60:.1f} min for Wikipedia's "
+          f"~{WIKIPEDIA_XML_MB / 1000:.0f} GB of XML; this dump has {xml_mb / text_mb:.1f} bytes of XML per text "
+          f"byte, Wikipedia {WIKIPEDIA_XML_MB / WIKIPEDIA_TEXT_MB:.1f})")
     for dupe in (5, 1):
         stages = [f"{name} d{dupe}" for name, _, _ in PHASES]
         if not all(stage in runs for stage in stages):
@@ -404,7 +406,8 @@ def print_extrapolation(results: list[Result], wiki_extractor: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--pages", type=int, default=3000, help="pages of the smaller dump (the larger has twice as many)")
+    parser.add_argument("--pages", type=int, default=3000,
+                        help="pages of the smaller dump (the larger has twice as many)")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="--n_processes of every stage")
     parser.add_argument("--shards", type=int, nargs=2, default=(16, 4), metavar=("TRAINING", "TEST"),
                         help="text shards of the smaller dump (the larger has twice as many)")

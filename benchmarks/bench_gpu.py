@@ -45,16 +45,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import cpu_info
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import distributed
+import run_log
+import run_pretraining
+from bert_kernels import flash_varlen_available, flash_varlen_problem
+from data.synthetic_shards import write_synthetic_shard
+from flops import peak_flops as peak_flops_of
+from precision import apply_tf32
 
-import run_pretraining  # noqa: E402
-import utils  # noqa: E402
-from bert_kernels import flash_varlen_available, flash_varlen_problem  # noqa: E402
-from data.synthetic_shards import write_synthetic_shard  # noqa: E402
-from flops import peak_flops as peak_flops_of  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY_CONFIG = {"vocab_size": 30522, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                "intermediate_size": 128, "max_position_embeddings": 128, "type_vocab_size": 2, "hidden_act": "gelu",
@@ -156,14 +158,15 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         free, _ = torch.cuda.mem_get_info(device)
-        info.update(card=props.name, capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1),
+        info.update(card=props.name, capability=f"{props.major}.{props.minor}",
+                    memory_gib=round(props.total_memory / 2**30, 1),
                     free_memory_gib=round(free / 2**30, 1), sms=props.multi_processor_count,
                     cudnn=torch.backends.cudnn.version())
         with contextlib.suppress(Exception):
             info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
     else:
         info["card"] = platform.processor() or platform.machine()
-    info["host_cpu"] = utils.describe_cpu()
+    info["host_cpu"] = cpu_info.describe_cpu()
     return info
 
 
@@ -181,10 +184,11 @@ def first_line(cmd: list[str]) -> str:
 def compiler_toolchain() -> dict[str, Any]:
     """What inductor needs on CUDA besides torch: a C compiler and Python.h (it builds a launcher
     module) and OpenAI's triton package. The repository's own triton/ folder (serving scripts) is on
-    sys.path here, as in every script; it hands `import triton` over to the compiler's package, and
-    `triton_import` shows what that import really gives."""
+    sys.path here when the repository root is (gpu.sh puts it on PYTHONPATH); it hands `import triton`
+    over to the compiler's package, and `triton_import` shows what that import really gives."""
     header = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    info: dict[str, Any] = {"cc": first_line(["cc", "--version"]), "python_h": str(header) if header.is_file() else "missing"}
+    info: dict[str, Any] = {"cc": first_line(["cc", "--version"]),
+                            "python_h": str(header) if header.is_file() else "missing"}
     try:
         info["triton_compiler"] = importlib.metadata.version("triton")
     except importlib.metadata.PackageNotFoundError:
@@ -230,14 +234,14 @@ def build_trainer(row: Row, phase: Phase, data: Path, config: Path, out: Path, d
     argv += [f"--compile={'on' if row.compiled else 'off'}", f"--unpad={unpad}",
              f"--fused_lamb={'on' if row.lamb == 'fused' else 'off'}"]
     args = run_pretraining.parse_args(argv)
-    env = utils.DistEnv(device=device)
+    env = distributed.DistEnv(device=device)
     run_pretraining.validate_args(args, env)
     if row.unpadded and device.type == "cuda":
         heads = json.loads(config.read_text())
         problem = flash_varlen_problem(device, row.precision, heads["hidden_size"] // heads["num_attention_heads"])
         if problem:
             raise NotImplementedError(f"FlashAttention's varlen kernel cannot run here: {problem}")
-    return run_pretraining.Trainer(args, env, utils.Logger(None, enabled=False))
+    return run_pretraining.Trainer(args, env, run_log.Logger(None, enabled=False))
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,7 +430,8 @@ def _default_sdpa_kernels(q, k, v, mask, device: torch.device) -> list[str]:
     with profile(activities=activities) as prof:
         torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.1)
     names = [e.key for e in prof.key_averages()]
-    return [n[:120] for n in names if any(s in n.lower() for s in ("flash", "fmha", "attention", "efficient", "cudnn"))][:8]
+    attention = ("flash", "fmha", "attention", "efficient", "cudnn")
+    return [n[:120] for n in names if any(s in n.lower() for s in attention)][:8]
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,7 +459,8 @@ def projected_s(row: Row, estimates: Estimates, measured: dict[bool, float], pro
     if row.compiled in measured:
         return measured[row.compiled] + extra, "measured on an earlier row of the same kind"
     stated = estimates.row_s + (estimates.compile_s if row.compiled else 0.0) + extra
-    basis = f"stated: {estimates.row_s:.0f} s a row" + (f" + {estimates.compile_s:.0f} s compile" if row.compiled else "")
+    basis = f"stated: {estimates.row_s:.0f} s a row" + (
+        f" + {estimates.compile_s:.0f} s compile" if row.compiled else "")
     return stated, basis + (f" + {estimates.profile_s:.0f} s profile" if profile else "")
 
 
@@ -469,7 +475,8 @@ def budget_decision(row: Row, elapsed: float, budget: float, estimates: Estimate
     projected, basis = projected_s(row, estimates, measured, profile)
     left = budget - elapsed
     if projected > left:
-        return None, f"time budget: {elapsed:.0f} of {budget:.0f} s used, {left:.0f} s left; needs ~{projected:.0f} s ({basis})"
+        return None, (f"time budget: {elapsed:.0f} of {budget:.0f} s used, {left:.0f} s left; "
+                      f"needs ~{projected:.0f} s ({basis})")
     return time_limit_s(projected, left), f"~{projected:.0f} s ({basis})"
 
 
@@ -548,7 +555,8 @@ def plan_and_run(args: argparse.Namespace) -> int:
                                           "projected": why})
             if ok:
                 measured[row.compiled] = seconds - (estimates.profile_s if profile else 0.0)
-                if any(r.get("kind") == "kernels" and r.get("index") == index and r.get("top") for r in records_of(out_path)):
+                if any(r.get("kind") == "kernels" and r.get("index") == index and r.get("top")
+                       for r in records_of(out_path)):
                     profiled.add(key)
         # The probe last and alone: whatever it does to its CUDA context cannot reach a row.
         probe_limit = min(120.0, max(budget - (time.perf_counter() - start), 30.0))
@@ -593,7 +601,7 @@ def run_row(args: argparse.Namespace) -> int:
     row, phase = ROWS[args.row], phases[ROWS[args.row].phase]
     if device.type == "cpu":  # compiled rows capture their graphs without inductor's code generation (minutes on a CPU)
         os.environ.setdefault("BERT_COMPILE_BACKEND", "eager")
-    utils.apply_tf32("bf16")
+    apply_tf32("bf16")
     trainer = None
     try:
         with tempfile.TemporaryDirectory(prefix="bench_row_") as run_dir:
@@ -668,7 +676,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         }
     tests = {r["group"]: r["rc"] for r in records if r.get("kind") == "tests" and "group" in r}
     return {"rows": per_row, "ratios": ratios, "tests": tests,
-            "skipped": [f"{r.get('label', r.get('file', '?'))}: {r.get('reason', '')}" for r in records if r.get("kind") == "skipped"],
+            "skipped": [f"{r.get('label', r.get('file', '?'))}: {r.get('reason', '')}"
+                        for r in records if r.get("kind") == "skipped"],
             "failed": [f"{r.get('label', '?')}: {r.get('error', '')}" for r in records if r.get("kind") == "failed"]}
 
 

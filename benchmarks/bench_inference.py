@@ -29,23 +29,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import torch
+from cpu_info import BENCHMARK_CLOCKS, describe_cpu
+
+import bert_kernels as kernels
+import checkpoint_io
+import modeling
+from atomic_io import atomic_write_json
+from input_checks import InputError, run_main
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported (in transformers_model)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.append(str(ROOT / "triton"))
-
-import bert_io  # noqa: E402
-
-import bert_kernels as kernels  # noqa: E402
-import checkpoint_io  # noqa: E402
-import modeling  # noqa: E402
-from utils import BENCHMARK_CLOCKS, InputError, atomic_write_json, describe_cpu, run_main  # noqa: E402
-
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 BASE_CONFIG = ROOT / "bert_configs" / "base.json"
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -75,11 +72,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_export_module():
-    spec = importlib.util.spec_from_file_location("triton_export", ROOT / "triton" / "export.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_triton_module(name: str) -> Any:
+    """A script of triton/ loaded from its file (a folder of scripts, not a package). export.py imports
+    bert_io and torchscript_twin, modules of its folder, by their bare names, as `python triton/export.py`
+    finds them: they are loaded first."""
+    for needed in ("bert_io", "torchscript_twin", name):
+        if needed not in sys.modules:
+            spec = importlib.util.spec_from_file_location(needed, ROOT / "triton" / f"{needed}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[needed] = module
+            spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+bert_io = load_triton_module("bert_io")
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,13 +140,15 @@ def onnx_files(model: modeling.BertForQuestionAnswering, folder: Path, seq_lengt
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
-    export = load_export_module()
+    export = load_triton_module("export")
     example = bert_io.random_token_batch(np.random.default_rng(0), 1, seq_length, model.config.vocab_size)
     plain = folder / "model.onnx"
-    export.export_onnx(export.ExportWrapper(model).eval(), tuple(torch.from_numpy(example[n]) for n in bert_io.INPUT_NAMES),
+    export.export_onnx(export.ExportWrapper(model).eval(),
+                       tuple(torch.from_numpy(example[n]) for n in bert_io.INPUT_NAMES),
                        plain, "qa", export.DEFAULT_OPSET)
     c = model.config
-    optimized = optimize_model(str(plain), model_type="bert", num_heads=c.num_attention_heads, hidden_size=c.hidden_size)
+    optimized = optimize_model(str(plain), model_type="bert", num_heads=c.num_attention_heads,
+                               hidden_size=c.hidden_size)
     fused_ops = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     files = {"fp32": folder / "model.fused.onnx"}
     optimized.save_model_to_file(str(files["fp32"]))
@@ -297,14 +305,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = modeling.BertConfig.from_json_file(args.config)
     ours = modeling.BertForQuestionAnswering(config).eval()
     print(f"model: {args.config.name} ({config.num_hidden_layers} layers, hidden {config.hidden_size}), "
-          f"sequence {args.seq_length}, {args.threads} threads, {args.clock} clock, torch {torch.__version__}", flush=True)
+          f"sequence {args.seq_length}, {args.threads} threads, {args.clock} clock, torch {torch.__version__}",
+          flush=True)
     print(f"CPU: {describe_cpu()}; ours' fp32 GEMMs: {kernels.cpu_gemm_backend()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         folder = args.workdir or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         files = onnx_files(ours, folder, args.seq_length, args.int8)
-        print(f"  export + fusion{' + quantisation' if args.int8 else ''}: {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"  export + fusion{' + quantisation' if args.int8 else ''}: {time.perf_counter() - start:.0f} s",
+              flush=True)
         paths: dict[str, Runner] = {
             "transformers": transformers_runner(transformers_model(ours)),
             "ours": torch_runner(ours),

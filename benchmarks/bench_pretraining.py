@@ -19,20 +19,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import bert_kernels as kernels  # noqa: E402
+from cpu_info import benchmark_precisions, describe_cpu
+
+import bert_kernels as kernels
 from batch_packing import masked_positions_from_labels
-from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion  # noqa: E402
-from optimization import build_lamb, pretraining_param_groups  # noqa: E402
-from utils import autocast_context, benchmark_precisions, describe_cpu  # noqa: E402
+from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion
+from optimization import build_lamb, pretraining_param_groups
+from precision import autocast_context
 
 SHAPES = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, batch=8),
@@ -138,7 +137,8 @@ def mfu(config: BertConfig, seq: int, max_pred: int, seq_per_s: float, device: t
 
     if device.type != "cuda":
         return "-"
-    value = model_flops_utilization(training_flops_per_sequence(config, seq, max_pred) * seq_per_s, 1.0, device, precision)
+    value = model_flops_utilization(training_flops_per_sequence(config, seq, max_pred) * seq_per_s, 1.0, device,
+                                    precision)
     return f"{value:.1%}" if value is not None else "?"
 
 

@@ -21,22 +21,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from cpu_info import BENCHMARK_CLOCKS, benchmark_precisions, describe_cpu
+
+import bert_kernels as kernels
+import finetuning as ft
+from checkpoint_io import to_hf_state_dict
+from modeling import BertConfig, BertForQuestionAnswering
+from precision import autocast_context
+from run_squad import squad_forward, squad_train_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import bert_kernels as kernels  # noqa: E402
-import finetuning as ft  # noqa: E402
-from checkpoint_io import to_hf_state_dict  # noqa: E402
-from modeling import BertConfig, BertForQuestionAnswering  # noqa: E402
-from run_squad import squad_forward, squad_train_loss  # noqa: E402
-from utils import BENCHMARK_CLOCKS, autocast_context, benchmark_precisions, describe_cpu  # noqa: E402
 
 BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 SHARED_SQUAD = ROOT.parent / "shared" / "data" / "squad" / "v1.1" / "train-v1.1.first11articles.json"
@@ -67,7 +66,8 @@ def synthetic_batch(batch_size: int, seq: int) -> tuple[list[torch.Tensor], str]
     ids = torch.randint(1000, 30000, (batch_size, seq), generator=g)
     segments = (torch.arange(seq) >= 40).long().expand(batch_size, seq).clone()
     positions = torch.randint(41, seq, (2, batch_size), generator=g)
-    return [ids, torch.ones_like(ids), segments, positions[0], positions[1]], f"synthetic full-length sequences of {seq}"
+    inputs = [ids, torch.ones_like(ids), segments, positions[0], positions[1]]
+    return inputs, f"synthetic full-length sequences of {seq}"
 
 
 def build_models(seed: int = 0) -> tuple[BertForQuestionAnswering, torch.nn.Module]:

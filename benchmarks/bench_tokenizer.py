@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from cpu_info import describe_cpu
 
-from tokenization import FullTokenizer  # noqa: E402
-from utils import InputError, describe_cpu, run_main  # noqa: E402
+from input_checks import InputError, run_main
+from tokenization import FullTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 
@@ -97,7 +97,8 @@ def candidates(args: argparse.Namespace, vocab: Path, lines: list[str]) -> dict[
             runs["transformers BertTokenizerLegacy"] = lambda: [hf.tokenize(line) for line in lines]
     runs["ours, reference path, tokenize"] = lambda: [slow.tokenize(line) for line in lines]
     runs["ours, fast path, tokenize"] = lambda: [fast.tokenize(line) for line in lines]
-    runs["ours, fast path, tokenize_batch"] = lambda: [tokens for chunk in chunks for tokens in fast.tokenize_batch(chunk)]
+    runs["ours, fast path, tokenize_batch"] = lambda: [tokens for chunk in chunks
+                                                       for tokens in fast.tokenize_batch(chunk)]
     runs["ours, fast path, encode_batch_ids"] = lambda: [
         fast.convert_ids_to_tokens(ids) for chunk in chunks for ids in fast.encode_batch_ids(chunk)
     ]
@@ -128,11 +129,13 @@ def main(argv: list[str] | None = None) -> None:
         wall, cpu, output = timed(run, args.repeats)
         if reference is None:
             reference = output
-        same = "yes" if output == reference else f"no ({sum(a != b for a, b in zip(output, reference, strict=True))} lines)"
+        differing = sum(a != b for a, b in zip(output, reference, strict=True))
+        same = "yes" if output == reference else f"no ({differing} lines)"
         rows.append((name, wall, cpu, sum(map(len, output)), same))
 
     base = rows[0][1]
-    print(f"\n{'tokenizer':<42} {'wall s':>7} {'CPU s':>7} {'tokens/s':>11} {'speed vs ' + rows[0][0][:12]:>22}  same tokens")
+    print(f"\n{'tokenizer':<42} {'wall s':>7} {'CPU s':>7} {'tokens/s':>11} {'speed vs ' + rows[0][0][:12]:>22}  same "
+          "tokens")
     for name, wall, cpu, tokens, same in rows:
         print(f"{name:<42} {wall:>7.2f} {cpu:>7.2f} {tokens / wall:>11,.0f} {base / wall:>21.2f}x  {same}")
 

@@ -9,8 +9,10 @@
 #   bash benchmarks/gpu.sh OUT             # on the GPU machine
 #   bash benchmarks/gpu.sh OUT --dry-run   # anywhere: tiny model on the CPU (tests/test_gpu_script.py)
 #
-# Python: $PYTHON, else .venv/bin/python, else python3. A folder .gpu_deps (e.g. pytest installed
-# with `pip install --target .gpu_deps pytest`) is put on PYTHONPATH for machines without pytest.
+# Python: $PYTHON, else .venv/bin/python, else python3. The repository root goes on PYTHONPATH, so
+# bench_gpu.py imports the project's modules where it is not installed (`make` installs it); a folder
+# .gpu_deps (e.g. pytest installed with `pip install --target .gpu_deps pytest`) goes there too, for
+# machines without pytest.
 # GPU_SH_BUDGET_S [420]: seconds for the whole script; the rows get what the tests leave.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -30,8 +32,9 @@ PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d .gpu_deps ]; then
-  export PYTHONPATH="$PWD/.gpu_deps${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONPATH="$PWD/.gpu_deps:$PYTHONPATH"
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 

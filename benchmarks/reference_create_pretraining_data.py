@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import h5py
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import tokenization  # noqa: E402
+import tokenization
 
 
 @dataclass

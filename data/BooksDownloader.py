@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from atomic_io import atomic_path
 from data.download_utils import DownloadError
-from utils import atomic_path
 
 DEFAULT_SCRAPER_REPO = "/workspace/bookcorpus"
 

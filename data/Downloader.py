@@ -44,7 +44,8 @@ class Downloader:
         elif name in ("google_pretrained_weights", "weights"):
             GooglePretrainedWeightDownloader(self.save_path / "google_pretrained_weights").download(self.google_models)
         elif name == "nvidia_pretrained_weights":
-            raise DownloadError("nvidia_pretrained_weights: fetch the checkpoints from NGC (ngc registry model download-version)")
+            raise DownloadError("nvidia_pretrained_weights: fetch the checkpoints from NGC (ngc registry model "
+                                "download-version)")
         elif name == "squad":
             SquadDownloader(self.save_path / "squad").download()
         elif name == "glue":

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from atomic_io import atomic_path
 from data.download_utils import Checksum, DownloadError, download, extract_zip
-from utils import InputError, atomic_path
+from input_checks import InputError
 
 GLUE_ROOT = "https://dl.fbaipublicfiles.com/glue/data"
 SENTEVAL_ROOT = "https://dl.fbaipublicfiles.com/senteval/senteval_data"

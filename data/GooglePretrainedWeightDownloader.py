@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from data.download_utils import download, extract_zip, file_digest
-from utils import InputError
+from input_checks import InputError
 
 STORAGE = "https://storage.googleapis.com/bert_models"
 MODELS = {

@@ -18,8 +18,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+from atomic_io import atomic_path
 from data.workers import die_with_parent, worker_pool
-from utils import InputError, atomic_path
+from input_checks import InputError
 
 
 def run_wikiextractor(dump: str | os.PathLike, output_dir: str | os.PathLike, n_processes: int) -> None:

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from atomic_io import atomic_path
 from data.sentence_split import canonical_method, split_sentences
 from data.TextFormatting import read_text_lenient
 from data.workers import worker_pool
-from utils import InputError, atomic_path
+from input_checks import InputError
 
 DOCUMENTS_PER_TASK = 64
 

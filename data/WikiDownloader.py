@@ -34,8 +34,9 @@ class WikiDownloader:
 
     Unlike the original (wget, then `bzip2 -dk`), the dump stays compressed: both extractors read
     .bz2 directly, which saves ~90 GB of disk for English. It is the `-multistream` dump (same
-    pages), which the fast extractor reads in parallel; the local name is the one it always had. A partial download is never mistaken for
-    a complete one (see download_utils) and is resumed on the next run.
+    pages), which the fast extractor reads in parallel; the local name is the one it always had. A
+    partial download is never mistaken for a complete one (see download_utils) and is resumed on the
+    next run.
     """
 
     def __init__(self, language: str, save_path: str | os.PathLike):

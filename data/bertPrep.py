@@ -26,12 +26,10 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-if __name__ == "__main__":  # run as `python data/bertPrep.py`: the project's modules live one folder up
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.sentence_split import ALIASES, METHODS  # noqa: E402
-from data.workers import stop_workers_on_sigterm, worker_pool  # noqa: E402
-from utils import InputError, atomic_write_text, run_main  # noqa: E402
+from atomic_io import atomic_write_text
+from data.sentence_split import ALIASES, METHODS
+from data.workers import stop_workers_on_sigterm, worker_pool
+from input_checks import InputError, run_main
 
 DATA_DIR = Path(__file__).resolve().parent
 
@@ -89,7 +87,8 @@ def action_download(args: argparse.Namespace, layout: Layout) -> None:
     from data.Downloader import Downloader
 
     if args.dataset not in DOWNLOADABLE:
-        raise InputError(f"--action download: no downloader for {args.dataset!r}; choose from {', '.join(DOWNLOADABLE)}")
+        raise InputError(f"--action download: no downloader for {args.dataset!r}; "
+                         f"choose from {', '.join(DOWNLOADABLE)}")
     Downloader(args.dataset, layout.download, bookscorpus_dir=args.bookscorpus_dir,
                google_models=args.google_models, glue_tasks=args.glue_tasks).download()
 
@@ -384,7 +383,7 @@ def _failure_of(name: str, run) -> str | None:
 
 
 def remove_killed_writes(folder: Path) -> None:
-    """The temp files (`.tmp-<shard>.hdf5.<random>`, utils.atomic_path's) of shards whose writer was killed: no
+    """The temp files (`.tmp-<shard>.hdf5.<random>`, atomic_io.atomic_path's) of shards whose writer was killed: no
     reader trusts them, but nothing else would ever remove them (one shard's worth of disk each)."""
     for leftover in folder.glob(".tmp-*.hdf5.*"):
         leftover.unlink(missing_ok=True)
@@ -407,7 +406,8 @@ def action_create_hdf5_files(args: argparse.Namespace, layout: Layout) -> None:
         print(f"failed: {failure}", file=sys.stderr, flush=True)
     if failures:
         names = ", ".join(f.split(":", 1)[0] for f in failures)
-        raise InputError(f"{len(failures)} of {len(jobs)} shard(s) failed: {names}; fix and re-run (done shards are skipped)")
+        raise InputError(f"{len(failures)} of {len(jobs)} shard(s) failed: {names}; fix and re-run (done shards are "
+                         "skipped)")
     mark_stage_done(layout.hdf5 / args.dataset, "create_hdf5_files")
 
 
@@ -429,7 +429,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fraction_test_set", type=float, default=0.1, help="share of sentences in the test shards")
     p.add_argument("--segmentation_method", default="punkt", choices=METHODS + tuple(ALIASES),
                    help="sentence splitter (offline); 'nltk' = 'punkt'")
-    p.add_argument("--n_processes", type=int, default=4, help="extraction, formatting, sentence splitting and HDF5 workers")
+    p.add_argument("--n_processes", type=int, default=4,
+                   help="extraction, formatting, sentence splitting and HDF5 workers")
     p.add_argument("--random_seed", type=int, default=12345)
     p.add_argument("--dupe_factor", type=int, default=5)
     p.add_argument("--masked_lm_prob", type=float, default=0.15)
@@ -445,9 +446,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Wikipedia XML -> articles: 'fast' (data/wiki_extract.py: parallel over the bz2 streams of a "
                         "multistream dump, templates dropped) or 'wikiextractor' (the original's third-party tool, "
                         "expands templates, one reader process)")
-    p.add_argument("--interactive_json_config_generator", type=str, default=None, help="accepted, unused (as the original)")
+    p.add_argument("--interactive_json_config_generator", type=str, default=None,
+                   help="accepted, unused (as the original)")
     p.add_argument("--bookscorpus_dir", default=None, help="folder of *.txt books used as BookCorpus")
-    p.add_argument("--google_models", default=None, help="comma-separated subset of Google's checkpoints (default all 7)")
+    p.add_argument("--google_models", default=None,
+                   help="comma-separated subset of Google's checkpoints (default all 7)")
     p.add_argument("--glue_tasks", default="all", help="comma-separated GLUE tasks for --dataset glue (default all)")
     args = p.parse_args(argv)
     if not _DATASET_NAME.match(args.dataset):

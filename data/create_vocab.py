@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script: the project's modules live one folder up
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils import InputError, atomic_write_text, run_main  # noqa: E402
+from atomic_io import atomic_write_text
+from input_checks import InputError, run_main
 
 GOOGLE_VOCAB_SIZE = 30522
 GOOGLE_UNUSED = 994
@@ -154,7 +151,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output_file", required=True, help="vocab.txt to write (one token per line)")
     parser.add_argument("--vocab_size", type=int, default=GOOGLE_VOCAB_SIZE)
     parser.add_argument("--lowercase", type=int, default=1, help=">0: uncased vocab (lowercase, strip accents)")
-    parser.add_argument("--num_unused", type=int, default=None, help="[unusedN] rows (default: scaled from Google's 994)")
+    parser.add_argument("--num_unused", type=int, default=None,
+                        help="[unusedN] rows (default: scaled from Google's 994)")
     parser.add_argument("--min_frequency", type=int, default=2)
     parser.add_argument("--limit_alphabet", type=int, default=1000)
     return parser.parse_args(argv)

@@ -20,16 +20,13 @@ import argparse
 import ast
 import os
 import re
-import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script: the project's modules live one folder up
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.sentence_split import split_sentences  # noqa: E402
-from utils import atomic_write_text, run_main  # noqa: E402
+from atomic_io import atomic_write_text
+from data.sentence_split import split_sentences
+from input_checks import run_main
 
 DEFAULT_MAX_BYTES = 4_000_000
 SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "turtledemo"}

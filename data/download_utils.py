@@ -31,7 +31,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils import InputError, atomic_path
+from atomic_io import atomic_path
+from input_checks import InputError
 
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "bert-pytorch-data-prep/1.0 (+https://github.com/NVIDIA/DeepLearningExamples)"

@@ -7,16 +7,11 @@ Without --vocab_file instances are shown as ids and the [MASK]/kept/random split
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-if __name__ == "__main__":  # run as a script: the project's modules live one folder up
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.pretraining_dataset import read_shard  # noqa: E402
-from utils import run_main  # noqa: E402
+from data.pretraining_dataset import read_shard
+from input_checks import run_main
 
 
 def shard_statistics(arrays: dict[str, np.ndarray], mask_id: int | None = None) -> dict[str, float]:

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 # The shard format lives in a torch-free module so that data-preparation workers stay light.
 from data.shard_format import PREDICTION_KEYS, SEQUENCE_KEYS, SHARD_DTYPES, predictions_per_length  # noqa: F401 (re-exported)
-from utils import InputError
+from input_checks import InputError
 
 IGNORE_INDEX = -1
 ItemTransform = Callable[[list[torch.Tensor]], list[torch.Tensor]]
@@ -74,7 +74,8 @@ def read_shard(path: str | os.PathLike) -> dict[str, np.ndarray]:
     with shard:
         missing = [key for key in SHARD_DTYPES if key not in shard]
         if missing:
-            raise InputError(f"{path}: missing dataset '{missing[0]}' (a pretraining shard has {', '.join(SHARD_DTYPES)})")
+            raise InputError(f"{path}: missing dataset '{missing[0]}' (a pretraining shard has "
+                             f"{', '.join(SHARD_DTYPES)})")
         arrays = {key: _read_dataset(path, shard, key) for key in SHARD_DTYPES}
     _check_shapes(path, arrays)
     _check_values(path, arrays)
@@ -457,7 +458,8 @@ def check_shard_shapes(files: list[str], max_seq_length: int, max_predictions_pe
             raise InputError(f"shards of different lengths in one folder: {files[0]} has sequence length {seq_len} "
                              f"and {max_pred} masked positions, {path} has {other_len} and {other_pred}")
     if seq_len > max_position_embeddings:
-        raise InputError(f"{files[0]}: sequence length {seq_len} exceeds max_position_embeddings {max_position_embeddings}")
+        raise InputError(f"{files[0]}: sequence length {seq_len} exceeds max_position_embeddings "
+                         f"{max_position_embeddings}")
     if seq_len > max_seq_length:
         raise InputError(f"{files[0]}: sequence length {seq_len} exceeds --max_seq_length {max_seq_length}")
     if max_pred > max_predictions_per_seq:

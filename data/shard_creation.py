@@ -7,11 +7,12 @@ one-line warning naming it.
 
 Instances follow Google's algorithm with NVIDIA's rule that a "random next" partner that had to be
 taken from the same document is labelled "not random". Every random draw is the one the original
-makes, in the same order, from `random.Random(--random_seed)`'s Mersenne Twister: given the same
-tokens the output equals the original's, array for array (benchmarks/reference_create_pretraining_data.py
-is the plain port the tests compare against). It is faster because each distinct word is tokenized
-once, instance creation runs compiled (numba; the same functions run as plain Python without it) on
-flat id arrays, and shards are written with threaded compression.
+makes, in the same order, from `random.Random(--random_seed)`'s Mersenne Twister (compiled in
+data/mt19937.py): given the same tokens the output equals the original's, array for array
+(benchmarks/reference_create_pretraining_data.py is the plain port the tests compare against). It is
+faster because each distinct word is tokenized once, instance creation runs compiled (numba; the same
+functions run as plain Python without it) on flat id arrays, and shards are written with threaded
+compression.
 
 The HDF5 layout is the original's: `input_ids` int32 [N, S], `input_mask` int8 [N, S], `segment_ids`
 int8 [N, S], `masked_lm_positions` int32 [N, M] and `masked_lm_ids` int32 [N, M] padded with 0,
@@ -26,7 +27,6 @@ import gc
 import glob
 import hashlib
 import os
-import random
 import string
 import sys
 import time
@@ -39,18 +39,22 @@ from pathlib import Path
 import numpy as np
 
 import tokenization
+from atomic_io import atomic_path
+
+# njit is numba's, or a pass-through where numba is missing (then COMPILED is False): see data/mt19937.py
+from data.mt19937 import (
+    COMPILED,
+    _below,
+    _randint,
+    _random,
+    _shuffle,
+    _shuffled_range,
+    draws_match_python_random,
+    mersenne_state,
+    njit,
+)
 from data.shard_format import SHARD_DTYPES, predictions_per_length
-from utils import InputError, atomic_path
-
-try:
-    from numba import njit
-
-    COMPILED = True
-except ImportError:  # the same functions then run as plain Python: identical output, many times slower
-    COMPILED = False
-
-    def njit(*args, **kwargs):
-        return args[0] if args and callable(args[0]) else (lambda function: function)
+from input_checks import InputError
 
 try:  # ISA-L's deflate: valid zlib streams (any HDF5 reader decodes them) about 3x faster than zlib's
     from isal.isal_zlib import compress as deflate
@@ -546,124 +550,6 @@ def _line_blocks(data: bytes, block_bytes: int) -> Iterator[tuple[bytes, bool]]:
         yield data[start:end], False
         start = end
     yield data[start:], True
-
-
-# --------------------------------------------------------------------------------------------
-# Python's random.Random, compiled: the same Mersenne Twister words and the same draws
-# --------------------------------------------------------------------------------------------
-# State: int64[625], the 624 twister words then the read position, as random.Random.getstate()
-# holds them. random() takes two words, getrandbits(k <= 32) the top k bits of one word, and
-# randint/shuffle repeat getrandbits while the value is out of range, exactly as CPython does.
-
-
-def mersenne_state(seed: int) -> np.ndarray:
-    """The twister state of random.Random(seed), as an array the compiled draws update in place."""
-    return np.array(random.Random(seed).getstate()[1], dtype=np.int64)
-
-
-@njit(cache=True)
-def _twist(state: np.ndarray) -> None:
-    """Regenerate the 624 words (MT19937's recurrence; wrap-around indices without modulo, for speed)."""
-    for k in range(624):
-        following = state[k + 1] if k < 623 else state[0]
-        y = (state[k] & 0x80000000) | (following & 0x7FFFFFFF)
-        value = state[k + 397 if k < 227 else k - 227] ^ (y >> 1)
-        if y & 1:
-            value ^= 0x9908B0DF
-        state[k] = value
-
-
-@njit(cache=True)
-def _word(state: np.ndarray) -> int:
-    position = state[624]
-    if position >= 624:
-        _twist(state)
-        position = 0
-    y = state[position]
-    state[624] = position + 1
-    y ^= y >> 11
-    y ^= (y << 7) & 0x9D2C5680
-    y ^= (y << 15) & 0xEFC60000
-    y ^= y >> 18
-    return y
-
-
-@njit(cache=True)
-def _random(state: np.ndarray) -> float:
-    high = _word(state) >> 5
-    low = _word(state) >> 6
-    return (high * 67108864.0 + low) * (1.0 / 9007199254740992.0)
-
-
-@njit(cache=True)
-def _below(state: np.ndarray, n: int) -> int:
-    shift = 32
-    while (n >> (32 - shift)) > 0:  # shift = 32 - n.bit_length()
-        shift -= 1
-    value = _word(state) >> shift
-    while value >= n:
-        value = _word(state) >> shift
-    return value
-
-
-@njit(cache=True)
-def _randint(state: np.ndarray, low: int, high: int) -> int:
-    return low + _below(state, high - low + 1)
-
-
-@njit(cache=True)
-def _shuffle(state: np.ndarray, items: np.ndarray, count: int) -> None:
-    """random.shuffle of items[:count] (a draw below i + 1 for i from count - 1 down to 1)."""
-    if count < 2:
-        return
-    shift = 32
-    while (count >> (32 - shift)) > 0:
-        shift -= 1
-    smallest = 1 << (31 - shift)  # the bit length stays while the bound is at least this
-    for i in range(count - 1, 0, -1):
-        bound = i + 1
-        while bound < smallest:
-            smallest >>= 1
-            shift += 1
-        j = _word(state) >> shift
-        while j >= bound:
-            j = _word(state) >> shift
-        items[i], items[j] = items[j], items[i]
-
-
-@njit(cache=True)
-def _shuffled_range(state: np.ndarray, n: int) -> np.ndarray:
-    """The permutation random.shuffle applies to a list of n items: new[i] = old[result[i]]."""
-    order = np.arange(n)
-    _shuffle(state, order, n)
-    return order
-
-
-@njit(cache=True)
-def _draw_sample(state: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Per size n: random(), randint(0, n - 1), and the first item of a shuffled range(min(n, 600))."""
-    out = np.empty(3 * len(sizes), dtype=np.float64)
-    for index, n in enumerate(sizes):
-        out[3 * index] = _random(state)
-        out[3 * index + 1] = _randint(state, 0, n - 1)
-        out[3 * index + 2] = _shuffled_range(state, min(n, 600))[0]
-    return out
-
-
-@functools.cache
-def draws_match_python_random() -> bool:
-    """True when the compiled draws equal random.Random's on this interpreter (checked once per process)."""
-    sizes = [*range(1, 300), 509, 1000, 30522, 2**20 + 1, 2**31 - 1]
-    rng = random.Random(271828)
-    expected: list[float] = []
-    for n in sizes:
-        expected += [rng.random(), rng.randint(0, n - 1)]
-        order = list(range(min(n, 600)))
-        rng.shuffle(order)
-        expected.append(order[0])
-    state = mersenne_state(271828)
-    drawn = _draw_sample(state, np.array(sizes, dtype=np.int64))
-    return drawn.tolist() == expected and state.tolist() == list(rng.getstate()[1])
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,13 +12,9 @@ factor 1, seed 12345): `python data/synthetic_shards.py --measure SHARD.hdf5` pr
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
-
-if __name__ == "__main__":  # run as `python data/synthetic_shards.py`: the project's modules live one folder up
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CLS, SEP, MASK = 101, 102, 103
 FIRST_WORD_ID, LAST_WORD_ID = 1996, 29611  # plain word pieces of the uncased vocab
@@ -111,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, default=1024)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--max_pred", type=int, default=80)
-    p.add_argument("--profile", default="wikitext", help="wikitext (by --seq), " + ", ".join(LENGTH_PROFILES) + " or full")
+    p.add_argument("--profile", default="wikitext",
+                   help="wikitext (by --seq), " + ", ".join(LENGTH_PROFILES) + " or full")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.measure:

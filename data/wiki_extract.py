@@ -36,8 +36,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
+from atomic_io import atomic_path
 from data.workers import worker_pool
-from utils import InputError, atomic_path
+from input_checks import InputError
 
 # ------------------------------------------------------------------------------------------------
 # Cleaning one page's wikitext
@@ -54,7 +55,8 @@ _DISCARDED_TAGS = (
     "img", "imagemap", "source", "syntaxhighlight", "small", "inputbox", "categorytree", "math", "chem", "ce",
     "score", "graph", "mapframe", "maplink",
 )
-_REF = re.compile(r"<ref\b[^>]*(?<!/)>[^<]*(?:<(?!/?ref\b)[^<]*)*</ref\s*>", re.I)  # [^<]* runs in C; stops at the next ref
+# [^<]* runs in C; stops at the next ref
+_REF = re.compile(r"<ref\b[^>]*(?<!/)>[^<]*(?:<(?!/?ref\b)[^<]*)*</ref\s*>", re.I)
 # Content up to the element's own closing tag, never past another opening of the same element: an element
 # left unclosed (HTML allows it for <td>, <li>, ...) then fails at once instead of scanning to the end of the
 # page (which made a page with thousands of them quadratic).
@@ -467,7 +469,8 @@ def _probe_bz2(path: Path) -> tuple[str, bool]:
             try:
                 head += decompressor.decompress(block)
             except OSError as exc:
-                raise InputError(f"{path}: damaged bz2 data at its start ({exc}); delete it and download again") from None
+                raise InputError(f"{path}: damaged bz2 data at its start ({exc}); "
+                                 "delete it and download again") from None
         following = (decompressor.unused_data + dump.read(10))[:10] if decompressor.eof else b""
     return url_base(head.decode("utf-8", errors="replace")), bool(_STREAM_MAGIC.match(following))
 

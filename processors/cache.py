@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from utils import atomic_path
+from atomic_io import atomic_path
 
 _KEY_FIELD = "__cache_key__"
 

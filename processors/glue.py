@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from atomic_io import atomic_path
+from input_checks import InputError, allow_csv_fields_of, read_text_file
 from processors import cache, tokenize_texts
-from utils import InputError, allow_csv_fields_of, atomic_path, read_text_file
 
 logger = logging.getLogger(__name__)
 

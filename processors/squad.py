@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from atomic_io import atomic_write_json
+from input_checks import InputError, read_json_file
 from processors import cache, tokenize_texts
-from utils import InputError, atomic_write_json, read_json_file
 
 logger = logging.getLogger(__name__)
 

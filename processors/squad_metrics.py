@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from utils import InputError, atomic_write_json, read_json_file, run_main
+from atomic_io import atomic_write_json
+from input_checks import InputError, read_json_file, run_main
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from input_checks import InputError, allow_csv_fields_of, read_text_file
 from processors.glue import check_max_seq_length, truncate_seq_pair
-from utils import InputError, allow_csv_fields_of, read_text_file
 
 NUM_CHOICES = 4
 _ENDINGS = tuple(f"ending{i}" for i in range(NUM_CHOICES))

@@ -5,12 +5,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils import plot_loss_curve  # noqa: E402
+from loss_curve import plot_loss_curve
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,10 +12,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from atomic_io import atomic_write_text
 
-from utils import atomic_write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DOC = ROOT / "docs" / "parameters.md"
 COMMAND = "python scripts/update_parameters_doc.py"

@@ -1,4 +1,7 @@
-"""Shared fixtures: the project root on sys.path, the shared real data, and skip helpers."""
+"""Shared fixtures: the shared real data, loading benchmark scripts, and skip helpers.
+
+The project root and benchmarks/ are on sys.path through pyproject.toml's pytest `pythonpath`, so the tests
+run from a checkout where the project is not installed too."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,8 +13,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BERT_SHARED_DATA", ROOT.parent / "shared" / "data"))
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def load_benchmark(name: str):

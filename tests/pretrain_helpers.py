@@ -15,7 +15,8 @@ TINY_MODEL = {
     "intermediate_size": 128, "max_position_embeddings": 128, "type_vocab_size": 2,
     "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02,
 }
-SHARD_DATASETS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
+SHARD_DATASETS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+                  "next_sentence_labels")
 
 
 def write_config(path: Path, **overrides) -> Path:

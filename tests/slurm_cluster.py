@@ -121,7 +121,8 @@ class SlurmCluster:
             self._start_munged()
             self.conf_path.write_text(self._slurm_conf())
             self._spawn("slurmctld", [_program("slurmctld"), "-D"])
-            self._wait_for(lambda: self.client(["scontrol", "ping"], check=False).returncode == 0, "slurmctld to answer")
+            self._wait_for(lambda: self.client(["scontrol", "ping"], check=False).returncode == 0,
+                           "slurmctld to answer")
             self._spawn("slurmd", [_program("slurmd"), "-D"])
             self._wait_for(lambda: self._node_state() == "idle", "the node to become idle")
         except BaseException:
@@ -174,7 +175,8 @@ class SlurmCluster:
                 state = self.job_info(job_id).get("JobState", "?")
                 self.client(["scancel", str(job_id)], check=False)
                 raise TimeoutError(f"Slurm job {job_id} still {state} after {timeout:.0f} s; stdout ends with:\n"
-                                   f"{_tail(self.stdout_path(job_id))}\nstderr ends with:\n{_tail(self.stderr_path(job_id))}")
+                                   f"{_tail(self.stdout_path(job_id))}\n"
+                                   f"stderr ends with:\n{_tail(self.stderr_path(job_id))}")
             time.sleep(POLL_SECONDS)
         info = self.job_info(job_id)
         state = info.get("JobState", "UNKNOWN")
@@ -273,7 +275,8 @@ class SlurmCluster:
                     raise RuntimeError(f"{name} exited with {process.returncode} while waiting for {what}:\n"
                                        f"{self._logs_tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out after {self.start_timeout:.0f} s waiting for {what}:\n{self._logs_tail()}")
+                raise RuntimeError(f"timed out after {self.start_timeout:.0f} s waiting for "
+                                   f"{what}:\n{self._logs_tail()}")
             time.sleep(POLL_SECONDS)
 
     def _logs_tail(self) -> str:

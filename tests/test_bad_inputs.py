@@ -2,7 +2,7 @@
 nothing written (issue 14).
 
 Each table row is (script, arguments, expected message). The scripts run in this process through
-`utils.run_main`, exactly as their `__main__` does, so a traceback would fail the test as an uncaught
+`input_checks.run_main`, exactly as their `__main__` does, so a traceback would fail the test as an uncaught
 exception; the checks of the shell wrappers run the real scripts in a subprocess
 (tests/e2e/test_finetune_scripts.py).
 """
@@ -17,9 +17,9 @@ import torch
 from conftest import shared_path
 from triton_helpers import load_triton_module, make_checkpoint
 
+from input_checks import InputError, run_main
 from modeling import BertConfig, BertForPreTraining
 from training import release_output_locks
-from utils import InputError, run_main
 
 TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=512)
@@ -112,7 +112,8 @@ BAD_CONFIG_VALUES = [
 ]
 
 
-@pytest.mark.parametrize(("change", "message"), BAD_CONFIG_VALUES, ids=[m.split()[0] + str(c) for c, m in BAD_CONFIG_VALUES])
+@pytest.mark.parametrize(("change", "message"), BAD_CONFIG_VALUES,
+                         ids=[m.split()[0] + str(c) for c, m in BAD_CONFIG_VALUES])
 def test_config_values_are_checked_not_truncated(tmp_path, capsys, work, change, message):
     path = tmp_path / "bert_config.json"
     path.write_text(json.dumps({**TINY, **change}), encoding="utf-8")
@@ -162,14 +163,16 @@ SWAG_ROW = "v1,7,The man sits. He,The man sits.,He,gold,stands up.,runs.,eats.,s
 def non_utf8_cases(w: Path, t: Path) -> list[tuple[str, list, str]]:
     bad_tsv = glue_folder(t / "glue_bad", dev=LATIN1)
     bad_text = write(t / "sentences.txt", b"fine line\nna\xefve line\n")
-    bad_config = write(t / "config.json", json.dumps({**TINY, "hidden_act": "g\xe9lu"}, ensure_ascii=False).encode("latin-1"))
+    bad_config = write(t / "config.json",
+                       json.dumps({**TINY, "hidden_act": "g\xe9lu"}, ensure_ascii=False).encode("latin-1"))
     bad_squad = write(t / "squad.json", b'{"data": [{"title": "caf\xe9"}]}')
     bad_swag = write(t / "swag" / "val.csv", (SWAG_HEADER + SWAG_ROW.replace("runs", "r\xfcns")).encode("latin-1"))
     return [
         ("run_glue", ["--task_name", "mrpc", "--data_dir", bad_tsv, "--init_checkpoint", w / "ckpt.pt",
                       "--vocab_file", w / "vocab.txt", "--output_dir", t / "out", "--do_eval"],
          f"{bad_tsv / 'dev.tsv'}:2: not UTF-8 text (byte 0xe9 at offset 49)"),
-        ("run_swag", ["--data_dir", bad_swag.parent, "--init_checkpoint", w / "ckpt.pt", "--vocab_file", w / "vocab.txt",
+        ("run_swag",
+         ["--data_dir", bad_swag.parent, "--init_checkpoint", w / "ckpt.pt", "--vocab_file", w / "vocab.txt",
                       "--output_dir", t / "out", "--do_eval"],
          f"{bad_swag}:2: not UTF-8 text (byte 0xfc"),
         ("extract_features", ["--init_checkpoint", w / "ckpt.pt", "--vocab_file", w / "vocab.txt",
@@ -211,13 +214,18 @@ def bad_setting_cases(w: Path, t: Path) -> list[tuple[str, list, str]]:
     out = t / "out"
     squad = ["--init_checkpoint", w / "ckpt.pt", "--vocab_file", w / "vocab.txt", "--do_predict",
              "--predict_file", w / "dev.json"]
-    features = ["--init_checkpoint", w / "ckpt.pt", "--vocab_file", w / "vocab.txt", "--input_file", w / "vocab.txt", "--layers", "-1"]
+    features = ["--init_checkpoint", w / "ckpt.pt", "--vocab_file", w / "vocab.txt", "--input_file", w / "vocab.txt",
+                "--layers", "-1"]
     return [
         # batch size 0
-        ("run_glue", glue_argv(w, glue, out, "--do_train", "--train_batch_size", 0), "--train_batch_size must be at least 1, got 0"),
-        ("run_glue", glue_argv(w, glue, out, "--do_eval", "--eval_batch_size", 0), "--eval_batch_size must be at least 1, got 0"),
-        ("run_squad", [*squad, "--output_dir", out, "--predict_batch_size", 0], "--predict_batch_size must be at least 1, got 0"),
-        ("extract_features", [*features, "--output_file", out / "f.jsonl", "--batch_size", 0], "--batch_size must be at least 1, got 0"),
+        ("run_glue", glue_argv(w, glue, out, "--do_train", "--train_batch_size", 0),
+         "--train_batch_size must be at least 1, got 0"),
+        ("run_glue", glue_argv(w, glue, out, "--do_eval", "--eval_batch_size", 0),
+         "--eval_batch_size must be at least 1, got 0"),
+        ("run_squad", [*squad, "--output_dir", out, "--predict_batch_size", 0],
+         "--predict_batch_size must be at least 1, got 0"),
+        ("extract_features", [*features, "--output_file", out / "f.jsonl", "--batch_size", 0],
+         "--batch_size must be at least 1, got 0"),
         ("triton/run_squad_client", ["--predict_file", w / "dev.json", "--output_dir", out, "--vocab_file",
                                      w / "vocab.txt", "--batch_size", 0], "--batch_size must be at least 1, got 0"),
         # max_seq_length above the position limit, or below what the task needs
@@ -239,11 +247,13 @@ def bad_setting_cases(w: Path, t: Path) -> list[tuple[str, list, str]]:
         ("run_squad", [*squad, "--output_dir", out, "--max_seq_length", 4], "--max_seq_length must be at least 5"),
         # output paths that are files, folders or under a file
         ("run_glue", glue_argv(w, glue, a_file, "--do_eval"), f"--output_dir {a_file}: not a folder"),
-        ("run_glue", glue_argv(w, glue, a_file / "out", "--do_eval"), f"--output_dir {a_file / 'out'}: {a_file} is not a folder"),
+        ("run_glue", glue_argv(w, glue, a_file / "out", "--do_eval"),
+         f"--output_dir {a_file / 'out'}: {a_file} is not a folder"),
         ("run_squad", [*squad, "--output_dir", "/proc/bert_out"], "--output_dir /proc/bert_out: cannot write in /proc"),
         ("run_squad", [*squad, "--output_dir", out, "--json-summary", t], f"--json-summary {t}: is a folder"),
         ("extract_features", [*features, "--output_file", t], f"--output_file {t}: is a folder, expected a file name"),
-        ("extract_features", [*features, "--output_file", a_file / "f.jsonl"], f"--output_file {a_file / 'f.jsonl'}: {a_file} is not a folder"),
+        ("extract_features", [*features, "--output_file", a_file / "f.jsonl"],
+         f"--output_file {a_file / 'f.jsonl'}: {a_file} is not a folder"),
         ("triton/run_squad_client", ["--predict_file", w / "dev.json", "--output_dir", a_file, "--vocab_file",
                                      w / "vocab.txt"], f"--output_dir {a_file}: not a folder"),
         # empty or header-only dev files: found before training, not after it

@@ -6,16 +6,17 @@ import subprocess
 import sys
 
 from conftest import ROOT, script_env
+from cpu_info import benchmark_precisions, describe_cpu
 
-import utils
-from utils import benchmark_precisions, describe_cpu
+import precision
 
 ZEN4_LSCPU = {"model name": "AMD EPYC", "vendor id": "AuthenticAMD", "cpu family": "25", "model": "17",
               "cpu(s)": "2", "flags": "fpu avx2 avx512f avx512_bf16"}
 
 
 def test_amd_family_and_generation_are_named():
-    assert describe_cpu(ZEN4_LSCPU) == "AMD EPYC (AMD Zen 4: family 25, model 17; 2 logical CPUs; AVX-512, AVX-512 BF16)"
+    assert describe_cpu(ZEN4_LSCPU) == ("AMD EPYC (AMD Zen 4: family 25, model 17; 2 logical CPUs; "
+                                        "AVX-512, AVX-512 BF16)")
     zen3 = {**ZEN4_LSCPU, "flags": "fpu avx2", "model": "1"}
     assert describe_cpu(zen3) == "AMD EPYC (AMD Zen 3: family 25, model 1; 2 logical CPUs; no native bf16)"
     zen5 = {**ZEN4_LSCPU, "cpu family": "26", "model": "2"}
@@ -61,11 +62,11 @@ def test_pretraining_benchmark_output_names_the_cpu_and_gemm_choice():
 
 
 def test_bf16_rows_are_skipped_with_the_reason_where_the_cpu_only_emulates_bf16(monkeypatch):
-    monkeypatch.setattr(utils, "cpu_runs_bf16_natively", lambda: False)
+    monkeypatch.setattr(precision, "cpu_runs_bf16_natively", lambda: False)
     kept, skipped = benchmark_precisions(["fp32", "bf16"], "cpu")
     assert kept == ["fp32"] and "no native bf16" in skipped["bf16"]
     assert benchmark_precisions(["fp32", "bf16"], "cuda") == (["fp32", "bf16"], {})
-    monkeypatch.setattr(utils, "cpu_runs_bf16_natively", lambda: True)
+    monkeypatch.setattr(precision, "cpu_runs_bf16_natively", lambda: True)
     assert benchmark_precisions(["fp32", "bf16"], "cpu") == (["fp32", "bf16"], {})
 
 

@@ -15,7 +15,7 @@ from pretrain_helpers import wikitext_documents
 
 from data import shard_creation as cpd
 from data.pretraining_dataset import DataPosition, ShardStream, batch_plan, bin_edge, load_shard, read_shard
-from utils import InputError
+from input_checks import InputError
 
 SEQ, PRED, MICRO, BIN = 128, 20, 8, 32
 
@@ -161,10 +161,10 @@ def test_benchmark_dry_run(tmp_path):
 
 
 def test_negative_bin_size_is_a_one_line_error(shards):
+    import distributed
     import run_pretraining
-    import utils
 
     args = run_pretraining.parse_args([f"--input_dir={shards[0].rsplit('/', 1)[0]}", "--config_file=x.json",
                                        "--output_dir=out", "--do_train", "--bin_size=-1"])
     with pytest.raises(InputError, match="--bin_size must be a finite number >= 0"):
-        run_pretraining.validate_args(args, utils.DistEnv())
+        run_pretraining.validate_args(args, distributed.DistEnv())

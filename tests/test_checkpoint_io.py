@@ -41,7 +41,8 @@ def damage(kind: str, path: Path, good: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kind", "message"), [("empty", "empty file"), ("truncated", "truncated or not a checkpoint: ")])
+@pytest.mark.parametrize(("kind", "message"),
+                         [("empty", "empty file"), ("truncated", "truncated or not a checkpoint: ")])
 @pytest.mark.parametrize("suffix", [".pt", ".bin"])
 def test_damaged_torch_file_is_one_line_checkpoint_error(tmp_path, kind, message, suffix):
     bad = damage(kind, tmp_path / f"model{suffix}", good_checkpoint(tmp_path / "good.pt"))
@@ -114,7 +115,8 @@ def write_inputs(folder: Path) -> dict[str, Path]:
     text.write_text("the dog runs\n")
     squad = folder / "dev.json"
     squad.write_text('{"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": "the dog runs", '
-                     '"qas": [{"id": "q1", "question": "the dog ?", "answers": [{"text": "runs", "answer_start": 8}]}]}]}]}')
+                     '"qas": [{"id": "q1", "question": "the dog ?", "answers": [{"text": "runs", "answer_start": '
+                     '8}]}]}]}]}')
     glue = folder / "glue"  # GLUE and SWAG dev files are read before the weights, so they must be valid
     glue.mkdir()
     (glue / "dev.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tthe dog runs\tthe dog runs\n")

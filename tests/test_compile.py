@@ -17,7 +17,8 @@ from training import PretrainingLoss
 
 
 def loss_module(device: str = "cpu", dtype: torch.dtype = torch.float32, dropout: float = 0.1) -> PretrainingLoss:
-    config = BertConfig.from_dict({**TINY_MODEL, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout})
+    config = BertConfig.from_dict({**TINY_MODEL, "hidden_dropout_prob": dropout,
+                                   "attention_probs_dropout_prob": dropout})
     torch.manual_seed(0)
     model = BertForPreTraining(config).to(dtype).to(device).train()
     return PretrainingLoss(model, BertPretrainingCriterion(config.padded_vocab_size))
@@ -30,7 +31,8 @@ def padded_args(seed: int = 3):
 
 def packed_args(seed: int = 3, flash: bool = False, device: str = "cpu", bucket: int = 64, vary: bool = False):
     """A packed batch; with `vary`, rows of random lengths (so the packed size changes with the seed)."""
-    lengths = tuple(torch.randint(8, 33, (6,), generator=torch.Generator().manual_seed(seed)).tolist()) if vary else None
+    lengths = tuple(torch.randint(8, 33, (6,),
+                                  generator=torch.Generator().manual_seed(seed)).tolist()) if vary else None
     ids, types, mask, positions, labels, nsp = padded_batch(seed=seed, **({"row_lengths": lengths} if vary else {}))
     p = pack_batch(ids, types, mask, positions, bucket, flash=flash)
     tensors = [p["input_ids"], p["segment_ids"], None, p["masked_positions"], labels, nsp]
@@ -77,8 +79,9 @@ def test_varying_token_counts_compile_one_graph_once_marked_dynamic():
 def test_trainer_compiles_one_graph_for_packed_micro_batches_of_varying_size(tmp_path, monkeypatch):
     """The real Trainer (host packing, DeviceBatches, the compiled region, its CompileStats backend):
     two optimizer steps of packed micro-batches whose token counts vary → one graph, no recompile."""
+    import distributed
+    import run_log
     import run_pretraining
-    import utils
 
     monkeypatch.setenv("BERT_COMPILE_BACKEND", "eager")
     data = tmp_path / "data"
@@ -90,10 +93,10 @@ def test_trainer_compiles_one_graph_for_packed_micro_batches_of_varying_size(tmp
         "--train_batch_size=16", "--gradient_accumulation_steps=4", "--max_seq_length=64",
         "--max_predictions_per_seq=10", "--precision=fp32", "--skip_checkpoint", "--device=cpu",
         "--unpad=reference", "--compile=on", "--pack_bucket=16"])
-    env = utils.DistEnv(device=torch.device("cpu"))
+    env = distributed.DistEnv(device=torch.device("cpu"))
     run_pretraining.validate_args(args, env)
     torch._dynamo.reset()
-    trainer = run_pretraining.Trainer(args, env, utils.Logger(None, enabled=False))
+    trainer = run_pretraining.Trainer(args, env, run_log.Logger(None, enabled=False))
     token_counts = set()
     try:
         for _ in range(2):
@@ -121,7 +124,8 @@ def test_compiled_equals_eager_on_cpu(layout):
     for fn, module in ((eager, eager), (step, compiled)):
         loss, mlm, nsp = fn(*args)
         loss.backward()
-        results.append((loss.detach(), mlm.detach(), {n: p.grad for n, p in module.named_parameters() if p.grad is not None}))
+        results.append((loss.detach(), mlm.detach(),
+                        {n: p.grad for n, p in module.named_parameters() if p.grad is not None}))
     (loss_e, mlm_e, grads_e), (loss_c, mlm_c, grads_c) = results
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mlm_c, mlm_e, rtol=1e-5, atol=1e-5)

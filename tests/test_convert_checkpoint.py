@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import convert_checkpoint
+from input_checks import run_main
 from modeling import BertConfig, BertForPreTraining, BertForQuestionAnswering
-from utils import run_main
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
             max_position_embeddings=64)
@@ -77,7 +77,8 @@ def test_checkpoint_that_does_not_fit_its_config_is_refused_and_nothing_is_writt
         tmp_path, capsys, case, model_class, edit, changes, fragments):
     checkpoint = write_checkpoint(tmp_path / "in", model_class, edit, **changes)
     out = tmp_path / "hf"
-    for argv in (["--to_hf", checkpoint, out], ["--to_hf", checkpoint, out, "--vocab_file", tmp_path / "in" / "vocab.txt"]):
+    for argv in (["--to_hf", checkpoint, out],
+                 ["--to_hf", checkpoint, out, "--vocab_file", tmp_path / "in" / "vocab.txt"]):
         with pytest.raises(SystemExit) as info:
             run_main(convert_checkpoint.main, [str(a) for a in argv])
         lines = capsys.readouterr().err.strip().splitlines()

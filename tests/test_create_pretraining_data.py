@@ -12,8 +12,9 @@ import pytest
 from conftest import ROOT, load_benchmark, script_env, shared_path
 
 import tokenization
+from data import mt19937
 from data import shard_creation as cpd
-from utils import InputError
+from input_checks import InputError
 
 SETTINGS = dict(max_seq_length=128, max_predictions_per_seq=20, masked_lm_prob=0.15, short_seq_prob=0.1,
                 dupe_factor=10, random_seed=12345, do_whole_word_mask=False, do_lower_case=True)
@@ -420,15 +421,15 @@ def test_word_cached_encoder_equals_the_tokenizer_line_by_line(uncased_vocab):
 
 
 def test_compiled_draws_equal_python_random():
-    assert cpd.draws_match_python_random()
+    assert mt19937.draws_match_python_random()
     for seed in (0, 12345, 2**40 + 3):
-        rng, state = random.Random(seed), cpd.mersenne_state(seed)
+        rng, state = random.Random(seed), mt19937.mersenne_state(seed)
         for n in (1, 2, 50, 126, 1000):
             items = list(range(n))
             rng.shuffle(items)
-            assert cpd._shuffled_range(state, n).tolist() == items
-            assert cpd._random(state) == rng.random()
-            assert cpd._randint(state, 3, 3 + n) == rng.randint(3, 3 + n)
+            assert mt19937._shuffled_range(state, n).tolist() == items
+            assert mt19937._random(state) == rng.random()
+            assert mt19937._randint(state, 3, 3 + n) == rng.randint(3, 3 + n)
         assert state.tolist() == list(rng.getstate()[1])
 
 

@@ -29,12 +29,13 @@ from pretrain_helpers import TINY_MODEL, write_config
 from test_optimization import gradient_steps, initial_weights, make_groups, make_params, reference_lamb, set_grads
 from torch import nn
 
-import utils
+import distributed
 from batch_packing import masked_positions_from_labels
 from data.synthetic_shards import write_synthetic_shard
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion
 from optimization import Lamb
-from utils import read_dllogger
+from precision import apply_tf32, autocast_context
+from run_log import Logger, read_dllogger
 
 DEVICE = torch.device(os.environ.get("BERT_TEST_DEVICE", "cuda"))
 pytestmark = pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_avai
 @pytest.fixture(autouse=True)
 def ieee_fp32():
     """fp32 means IEEE fp32 here (TF32 would put CUDA ~1e-3 away from the CPU)."""
-    utils.apply_tf32("fp32")
+    apply_tf32("fp32")
 
 
 def to_device(params: dict[str, nn.Parameter]) -> dict[str, nn.Parameter]:
@@ -178,7 +179,8 @@ def test_run_pretraining_fp16_accumulation_checkpoint_and_resume(tmp_path):
     ckpt = torch.load(tmp_path / "split" / "ckpt" / "ckpt_4.pt", weights_only=True)
     assert ckpt["optimizer"]["param_groups"][0]["step"] == 4
     assert ckpt["scaler"]["scale"] > 0 and ckpt["data_position"][0]["offset"] == 4 * 8
-    straight, resumed = _step_losses(tmp_path / "straight" / "dllogger.json"), _step_losses(tmp_path / "split" / "dllogger.json")
+    straight = _step_losses(tmp_path / "straight" / "dllogger.json")
+    resumed = _step_losses(tmp_path / "split" / "dllogger.json")
     assert sorted(resumed) == [3, 4] and sorted(straight) == [1, 2, 3, 4]
     for step in (3, 4):  # the resumed run continues at the same data, weights, moments and loss scale
         assert resumed[step] == pytest.approx(straight[step], rel=2e-3)
@@ -188,13 +190,13 @@ def test_run_pretraining_fp16_accumulation_checkpoint_and_resume(tmp_path):
 
 
 def test_post_accumulation_allreduce_on_device_tensors(tmp_path):
-    """One-rank process group (NCCL bound to the GPU, as utils sets it up): the fp16 wire format keeps
+    """One-rank process group (NCCL bound to the GPU, as distributed.py sets it up): the fp16 wire format keeps
     the mean of loss-scaled sums that exceed fp16's range."""
     import torch.distributed as dist
 
     from training import allreduce_post_accumulation
 
-    options = utils.process_group_options(DEVICE, rank=0, world_size=1)
+    options = distributed.process_group_options(DEVICE, rank=0, world_size=1)
     dist.init_process_group(init_method=f"file://{tmp_path / 'store'}", **options)
     try:
         grads = [torch.full((1000,), 2000.0 * 64, device=DEVICE), torch.full((3, 5), -1000.0 * 64, device=DEVICE)]
@@ -225,7 +227,7 @@ def test_packed_cuda_model_matches_padded_model():
                                                           packed["masked_positions"], packed["packed"])):
         moved = [t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in inputs[:4]]
         seqs = inputs[4].to(DEVICE) if inputs[4] is not None else None
-        with utils.autocast_context(precision, DEVICE):
+        with autocast_context(precision, DEVICE):
             scores, nsp_scores = model(*moved, packed=seqs) if seqs is not None else model(*moved)
             losses.append(criterion(scores, nsp_scores, labels.to(DEVICE), nsp.to(DEVICE))[0].float())
     tolerance = 2e-2 if flash else 1e-5
@@ -318,7 +320,8 @@ def test_flash_varlen_bert_large_shapes_match_per_sequence_sdpa():
     cu = torch.tensor([0, *lengths.cumsum(0).tolist(), total], dtype=torch.int32, device=DEVICE)
     packed = PackedSequences(cu, max_len, torch.zeros(total, dtype=torch.long, device=DEVICE),
                              cu[:-2].long(), flash=True)
-    q, k, v = (torch.randn(total, heads, dim, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(total, heads, dim, device=DEVICE, dtype=torch.bfloat16,
+                           requires_grad=True) for _ in range(3))
     grad_out = torch.randn(real, heads, dim, device=DEVICE, dtype=torch.bfloat16)
     out = varlen_attention(q, k, v, packed, 0.0)[:real]
     grads = [g[:real] for g in torch.autograd.grad(out, (q, k, v), grad_out)]
@@ -368,17 +371,19 @@ def test_packed_layer_stack_gradients_match_padded():
 
     results = []
     for inputs, seqs in (((ids, types, mask, positions), None),
-                         ((packed["input_ids"], packed["segment_ids"], None, packed["masked_positions"]), packed["packed"])):
+                         ((packed["input_ids"], packed["segment_ids"], None, packed["masked_positions"]),
+                          packed["packed"])):
         model.zero_grad(set_to_none=True)
         moved = [t.to(DEVICE) if t is not None else None for t in inputs]
-        with utils.autocast_context("bf16", DEVICE):
+        with autocast_context("bf16", DEVICE):
             if seqs is None:
                 scores, nsp_scores = model(*moved)
             else:
                 scores, nsp_scores = model(*moved, packed=seqs.to(DEVICE))
             loss = criterion(scores, nsp_scores, labels.to(DEVICE), nsp.to(DEVICE))[0].float()
         loss.backward()
-        results.append((loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}))
+        results.append((loss.detach(),
+                        {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}))
     (padded_loss, padded_grads), (packed_loss, packed_grads) = results
     torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-2, atol=1e-2)
     assert packed_grads.keys() == padded_grads.keys()
@@ -397,16 +402,17 @@ def _trainer(tmp_path: Path, precision: str, extra: list[str], rows: int = 256, 
 
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    write_synthetic_shard(data / "synthetic_training_0.hdf5", rows=rows, seq_len=64, max_pred=10, profile="wikitext_512")
+    write_synthetic_shard(data / "synthetic_training_0.hdf5", rows=rows, seq_len=64, max_pred=10,
+                          profile="wikitext_512")
     config = write_config(tmp_path / "tiny.json")
     args = run_pretraining.parse_args([
         f"--input_dir={data}", f"--config_file={config}", f"--output_dir={tmp_path / 'out'}", "--do_train",
         f"--train_batch_size={4 * accumulation}", f"--gradient_accumulation_steps={accumulation}",
         "--max_seq_length=64", "--max_predictions_per_seq=10", f"--precision={precision}", "--skip_checkpoint",
         f"--device={DEVICE.type}", "--compile=off", "--learning_rate=1e-3", *extra])
-    env = utils.DistEnv(device=DEVICE)
+    env = distributed.DistEnv(device=DEVICE)
     run_pretraining.validate_args(args, env)
-    return run_pretraining.Trainer(args, env, utils.Logger(None, enabled=False))
+    return run_pretraining.Trainer(args, env, Logger(None, enabled=False))
 
 
 def _one_step(trainer) -> bool:
@@ -504,7 +510,7 @@ def test_compiled_bert_step_matches_eager():
         results = []
         for fn, module in ((eager, eager), (compiled, twin)):
             module.zero_grad(set_to_none=True)
-            with utils.autocast_context("bf16", DEVICE):
+            with autocast_context("bf16", DEVICE):
                 loss, _, _ = fn(*args)
             loss.backward()
             results.append((loss.detach().float(), {n: p.grad.detach().clone() for n, p in module.named_parameters()

@@ -22,7 +22,7 @@ from conftest import ROOT, load_benchmark, script_env, shared_path
 
 from data import TextSharding, demo_corpus, sentence_split
 from data.create_vocab import build_vocab, google_layout_head
-from utils import InputError
+from input_checks import InputError
 
 BERTPREP = ROOT / "data" / "bertPrep.py"
 SMALL_SHARDS = ["--n_training_shards", "4", "--n_test_shards", "2"]
@@ -93,7 +93,8 @@ def test_punkt_matches_nltk_reference_splits_on_real_text():
 
 
 def test_regex_splitter_handles_chinese_punctuation():
-    assert sentence_split.split_sentences("今天天气很好。我们去公园吧！好吗？", "regex") == ["今天天气很好。", "我们去公园吧！", "好吗？"]
+    assert sentence_split.split_sentences("今天天气很好。我们去公园吧！好吗？", "regex") == [
+        "今天天气很好。", "我们去公园吧！", "好吗？"]
 
 
 def test_unknown_segmentation_method_is_a_clear_error():
@@ -103,88 +104,9 @@ def test_unknown_segmentation_method_is_a_clear_error():
 
 # ---------------------------------------------------------------- Wikipedia through both extractors
 
-WIKI_DUMP = load_benchmark("bench_data_pipeline").SITEINFO + """  <page>
-    <title>AccessibleComputing</title>
-    <ns>0</ns>
-    <id>10</id>
-    <redirect title="Computer accessibility" />
-    <revision>
-      <id>1002250816</id>
-      <timestamp>2021-01-23T15:15:01Z</timestamp>
-      <text bytes="111" xml:space="preserve">#REDIRECT [[Computer accessibility]]
-
-{{rcat shell|
-{{R from move}}
-}}</text>
-    </revision>
-  </page>
-  <page>
-    <title>Albedo</title>
-    <ns>0</ns>
-    <id>39</id>
-    <revision>
-      <id>1190000000</id>
-      <timestamp>2024-01-01T00:00:00Z</timestamp>
-      <text bytes="900" xml:space="preserve">{{Short description|Ratio of reflected radiation to incident radiation}}
-[[File:Albedo-e hg.svg|thumb|upright=1.3|The percentage of diffusely reflected sunlight]]
-'''Albedo''' ({{IPA|/ælˈbiːdoʊ/}}; from [[Latin]] ''albedo'' 'whiteness') is the fraction of [[sunlight]] that is [[Diffuse reflection|diffusely reflected]] by a body.&lt;ref name=&quot;Coakley&quot;&gt;{{cite book |last=Coakley |year=2003 |title=Reflectance and albedo}}&lt;/ref&gt; It is measured on a scale from 0 to 1.
-
-== Terrestrial albedo ==
-{| class=&quot;wikitable&quot;
-! Surface !! Typical albedo
-|-
-| Fresh asphalt || 0.04
-|}
-Fresh snow reflects most of the light that reaches it. Dark forests absorb most of it.
-
-[[Category:Climate forcing]]</text>
-    </revision>
-  </page>
-  <page>
-    <title>Talk:Albedo</title>
-    <ns>1</ns>
-    <id>40</id>
-    <revision>
-      <id>1190000001</id>
-      <timestamp>2024-01-01T00:00:00Z</timestamp>
-      <text bytes="40" xml:space="preserve">This talk page discussion should not appear in the corpus.</text>
-    </revision>
-  </page>
-  <page>
-    <title>Alan Turing</title>
-    <ns>0</ns>
-    <id>1208</id>
-    <revision>
-      <id>1190000002</id>
-      <timestamp>2024-01-01T00:00:00Z</timestamp>
-      <text bytes="700" xml:space="preserve">{{Infobox scientist
-| name = Alan Turing
-| birth_date = {{birth date|1912|6|23|df=y}}
-}}
-'''Alan Mathison Turing''' (23 June 1912 – 7 June 1954) was an English [[mathematician]] and [[logician]]. He was highly influential in the development of [[theoretical computer science]].
-
-=== Early life ===
-Turing was born in [[Maida Vale]], London, while his father was on leave from the [[Indian Civil Service]].
-
-[[Category:1912 births]]</text>
-    </revision>
-  </page>
-  <page>
-    <title>Anarchism</title>
-    <ns>0</ns>
-    <id>12</id>
-    <revision>
-      <id>1190000003</id>
-      <timestamp>2024-01-01T00:00:00Z</timestamp>
-      <text bytes="500" xml:space="preserve">{{pp-semi-indef}}
-'''Anarchism''' is a [[political philosophy]] and [[Political movement|movement]] that is skeptical of all justifications for [[authority]].&lt;ref&gt;{{harvnb|McLaughlin|2007|p=59}}&lt;/ref&gt; Humans lived in societies without formal hierarchies long before the establishment of states.&lt;!-- hidden comment --&gt;
-
-== Etymology ==
-The etymological origin of ''anarchism'' is from the [[Ancient Greek]] ''anarkhia'', meaning &quot;without a ruler&quot;.</text>
-    </revision>
-  </page>
-</mediawiki>
-"""
+# Real article text (its markup included) in a file of its own: its lines are as long as Wikipedia's.
+WIKI_DUMP = (load_benchmark("bench_data_pipeline").SITEINFO
+             + (ROOT / "tests" / "assets" / "wiki_pages.xml").read_text(encoding="utf-8"))
 
 EXPECTED_ARTICLES = [
     "Albedo (; from Latin \"albedo\" 'whiteness') is the fraction of sunlight that is diffusely reflected by a "
@@ -259,7 +181,8 @@ def test_books_become_one_line_each_whatever_their_encoding(tmp_path):
     ok(run_prep(tmp_path, "--action", "download", "--dataset", "bookscorpus", "--bookscorpus_dir", str(books)))
     result = ok(run_prep(tmp_path, "--action", "text_formatting", "--dataset", "bookscorpus"))
     assert "shakespeare-caesar.txt is not UTF-8" in result.stderr
-    text = (tmp_path / "formatted_one_article_per_line" / "bookscorpus_one_book_per_line.txt").read_text(encoding="utf-8")
+    formatted = tmp_path / "formatted_one_article_per_line" / "bookscorpus_one_book_per_line.txt"
+    text = formatted.read_text(encoding="utf-8")
     assert "\r" not in text
     blake, moby, caesar, end = text.split("\n\n")  # one line per book, sorted by file name
     assert end == "" and "\n" not in blake + caesar + moby
@@ -622,7 +545,7 @@ def _sharded_mini(tmp_path: Path) -> list[str]:
 KILLED_WRITE = """
 import os, signal, sys
 from pathlib import Path
-from utils import atomic_path
+from atomic_io import atomic_path
 with atomic_path(Path(sys.argv[1])) as tmp:
     tmp.write_bytes(b"half a shard")
     os.kill(os.getpid(), signal.SIGKILL)
@@ -630,9 +553,10 @@ with atomic_path(Path(sys.argv[1])) as tmp:
 
 
 def test_a_rerun_of_create_hdf5_files_removes_the_temp_files_of_a_killed_one(tmp_path):
-    """A shard writer killed mid-write (a real SIGKILL inside utils.atomic_path, which write_shard uses) leaves
+    """A shard writer killed mid-write (a real SIGKILL inside atomic_io.atomic_path, which write_shard uses) leaves
     `.tmp-<shard>.hdf5.<random>`; the next create_hdf5_files run removes it and makes the shard."""
-    common = [*_sharded_mini(tmp_path), *HDF5_COMMON, "--vocab_file", str(shared_path("vocab", "bert-base-uncased-vocab.txt"))]
+    common = [*_sharded_mini(tmp_path), *HDF5_COMMON, "--vocab_file",
+              str(shared_path("vocab", "bert-base-uncased-vocab.txt"))]
     out = tmp_path / HDF5_FOLDER / "mini"
     out.mkdir(parents=True)
     killed = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(out / "mini_training_0.hdf5")], env=script_env(),
@@ -666,7 +590,8 @@ def test_shards_record_their_settings_and_a_rerun_with_other_settings_is_a_one_l
         run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file", str(vocab))).stdout
     error = one_line_error(run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file", str(vocab),
                                     "--do_whole_word_mask", "1"))
-    assert "mini_training_0.hdf5: made with do_whole_word_mask=False, this run asks for do_whole_word_mask=True" in error
+    assert ("mini_training_0.hdf5: made with do_whole_word_mask=False, "
+            "this run asks for do_whole_word_mask=True") in error
     error = one_line_error(run_prep(tmp_path, "--action", "create_hdf5_files", *common, "--vocab_file", str(vocab),
                                     "--short_seq_prob", "0.2"))
     assert "short_seq_prob=0.1, this run asks for short_seq_prob=0.2" in error

@@ -189,8 +189,8 @@ def test_dockerignore_drops_every_folder_bertprep_writes(action):
 # ------------------------------------------------------------------------------ the real engine
 # The base image, wheelhouse and the engine's own state (so its layer cache) live in this cache folder
 # between runs; a warm run only rebuilds the final COPY layer and runs the demo.
-DOCKER_CACHE = Path(os.environ.get("BERT_DOCKER_CACHE",
-                                   Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bert-pytorch" / "docker"))
+_USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+DOCKER_CACHE = Path(os.environ.get("BERT_DOCKER_CACHE", _USER_CACHE / "bert-pytorch" / "docker"))
 TEST_IMAGE = "bert-pytorch-test:cpu"
 TORCH_SPEC = "torch==2.13.0"
 # pip's build arguments are part of the layer cache key: a fixed port keeps the pip layer cached.
@@ -290,13 +290,18 @@ def _wheelhouse() -> Path:
     if sys.version_info[:2] != (3, 11):
         pytest.skip(f"the wheelhouse for the image's Python 3.11 is downloaded by this Python, which is "
                     f"{sys.version_info.major}.{sys.version_info.minor}")
-    recipe = f"{TORCH_SPEC}\n{(ROOT / 'requirements.txt').read_text()}"
+    import tomllib  # Python 3.11, as checked above
+
+    # The image installs the checkout in editable mode: pip builds it with these, from the wheelhouse too.
+    build_requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    recipe = f"{TORCH_SPEC}\n{(ROOT / 'requirements.txt').read_text()}\n{' '.join(build_requires)}"
     wheelhouse = DOCKER_CACHE / f"wheelhouse-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
     if not wheelhouse.is_dir():
         DOCKER_CACHE.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=".wheelhouse.", dir=DOCKER_CACHE))
         result = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(partial), TORCH_SPEC,
-                                 "-r", str(ROOT / "requirements.txt")], capture_output=True, text=True, timeout=1200)
+                                 "-r", str(ROOT / "requirements.txt"), *build_requires], capture_output=True, text=True,
+                                timeout=1200)
         if result.returncode != 0:
             shutil.rmtree(partial)
             pytest.skip(f"pip download of the image's wheels failed: {_last_line(result.stderr)}")
@@ -345,7 +350,8 @@ def built_image(tmp_path_factory):
     if not sys.platform.startswith("linux"):
         pytest.skip("the Docker engine test runs on Linux")
     DOCKER_CACHE.mkdir(parents=True, exist_ok=True)
-    with open(DOCKER_CACHE / "lock", "w") as lock, tempfile.TemporaryDirectory(prefix="bert-docker-", dir="/tmp") as run:
+    with (open(DOCKER_CACHE / "lock", "w") as lock,
+          tempfile.TemporaryDirectory(prefix="bert-docker-", dir="/tmp") as run):
         fcntl.flock(lock, fcntl.LOCK_EX)  # before the daemon: one dockerd per engine folder
         with _docker_engine(Path(run)) as env:  # /tmp keeps containerd's socket path short
             yield from _build_test_image(env, tmp_path_factory.mktemp("checkout"))

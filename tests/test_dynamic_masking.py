@@ -26,7 +26,7 @@ from data.pretraining_dataset import (
     unmasked_input_ids,
 )
 from evaluation import BatchSlice, ShardInfo, iter_batches
-from utils import InputError
+from input_checks import InputError
 
 SEQ, PRED = 128, 20
 CLS, SEP, MASK, PAD = 101, 102, 103, 0

@@ -18,8 +18,8 @@ import inference
 import run_glue
 import run_squad
 from checkpoint_io import CheckpointError, load_checkpoint, resolve_vocab_file
+from input_checks import InputError
 from modeling import BertConfig, BertForQuestionAnswering, BertForSequenceClassification
-from utils import InputError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -128,7 +128,7 @@ def test_trimming_padding_changes_neither_training_nor_predictions(tmp_path):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_inference_copy_gives_the_autocast_outputs_and_leaves_the_model_alone(precision):
-    from utils import autocast_context
+    from precision import autocast_context
 
     torch.manual_seed(0)
     model = BertForQuestionAnswering(tiny_config()).eval()
@@ -182,7 +182,7 @@ def test_logged_learning_rate_is_the_one_each_update_used(optimizer, expected):
 
 
 def test_training_logs_dllogger_records(tmp_path):
-    from utils import read_dllogger
+    from run_log import read_dllogger
 
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_config(), 2)
@@ -372,7 +372,8 @@ def test_onnx_backend_gives_the_pytorch_logits_and_answer(tmp_path, capsys):
     common = ["--vocab_file", str(vocab), "--do_lower_case", "--max_seq_length", "64", "--doc_stride", "24",
               "--n_best_size", "3", "--question", "Where is the bell tower?"]
     outputs = []
-    for backend in (["--init_checkpoint", str(folder)], ["--backend", "onnx", "--onnx_model", str(folder / "model.onnx")]):
+    for backend in (["--init_checkpoint", str(folder)],
+                    ["--backend", "onnx", "--onnx_model", str(folder / "model.onnx")]):
         inference.main([*common, *backend])
         outputs.append(capsys.readouterr().out)
     heads = [out[:out.index("[")] for out in outputs]

@@ -15,9 +15,11 @@ from conftest import ROOT, script_env, shared_path
 from test_bad_inputs import assert_one_line_error, files_under, glue_argv, glue_folder, work, write  # noqa: F401
 
 import finetuning as ft
+from distributed import DistEnv
+from input_checks import InputError
 from modeling import BertConfig, BertForSequenceClassification
+from run_log import Logger
 from training import LOCK_NAME
-from utils import DistEnv, InputError, Logger
 
 
 def sts_folder(folder: Path, score: str, row: int = 3) -> Path:
@@ -55,7 +57,8 @@ def test_a_diverging_fine_tuning_run_stops_with_one_line_and_writes_no_model(tmp
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("error: training diverged: 10 updates in a row had a non-finite loss (fp32, last loss "), line
+    assert line.startswith("error: training diverged: 10 updates in a row had a non-finite loss "
+                           "(fp32, last loss "), line
     assert "no model written" in line and "Traceback" not in proc.stdout + proc.stderr
     assert not (out / "pytorch_model.bin").exists() and not (out / "results.txt").exists()
     assert not (out / LOCK_NAME).exists()  # released at the end of the process
@@ -69,6 +72,7 @@ def test_save_model_refuses_non_finite_weights(tmp_path):
         model.classifier.weight[0, 0] = float("inf")
     args = argparse.Namespace(skip_checkpoint=False)
     ctx = ft.RunContext(args, DistEnv(), "fp32", Logger(None, enabled=False), 1, tmp_path)
-    with pytest.raises(InputError, match=r"weights are not finite \(classifier.weight\); .*pytorch_model.bin not written"):
+    with pytest.raises(InputError,
+                       match=r"weights are not finite \(classifier.weight\); .*pytorch_model.bin not written"):
         ft.save_model(ctx, model, config)
     assert list(tmp_path.iterdir()) == []

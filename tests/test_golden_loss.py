@@ -18,7 +18,7 @@ from pathlib import Path
 from conftest import ROOT, script_env
 from pretrain_helpers import copy_rows, make_shard, shard_rows, wikitext_documents, write_config
 
-from utils import read_dllogger
+from run_log import read_dllogger
 
 GOLDEN = ROOT / "tests" / "assets" / "losses" / "pretrain_tiny_cpu_fp32.json"
 RELATIVE_TOLERANCE = 1e-6

@@ -9,11 +9,9 @@ import re
 import subprocess
 import sys
 
+import bench_gpu
 import pytest
 from conftest import ROOT, script_env
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import bench_gpu  # noqa: E402
 
 SCRIPT = ROOT / "benchmarks" / "gpu.sh"
 BENCH = ROOT / "benchmarks" / "bench_gpu.py"

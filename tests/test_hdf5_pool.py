@@ -2,17 +2,15 @@
 rule, and the pool path (spawned workers plus this process) giving the same shards as one process."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, shared_path
+from conftest import shared_path
 from pretrain_helpers import SHARD_DATASETS, wikitext_documents
 
-sys.path.insert(0, str(ROOT / "data"))
-import bertPrep  # noqa: E402
+from data import bertPrep
 
 MB = 1_000_000
 

@@ -34,6 +34,7 @@ def test_one_package_list_feeds_make_test_and_ci():
     assert "bash .ci/install-system-packages.sh" in makefile
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci and "apt-get" not in ci  # CI installs through make test, from the same list
+    assert ci.index("make lint") < ci.index("make test")  # lint first: a style failure shows in seconds
 
 
 @pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="dpkg-query not available (not Debian)")

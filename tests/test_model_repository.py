@@ -10,7 +10,7 @@ import json
 import pytest
 from triton_helpers import TRITON_DIR, load_triton_module, run_script
 
-from utils import InputError
+from input_checks import InputError
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 text_format = pytest.importorskip("google.protobuf.text_format")

@@ -17,6 +17,7 @@ import checkpoint_io
 import modeling
 from batch_packing import masked_positions_from_labels
 from checkpoint_io import CheckpointError, load_checkpoint
+from input_checks import InputError
 from modeling import (
     BertConfig,
     BertForPreTraining,
@@ -25,7 +26,6 @@ from modeling import (
     BertModel,
     BertPretrainingCriterion,
 )
-from utils import InputError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -150,12 +150,14 @@ def test_converted_checkpoint_loads_in_transformers(tmp_path):
 
 
 def test_nvidia_layout_with_30528_rows_and_gamma_beta_loads(tmp_path):
-    config = tiny_config(vocab_size=30522, hidden_size=16, num_attention_heads=2, intermediate_size=32, num_hidden_layers=1)
+    config = tiny_config(vocab_size=30522, hidden_size=16, num_attention_heads=2, intermediate_size=32,
+                         num_hidden_layers=1)
     src = BertForPreTraining(config)
     sd = src.state_dict()
     assert sd["bert.embeddings.word_embeddings.weight"].shape[0] == 30528
     assert "bert.encoder.layer.0.intermediate.dense_act.weight" in sd
-    old_names = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in sd.items()}
+    old_names = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+                 for k, v in sd.items()}
     path = tmp_path / "nv.pt"
     torch.save({"model": old_names, "epoch": 0}, path)
     dst = BertForPreTraining(config)

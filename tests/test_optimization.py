@@ -11,6 +11,7 @@ import torch
 from conftest import ROOT
 from torch import nn
 
+from input_checks import InputError
 from optimization import (
     BertAdam,
     Lamb,
@@ -20,7 +21,6 @@ from optimization import (
     fused_lamb_setting,
     pretraining_param_groups,
 )
-from utils import InputError
 
 # A model-like parameter set: (name, shape, decayed?). LayerNorm starts at ones/zeros as in BERT, so
 # the zero-norm branch of the trust ratio is exercised; the pooler never gets a gradient.

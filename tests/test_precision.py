@@ -8,15 +8,15 @@ import pytest
 import torch
 from conftest import ROOT, script_env
 
-import utils
-from utils import resolve_precision
+import precision
+from precision import cpu_runs_bf16_natively, resolve_precision
 
 
 @pytest.fixture
 def bf16_native(monkeypatch):
     """Set what the oneDNN bf16 probe answers."""
     def set_answer(native: bool) -> None:
-        monkeypatch.setattr(utils, "cpu_runs_bf16_natively", lambda: native)
+        monkeypatch.setattr(precision, "cpu_runs_bf16_natively", lambda: native)
     return set_answer
 
 
@@ -53,7 +53,7 @@ def test_explicit_bf16_on_an_emulating_cpu_runs_with_one_warning(bf16_native, ca
 def test_the_probe_answers_what_onednn_says():
     probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     expected = bool(torch.backends.mkldnn.is_available() and probe is not None and probe())
-    assert utils.cpu_runs_bf16_natively() == expected
+    assert cpu_runs_bf16_natively() == expected
 
 
 def test_only_rank_zero_says_what_auto_chose(bf16_native, capsys, monkeypatch):
@@ -91,7 +91,10 @@ def test_cpu_preset_passes_auto_unless_pinned(cpu_precision, expected):
 
 def test_wrappers_accept_auto_and_name_it_in_the_error():
     common = ROOT / "scripts" / "finetune_common.sh"
-    ok = subprocess.run(["bash", "-c", 'source "$1" && check_precision auto', "_", str(common)], capture_output=True, text=True)
+    ok = subprocess.run(["bash", "-c", 'source "$1" && check_precision auto', "_", str(common)], capture_output=True,
+                        text=True)
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run(["bash", "-c", 'source "$1" && check_precision fp8', "_", str(common)], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown precision 'fp8': use auto, fp16, bf16, tf32 or fp32"
+    bad = subprocess.run(["bash", "-c", 'source "$1" && check_precision fp8', "_", str(common)], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: unknown precision 'fp8': use auto, fp16, bf16, tf32 or fp32"

@@ -15,7 +15,7 @@ from conftest import ROOT, script_env
 from pretrain_helpers import copy_rows, make_shard, shard_rows, wikitext_documents, write_config
 from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
 
-from utils import read_dllogger
+from run_log import read_dllogger
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -29,7 +29,8 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     p1 = make_shard(base / "all_64.hdf5", text, 64, 10, dupe=2)
     p2 = make_shard(base / "all_128.hdf5", text, 128, 20, dupe=1)
     n1, n2 = shard_rows(p1), shard_rows(p2)
-    dirs = {"text": text, "phase1": base / "phase1", "phase2": base / "phase2", "config": write_config(base / "tiny.json")}
+    dirs = {"text": text, "phase1": base / "phase1", "phase2": base / "phase2",
+            "config": write_config(base / "tiny.json")}
     dirs["phase1"].mkdir()
     dirs["phase2"].mkdir()
     copy_rows(p1, dirs["phase1"] / "wiki_training_0.hdf5", 0, n1 // 2)
@@ -220,8 +221,8 @@ def test_phase2_starts_from_phase1_and_restarts_schedule(corpus, tmp_path):
     assert ckpt["phase"] == 2 and ckpt["optimizer"]["param_groups"][0]["step"] == 4
     p1 = torch.load(tmp_path / "ckpt" / "ckpt_6.pt", weights_only=True)
     assert p1["optimizer"]["param_groups"][0]["step"] == 6
-    lrs = [r["data"]["learning_rate"] for r in read_dllogger(tmp_path / "p2.json") if "learning_rate" in r.get("data", {})
-           and isinstance(r.get("step"), list)]
+    lrs = [r["data"]["learning_rate"] for r in read_dllogger(tmp_path / "p2.json")
+           if "learning_rate" in r.get("data", {}) and isinstance(r.get("step"), list)]
     assert lrs[0] < 1e-3 and max(lrs) <= 1e-3  # warm-up of the new schedule, new peak
     assert set(p1.keys()) >= {"model", "optimizer", "master params", "files", "epoch", "scaler", "rng", "data_position"}
 
@@ -229,7 +230,13 @@ def test_phase2_starts_from_phase1_and_restarts_schedule(corpus, tmp_path):
 def test_help_lists_every_original_flag():
     out = subprocess.run([sys.executable, str(ROOT / "run_pretraining.py"), "--help"], env=script_env(),
                          capture_output=True, text=True, check=True).stdout
-    spec_flags = ["input_dir", "config_file", "bert_model", "output_dir", "init_checkpoint", "max_seq_length", "max_predictions_per_seq", "train_batch_size", "learning_rate", "num_train_epochs", "max_steps", "warmup_proportion", "local_rank", "seed", "gradient_accumulation_steps", "fp16", "amp", "loss_scale", "log_freq", "checkpoint_activations", "resume_from_checkpoint", "resume_step", "num_steps_per_checkpoint", "skip_checkpoint", "phase2", "allreduce_post_accumulation", "allreduce_post_accumulation_fp16", "phase1_end_step", "init_loss_scale", "do_train", "json-summary", "use_env", "disable_progress_bar", "steps_this_run", "precision", "compile"]
+    spec_flags = ["input_dir", "config_file", "bert_model", "output_dir", "init_checkpoint", "max_seq_length",
+                  "max_predictions_per_seq", "train_batch_size", "learning_rate", "num_train_epochs", "max_steps",
+                  "warmup_proportion", "local_rank", "seed", "gradient_accumulation_steps", "fp16", "amp", "loss_scale",
+                  "log_freq", "checkpoint_activations", "resume_from_checkpoint", "resume_step",
+                  "num_steps_per_checkpoint", "skip_checkpoint", "phase2", "allreduce_post_accumulation",
+                  "allreduce_post_accumulation_fp16", "phase1_end_step", "init_loss_scale", "do_train", "json-summary",
+                  "use_env", "disable_progress_bar", "steps_this_run", "precision", "compile"]
     missing = [f for f in spec_flags if not re.search(rf"--{re.escape(f)}\b", out)]
     assert not missing, missing
 
@@ -256,7 +263,8 @@ def test_shell_recipe_runs_both_phases(corpus, tmp_path):
     args = ["8", "5e-3", "fp32", "0", "0.1", "4", "2", "false", "false", "true", "2", "3", "tiny", "true", "false",
             "4", "1e-3", "0.1", "2", "2", str(corpus["phase1"]), str(corpus["phase2"]), str(ROOT), "None",
             str(corpus["config"])]
-    env = {**script_env(), "RESULTS_DIR": str(results), "PYTHON": sys.executable, "EXTRA_ARGS": "--disable_progress_bar"}
+    env = {**script_env(), "RESULTS_DIR": str(results), "PYTHON": sys.executable,
+           "EXTRA_ARGS": "--disable_progress_bar"}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "run_pretraining.sh"), *args], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -268,7 +276,8 @@ def test_shell_recipe_runs_both_phases(corpus, tmp_path):
 def test_shell_scripts_lint_clean():
     if not _have("shellcheck"):
         pytest.skip("shellcheck not installed (apt-get install shellcheck)")
-    files = [ROOT / "scripts" / "run_pretraining.sh", ROOT / "scripts" / "configs" / "pretrain_config.sh", ROOT / "run.sub"]
+    files = [ROOT / "scripts" / "run_pretraining.sh", ROOT / "scripts" / "configs" / "pretrain_config.sh",
+             ROOT / "run.sub"]
     for f in files:
         subprocess.run(["bash", "-n", str(f)], check=True)
     proc = subprocess.run(["shellcheck", "-x", *map(str, files)], capture_output=True, text=True)
@@ -294,7 +303,8 @@ def test_run_sub_mounts_both_phases_data_into_the_container(tmp_path, phase):
     """Bug 3: the container saw only the code and checkpoint folders, so training found no shards."""
     folders = {name: str(tmp_path / name) for name in ("code", "ckpt", "p1", "p2", "cfg")}
     cmds = _run_sub_dry_run({"CONT": "nvcr.io/example/bert:1", "PHASE": phase, "CODEDIR": folders["code"],
-                             "CHECKPOINTDIR": folders["ckpt"], "DATADIR": folders["p1"], "DATADIR_PHASE2": folders["p2"],
+                             "CHECKPOINTDIR": folders["ckpt"], "DATADIR": folders["p1"],
+                             "DATADIR_PHASE2": folders["p2"],
                              "BERT_CONFIG": folders["cfg"] + "/bert_config.json", "CONT_MOUNTS": "/scratch:/scratch"})
     train = cmds[-1]
     mounts = next(a.split("=", 1)[1] for a in train if a.startswith("--container-mounts=")).split(",")

@@ -24,7 +24,7 @@ from data.pretraining_dataset import (
     slots_per_epoch,
     unmasked_input_ids,
 )
-from utils import InputError
+from input_checks import InputError
 
 KEYS = ["input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels"]
 

@@ -112,8 +112,10 @@ def symlink_loop(folder: Path, source: Path) -> Path:
 PRETRAINING_CASES = [
     ("device_tpu", None, {"device": "tpu:7"}, "--device tpu:7: expected auto, cpu, cuda or cuda:N"),
     ("device_gpu", None, {"device": "gpu"}, "--device gpu: expected auto, cpu, cuda or cuda:N"),
-    ("negative_phase1_end_step", None, {"phase1_end_step": -100}, "--phase1_end_step must be a finite number >= 0, got -100"),
-    ("negative_keep_checkpoints", None, {"keep_checkpoints": -2}, "--keep_checkpoints must be a finite number >= 0, got -2"),
+    ("negative_phase1_end_step", None, {"phase1_end_step": -100},
+     "--phase1_end_step must be a finite number >= 0, got -100"),
+    ("negative_keep_checkpoints", None, {"keep_checkpoints": -2},
+     "--keep_checkpoints must be a finite number >= 0, got -2"),
     ("seed_1e23", None, {"seed": 10**23}, f"--seed must be a whole number of at most 63 bits, got {10**23}"),
     ("nan_log_freq", None, {"log_freq": "nan"}, "--log_freq must be a finite number > 0, got nan"),
     ("zero_log_freq", None, {"log_freq": 0}, "--log_freq must be a finite number > 0, got 0"),
@@ -124,7 +126,8 @@ PRETRAINING_CASES = [
      "x_training_0.hdf5: dataset 'input_ids' has shape (64, 64) and dtype float32; expected 2-D integers"),
     ("zero_d_dataset", lambda d, src: replace_dataset(d, src, "segment_ids", lambda f, k: f.create_dataset(
         k, data=np.int8(0))), {}, "x_training_0.hdf5: dataset 'segment_ids' has shape () and dtype int8"),
-    ("group_instead_of_dataset", lambda d, src: replace_dataset(d, src, "masked_lm_ids", lambda f, k: f.create_group(k)),
+    ("group_instead_of_dataset",
+     lambda d, src: replace_dataset(d, src, "masked_lm_ids", lambda f, k: f.create_group(k)),
      {}, "x_training_0.hdf5: not a pretraining shard: 'masked_lm_ids' is not a dataset"),
     ("row_counts_differ", lambda d, src: replace_dataset(d, src, "next_sentence_labels", lambda f, k: f.create_dataset(
         k, data=np.zeros(63, dtype=np.int8))), {}, "x_training_0.hdf5: dataset 'input_ids' has 64 rows, "
@@ -143,7 +146,8 @@ PRETRAINING_CASES = [
 
 
 @pytest.mark.parametrize("name, build, flags, expected", PRETRAINING_CASES, ids=[c[0] for c in PRETRAINING_CASES])
-def test_flags_and_shard_headers_are_checked_before_training(corpus, tmp_path, name, build, flags, expected):  # noqa: F811
+def test_flags_and_shard_headers_are_checked_before_training(
+        corpus, tmp_path, name, build, flags, expected):  # noqa: F811
     overrides = {"max_steps": 3, "num_steps_per_checkpoint": 1, **flags}
     data = tmp_path / "data"
     if build is not None:
@@ -159,8 +163,10 @@ OUTPUT_PATH_CASES = [  # (name, flags given the test's folder t, expected with {
     ("output_dir_is_a_file", lambda t: {"output_dir": t / "a_file"}, "--output_dir {t}/a_file: not a folder"),
     ("output_dir_under_a_file", lambda t: {"output_dir": t / "a_file" / "ckpt"},
      "--output_dir {t}/a_file/ckpt: {t}/a_file is not a folder"),
-    ("output_dir_unwritable", lambda t: {"output_dir": "/proc/bert_ckpt"}, "--output_dir /proc/bert_ckpt: cannot write in /proc"),
-    ("json_summary_is_a_folder", lambda t: {"json-summary": t}, "--json-summary {t}: is a folder, expected a file name"),
+    ("output_dir_unwritable", lambda t: {"output_dir": "/proc/bert_ckpt"},
+     "--output_dir /proc/bert_ckpt: cannot write in /proc"),
+    ("json_summary_is_a_folder", lambda t: {"json-summary": t},
+     "--json-summary {t}: is a folder, expected a file name"),
 ]
 
 
@@ -221,8 +227,8 @@ def finished_run(corpus, tmp_path_factory) -> Path:  # noqa: F811
 
 
 @pytest.mark.parametrize("name, entry, value, expected", CHECKPOINT_CASES, ids=[c[0] for c in CHECKPOINT_CASES])
-def test_malformed_checkpoint_entries_are_one_line_at_resume(corpus, tmp_path, finished_run, name, entry, value,  # noqa: F811
-                                                             expected):
+def test_malformed_checkpoint_entries_are_one_line_at_resume(
+        corpus, tmp_path, finished_run, name, entry, value, expected):  # noqa: F811
     folder = tmp_path / "ckpt"
     folder.mkdir()
     ckpt = torch.load(finished_run / "ckpt_2.pt", weights_only=True)

@@ -147,7 +147,7 @@ def test_folder_mixing_shard_lengths_names_both_shards(corpus, tmp_path):  # noq
 def test_stream_refuses_an_epoch_without_a_batch(corpus, tmp_path):  # noqa: F811
     """The stream itself cannot spin: shards all smaller than a micro-batch end in an error after one epoch."""
     from data.pretraining_dataset import ShardStream
-    from utils import InputError
+    from input_checks import InputError
 
     small = [str(copy_rows(source_shard(corpus), tmp_path / f"s_training_{i}.hdf5", 0, 5)) for i in range(3)]
     stream = ShardStream(small, 0, 1, micro_batch=8, max_pred=10, seed=1)
@@ -260,7 +260,8 @@ def test_shell_recipe_stops_before_phase2_when_phase1_is_stopped(corpus, tmp_pat
     args = ["8", "5e-3", "fp32", "0", "0.1", "400", "2", "false", "false", "true", "2", "3", "tiny", "true", "false",
             "4", "1e-3", "0.1", "2", "2", str(corpus["phase1"]), str(corpus["phase2"]), str(ROOT), "None",
             str(corpus["config"])]
-    env = {**script_env(), "RESULTS_DIR": str(results), "PYTHON": sys.executable, "EXTRA_ARGS": "--disable_progress_bar"}
+    env = {**script_env(), "RESULTS_DIR": str(results), "PYTHON": sys.executable,
+           "EXTRA_ARGS": "--disable_progress_bar"}
     proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "run_pretraining.sh"), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -388,9 +389,9 @@ def test_sigkill_during_a_checkpoint_write_resumes_exactly_and_leaves_no_temp_fi
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (a device every write to fails with ENOSPC)")
 def test_a_log_line_that_cannot_be_written_warns_once_and_training_logging_goes_on(capsys):
-    import utils
+    import run_log
 
-    logger = utils.Logger("/dev/full")
+    logger = run_log.Logger("/dev/full")
     logger.log((0, 1), {"loss": 1.0})
     logger.log((0, 2), {"loss": 0.5})
     logger.close()

@@ -10,8 +10,8 @@ from conftest import shared_path
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from input_checks import InputError
 from processors import glue
-from utils import InputError
 
 BOM = "\ufeff"
 
@@ -164,7 +164,8 @@ def test_qqp_layout(tmp_path):
     ],
 )
 def test_pair_tasks_with_index_column(tmp_path, task, rows, labels):
-    head = ["index", "question", "sentence", "label"] if task == "qnli" else ["index", "sentence1", "sentence2", "label"]
+    head = (["index", "question", "sentence", "label"] if task == "qnli"
+            else ["index", "sentence1", "sentence2", "label"])
     _write(tmp_path / "train.tsv", [head, *rows], bom=True)
     _write(tmp_path / "dev.tsv", [head, *rows])
     _write(tmp_path / "test.tsv", [head[:3], *[r[:3] for r in rows]])

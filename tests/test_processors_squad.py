@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
+from input_checks import InputError
 from processors import squad
 from processors.squad_metrics import normalize_answer
-from utils import InputError
 
 V1_DEV = ("squad", "v1.1", "dev-v1.1.first4articles.json")
 V1_TRAIN = ("squad", "v1.1", "train-v1.1.first11articles.json")

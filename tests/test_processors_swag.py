@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import shared_path
 
+from input_checks import InputError
 from processors import swag
-from utils import InputError
 
 HEADER = ["", "video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
           "ending0", "ending1", "ending2", "ending3", "label"]

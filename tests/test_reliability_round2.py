@@ -1,7 +1,7 @@
 """Reliability round 2, items 8-15 of issue 22, for the scripts other than pretraining: non-finite weights
 refused by every downstream entry point, SQuAD files read as written, leftovers and surprises.
 
-Each table row runs a script's `main` in this process through `utils.run_main`, as its `__main__` does
+Each table row runs a script's `main` in this process through `input_checks.run_main`, as its `__main__` does
 (tests/test_bad_inputs.py explains why): one `error:` line naming the file, key or flag, exit 2, nothing
 written. The pretraining cases are in tests/test_pretraining_guards.py. docs/reliability.md lists them.
 """
@@ -29,7 +29,7 @@ from test_bad_inputs import (  # noqa: F401 (work is a fixture)
 from triton_helpers import load_triton_module, make_checkpoint
 
 from checkpoint_io import load_checkpoint
-from utils import run_main
+from input_checks import run_main
 
 NAN_KEY = "bert.encoder.layer.0.attention.self.query.weight"
 
@@ -158,7 +158,8 @@ SQUAD_LABEL_CASES = [
 
 @pytest.mark.parametrize("change, extra, message", [c[1:] for c in SQUAD_LABEL_CASES],
                          ids=[c[0] for c in SQUAD_LABEL_CASES])
-def test_squad_labels_are_checked_before_predictions_are_written(tmp_path, capsys, work, change, extra, message):  # noqa: F811
+def test_squad_labels_are_checked_before_predictions_are_written(
+        tmp_path, capsys, work, change, extra, message):  # noqa: F811
     predict_file, data = squad_file(work, tmp_path / "dev.json", change)
     qid = first_question(data)["id"]
     assert_one_line_error(capsys, "run_squad", squad_predict(work, predict_file, tmp_path / "out", *extra),
@@ -192,13 +193,15 @@ def traceback_cases(w: Path, t: Path) -> list[tuple[str, list, str]]:
          "--learning_rate must be a finite number > 0, got nan"),
         ("run_glue", glue_argv(w, glue, out, "--do_train", "--num_train_epochs", "nan"),
          "--num_train_epochs must be a finite number > 0, got nan"),
-        ("run_glue", glue_argv(w, glue, out, "--do_train", "--log_freq", 0), "--log_freq must be a finite number >= 1, got 0"),
+        ("run_glue", glue_argv(w, glue, out, "--do_train", "--log_freq", 0),
+         "--log_freq must be a finite number >= 1, got 0"),
         ("run_squad", [*squad, "--seed", 10**23], f"--seed must be a whole number of at most 63 bits, got {10**23}"),
         ("run_squad", [*squad, "--config_file", shadow], f"{shadow}: key 'to_dict' is the name of a BertConfig method"),
         ("run_squad", [*squad, "--config_file", prop], f"{prop}: key 'padded_vocab_size' is the name of a BertConfig"),
         ("run_squad", [*squad, "--config_file", negative_init],
          f"{negative_init}: initializer_range must be a finite number > 0, got -1"),
-        ("run_squad", [*squad, "--config_file", nan_init], f"{nan_init}: initializer_range must be a finite number > 0, got nan"),
+        ("run_squad", [*squad, "--config_file", nan_init],
+         f"{nan_init}: initializer_range must be a finite number > 0, got nan"),
         ("run_glue", glue_argv(w, glue, out, "--do_eval", "--config_file", small_vocab),
          f"{w / 'vocab.txt'}: the vocab has ids up to 30521, the model config's vocab_size is 1000"),
         ("run_squad", [*squad, "--config_file", small_vocab],
@@ -268,7 +271,8 @@ def test_to_hf_copies_the_vocab_beside_the_checkpoint_or_refuses_without_one(tmp
 
 # Google's variable names (the bert repository's TF checkpoints), written from its modeling.py's scopes, not from
 # our converter: ours → (Google's name, whether Google stores the matrix transposed, as a dense layer's kernel).
-GOOGLE_RENAMES = ((".dense_act.", ".dense."), ("encoder.layer.", "encoder.layer_"), ("_embeddings.weight", "_embeddings"),
+GOOGLE_RENAMES = ((".dense_act.", ".dense."), ("encoder.layer.", "encoder.layer_"),
+                  ("_embeddings.weight", "_embeddings"),
                   ("LayerNorm.weight", "LayerNorm.gamma"), ("LayerNorm.bias", "LayerNorm.beta"),
                   ("cls.predictions.bias", "cls.predictions.output_bias"),
                   ("cls.seq_relationship.weight", "cls.seq_relationship.output_weights"),

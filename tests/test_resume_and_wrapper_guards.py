@@ -27,7 +27,7 @@ from test_pretraining_reliability import (
 
 from checkpointing import optimizer_state_mismatch
 from optimization import Lamb
-from utils import read_dllogger
+from run_log import read_dllogger
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -57,14 +57,16 @@ OPTIMIZER_STATE_CASES = [
      "parameter group 0, 0.weight: 'exp_avg' has shape [3], the parameter [3, 4]"),
     ("integer_moment", lambda sd: sd["state"][1].update(exp_avg_sq=torch.zeros(3, dtype=torch.int64)),
      "parameter group 0, 0.bias: 'exp_avg_sq' has dtype torch.int64, not a floating-point type"),
-    ("missing_moment", lambda sd: sd["state"][2].pop("exp_avg_sq"), "parameter group 0, 1.weight: 'exp_avg_sq' is missing"),
+    ("missing_moment", lambda sd: sd["state"][2].pop("exp_avg_sq"),
+     "parameter group 0, 1.weight: 'exp_avg_sq' is missing"),
     ("one_parameter_less", lambda sd: sd["param_groups"][0]["params"].pop(),
      "parameter group 0 holds 3 parameters, the model's 4"),
     ("extra_group", lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])),
      "2 parameter groups, the model has 1"),
     ("step_not_a_number", lambda sd: sd["param_groups"][0].update(step="4"),
      "parameter group 0 'step' is '4', not a count of steps"),
-    ("state_not_a_dict", lambda sd: sd["state"].update({0: [1, 2]}), "parameter group 0, 0.weight: state is a list, not a dict"),
+    ("state_not_a_dict", lambda sd: sd["state"].update({0: [1, 2]}),
+     "parameter group 0, 0.weight: state is a list, not a dict"),
     ("no_param_groups", lambda sd: sd.pop("param_groups"), "not an optimizer state (needs 'state' and 'param_groups')"),
 ]
 
@@ -115,7 +117,8 @@ def logged_learning_rates(json_path: Path) -> dict[int, float]:
 
 
 @pytest.mark.parametrize("new_lr", [None, 2e-3])
-def test_resume_with_a_larger_max_steps_trains_the_new_steps_at_the_rebuilt_schedule(corpus, tmp_path, new_lr):  # noqa: F811
+def test_resume_with_a_larger_max_steps_trains_the_new_steps_at_the_rebuilt_schedule(
+        corpus, tmp_path, new_lr):  # noqa: F811
     first = launch(base_args(corpus, tmp_path, max_steps=4))
     assert first.returncode == 0, first.stderr[-3000:]
     flags = {"max_steps": 8, "json-summary": tmp_path / "resumed.json"}
@@ -135,7 +138,8 @@ def test_resume_with_a_larger_max_steps_trains_the_new_steps_at_the_rebuilt_sche
 
 
 @pytest.mark.parametrize("flag, value, stored", [("warmup_proportion", 0.5, 0.1), ("lr_scheduler", "cosine", "poly")])
-def test_resume_that_would_change_the_shape_of_the_schedule_is_refused(corpus, tmp_path, flag, value, stored):  # noqa: F811
+def test_resume_that_would_change_the_shape_of_the_schedule_is_refused(
+        corpus, tmp_path, flag, value, stored):  # noqa: F811
     first = launch(base_args(corpus, tmp_path, max_steps=4, steps_this_run=2))
     assert first.returncode == 0, first.stderr[-3000:]
     before = (tmp_path / "ckpt" / "ckpt_2.pt").read_bytes()
@@ -181,14 +185,16 @@ def test_fine_tuning_output_folder_in_use_is_one_line(tmp_path):
     """The same lock for run_glue/run_squad/run_swag (finetuning.start_run); held here by a real second process."""
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, training; training.lock_output_dir(sys.argv[1]);"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time, training; training.lock_output_dir(sys.argv[1]);"
                                " print('locked', flush=True); time.sleep(600)", str(out)],
                               env=script_env(), cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         proc = subprocess.run([sys.executable, str(ROOT / "run_glue.py"), "--task_name", "mrpc", "--data_dir",
                                glue_folder(tmp_path / "glue"), "--output_dir", out, "--do_eval", "--init_checkpoint",
-                               tmp_path / "none.pt", "--vocab_file", shared_path("vocab", "bert-base-uncased-vocab.txt")],
+                               tmp_path / "none.pt", "--vocab_file",
+                               shared_path("vocab", "bert-base-uncased-vocab.txt")],
                               env=script_env(), capture_output=True, text=True, timeout=300)
     finally:
         holder.kill()
@@ -210,12 +216,14 @@ def trainer_pid(wrapper: subprocess.Popen) -> int:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["TERM", "USR1"])
-def test_a_signal_to_the_pretraining_wrapper_stops_the_trainer_and_passes_its_code_on(corpus, tmp_path, signum):  # noqa: F811
+def test_a_signal_to_the_pretraining_wrapper_stops_the_trainer_and_passes_its_code_on(
+        corpus, tmp_path, signum):  # noqa: F811
     results = tmp_path / "results"
     args = ["8", "5e-3", "fp32", "0", "0.1", "100000", "2", "false", "true", "true", "2", "3", "tiny", "true",
             "false", "4", "1e-3", "0.1", "2", "2", str(corpus["phase1"]), str(corpus["phase2"]), str(ROOT), "None",
             str(corpus["config"])]
-    env = {**script_env(), "RESULTS_DIR": str(results), "PYTHON": sys.executable, "EXTRA_ARGS": "--disable_progress_bar"}
+    env = {**script_env(), "RESULTS_DIR": str(results), "PYTHON": sys.executable,
+           "EXTRA_ARGS": "--disable_progress_bar"}
     wrapper = subprocess.Popen(["bash", str(ROOT / "scripts" / "run_pretraining.sh"), *args], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

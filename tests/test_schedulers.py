@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from input_checks import InputError
 from optimization import Lamb
 from schedulers import (
     ConstantWarmUpScheduler,
@@ -17,7 +18,6 @@ from schedulers import (
     PolyWarmUpScheduler,
     build_scheduler,
 )
-from utils import InputError
 
 BASE_LRS = (6e-3, 1e-3)
 TOTAL = 100

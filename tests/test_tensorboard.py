@@ -11,7 +11,7 @@ from pretrain_helpers import make_shard, wikitext_documents, write_config
 # Not skipped when missing: tensorboard is a runtime requirement (requirements.txt), not an option.
 from tensorboard.backend.event_processing import event_accumulator
 
-from utils import read_dllogger
+from run_log import read_dllogger
 
 STEPS = 3
 

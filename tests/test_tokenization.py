@@ -19,6 +19,7 @@ import unicodedata
 
 import pytest
 
+from input_checks import InputError
 from tests.conftest import shared_path
 from tokenization import (
     BasicTokenizer,
@@ -28,7 +29,6 @@ from tokenization import (
     load_vocab,
     whitespace_tokenize,
 )
-from utils import InputError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

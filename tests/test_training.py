@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import training
-from utils import DistEnv
+from distributed import DistEnv
 
 
 def _overflowing_step(scaler: torch.amp.GradScaler) -> tuple[bool, float]:

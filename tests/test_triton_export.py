@@ -119,7 +119,7 @@ def test_ts_script_export_is_compiled_code_with_its_control_flow(qa_script_expor
 def test_ts_script_failure_is_one_clear_error(tmp_path):
     """A model TorchScript cannot compile: an InputError naming the alternative, and no model.pt."""
     import bert_kernels
-    from utils import InputError
+    from input_checks import InputError
 
     export = load_triton_module("export")
 

@@ -23,7 +23,7 @@ import torch
 from conftest import ROOT, script_env
 from triton_helpers import TRITON_DIR, free_port, load_triton_module, make_checkpoint, run_script, squad_dev, vocab_file
 
-from utils import InputError
+from input_checks import InputError
 
 SCRIPTS = TRITON_DIR / "scripts"
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -47,7 +47,8 @@ def run_sh(script: str, *args, env: dict[str, str], timeout: float = 600, check:
     done = subprocess.run(["bash", str(SCRIPTS / script), *map(str, args)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
     if check:
-        assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, (f"{script} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
+                                      f"{done.stderr[-3000:]}")
     return done
 
 

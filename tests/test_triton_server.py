@@ -167,7 +167,8 @@ def test_long_context_really_needs_windows():
 def test_client_gets_inference_py_answers(server, reference_answers, protocol, capsys):
     client = load_triton_module("client")  # its main(), in this process: a subprocess per question is slow
     for (question, context), (answer, nbest) in zip(squad_cases(), reference_answers, strict=True):
-        client.main(["-u", server.url(protocol), "-i", protocol, "--question", question, "--context", context, "--json"])
+        client.main(["-u", server.url(protocol), "-i", protocol, "--question", question, "--context", context,
+                     "--json"])
         got = json.loads(capsys.readouterr().out)
         assert got["answer"] == answer, question
         assert [e["text"] for e in got["nbest"][:3]] == [e["text"] for e in nbest[:3]]
@@ -203,7 +204,8 @@ def test_run_squad_client_scores_like_run_squad(server, tmp_path):
     assert squad_metrics.evaluate_v1(dataset, ours) == squad_metrics.evaluate_v1(dataset, theirs)
     assert ours == theirs
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["questions"] == 40 and summary["exact_match"] == squad_metrics.evaluate_v1(dataset, ours)["exact_match"]
+    assert summary["questions"] == 40
+    assert summary["exact_match"] == squad_metrics.evaluate_v1(dataset, ours)["exact_match"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ from bert_kernels import (
     varlen_attention,
 )
 from data.synthetic_shards import write_synthetic_shard
+from input_checks import InputError
 from modeling import BertConfig, BertForPreTraining, BertPretrainingCriterion
-from utils import InputError, read_dllogger
+from run_log import read_dllogger
 
 LENGTHS = (32, 25, 12, 32, 9, 20)
 
@@ -127,7 +128,8 @@ def test_flash_varlen_call_shapes_and_autograd_on_meta_tensors():
     if not hasattr(torch.ops.aten, "_flash_attention_forward"):
         pytest.skip("this torch has no aten flash attention op")
     total, heads, dim = 320, 4, 16
-    q, k, v = (torch.empty(total, heads, dim, device="meta", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.empty(total, heads, dim, device="meta", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
     cu_seqlens = torch.empty(len(LENGTHS) + 2, device="meta", dtype=torch.int32)
     out = FlashVarlenAttention.apply(q, k, v, cu_seqlens, 128, 0.1, dim**-0.5)
     assert out.shape == (total, heads, dim) and out.dtype == torch.bfloat16
@@ -154,7 +156,8 @@ def _pretrain(tmp_path, name: str, extra: list[str]) -> dict[int, float]:
     data = tmp_path / "data"
     if not data.is_dir():
         data.mkdir()
-        write_synthetic_shard(data / "synthetic_training_0.hdf5", rows=64, seq_len=64, max_pred=10, profile="wikitext_512")
+        write_synthetic_shard(data / "synthetic_training_0.hdf5", rows=64, seq_len=64, max_pred=10,
+                              profile="wikitext_512")
         write_config(tmp_path / "tiny.json", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     out = tmp_path / name
     cmd = [sys.executable, str(ROOT / "run_pretraining.py"), "--do_train", "--disable_progress_bar",
@@ -205,7 +208,8 @@ def test_unpad_on_where_flash_cannot_run_is_a_one_line_input_error():
 
 
 def test_unpad_choices_and_their_reasons():
-    assert choose_unpad("on", True, None) == UnpadChoice(True, True, "packed batches with FlashAttention's varlen kernel")
+    assert choose_unpad("on", True, None) == UnpadChoice(
+        True, True, "packed batches with FlashAttention's varlen kernel")
     assert choose_unpad("auto", True, None).flash
     auto = choose_unpad("auto", True, "head dim 36 (hidden_size / num_attention_heads) must be ...")
     assert not auto.packed and not auto.flash and "head dim 36" in auto.reason
@@ -240,7 +244,8 @@ def _trainer_args(tmp_path, unpad: str, config_overrides: dict | None = None) ->
 def test_run_pretraining_unpad_on_without_flash_fails_in_one_line(tmp_path):
     cmd = [sys.executable, str(ROOT / "run_pretraining.py"), *_trainer_args(tmp_path, "on"),
            f"--json-summary={tmp_path / 'dllogger.json'}"]
-    proc = subprocess.run(cmd, env={**script_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env={**script_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
         "error: --unpad on: FlashAttention's varlen kernel cannot run here: precision fp32: the kernel computes in "
@@ -249,13 +254,14 @@ def test_run_pretraining_unpad_on_without_flash_fails_in_one_line(tmp_path):
 
 
 def test_unpad_auto_says_once_which_path_it_took_and_why(tmp_path, capsys):
+    import distributed
+    import run_log
     import run_pretraining
-    import utils
 
     args = run_pretraining.parse_args(_trainer_args(tmp_path, "auto", {"hidden_size": 72, "intermediate_size": 144}))
-    env = utils.DistEnv(device=torch.device("cpu"))
+    env = distributed.DistEnv(device=torch.device("cpu"))
     run_pretraining.validate_args(args, env)
-    trainer = run_pretraining.Trainer(args, env, utils.Logger(None, enabled=False))
+    trainer = run_pretraining.Trainer(args, env, run_log.Logger(None, enabled=False))
     trainer.stream.close()
     printed = [line for line in capsys.readouterr().out.splitlines() if "--unpad" in line]
     assert printed == ["--unpad auto: padded batches: FlashAttention's varlen kernel cannot run here (precision fp32: "

@@ -16,7 +16,7 @@ from conftest import ROOT, load_benchmark, script_env, shared_path
 
 from data import wiki_extract
 from data.TextFormatting import extracted_files, run_wikiextractor
-from utils import InputError
+from input_checks import InputError
 
 bench = load_benchmark("bench_data_pipeline")
 

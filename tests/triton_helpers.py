@@ -1,6 +1,7 @@
 """Helpers for the serving tests: a small QA checkpoint, the triton/ scripts, free loopback ports."""
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import socket
@@ -45,16 +46,34 @@ def make_checkpoint(folder: Path, task: str = "qa", num_labels: int = 3, seed: i
     return folder
 
 
+def sibling_imports(path: Path) -> list[str]:
+    """The modules of path's own folder that it imports by their bare names at module level (as
+    `python triton/X.py` finds them: the script's folder is first on sys.path)."""
+    names = []
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return [name for name in names if (path.parent / f"{name}.py").is_file()]
+
+
 def load_triton_module(name: str) -> ModuleType:
-    """A module of triton/ loaded from its file (the folder is not imported as a package)."""
-    if str(TRITON_DIR) not in sys.path:
-        sys.path.append(str(TRITON_DIR))
+    """A module of triton/ loaded from its file (the folder is not imported as a package), after the
+    modules of the folder it imports by their bare names."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, TRITON_DIR / f"{name}.py")
+    path = TRITON_DIR / f"{name}.py"
+    for sibling in sibling_imports(path):
+        load_triton_module(sibling)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]  # a later load tries again rather than finding half a module
+        raise
     return module
 
 
@@ -63,7 +82,8 @@ def run_script(script: Path | str, *args: str, timeout: float = 300, check: bool
     done = subprocess.run([sys.executable, str(script), *map(str, args)], env=script_env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
     if check:
-        assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, (f"{script} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
+                                      f"{done.stderr[-3000:]}")
     return done
 
 

@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.append(str(Path(__file__).resolve().parent))
+import bert_io
+import client_lib
 
-import bert_io  # noqa: E402
-import client_lib  # noqa: E402
-
-from utils import InputError, check_at_least_one, run_main  # noqa: E402
+from input_checks import InputError, check_at_least_one, run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

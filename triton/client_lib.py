@@ -18,7 +18,7 @@ from typing import Any
 import bert_io
 import numpy as np
 
-from utils import InputError
+from input_checks import InputError
 
 PROTOCOLS = ("http", "grpc")
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}

@@ -20,22 +20,18 @@ import argparse
 import contextlib
 import json
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import bert_io
 import numpy as np
 import torch
+from torchscript_twin import scriptable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.append(str(Path(__file__).resolve().parent))
-
-import bert_io  # noqa: E402
-from torchscript_twin import scriptable  # noqa: E402
-
-from utils import InputError, atomic_path, atomic_write_json, run_main  # noqa: E402
+from atomic_io import atomic_path, atomic_write_json
+from input_checks import InputError, run_main
 
 FORMATS = ("onnx", "ts-trace", "ts-script")
 DEFAULT_OPSET = 17  # the legacy exporter's newest; current ONNX Runtime runs it with all BERT fusions
@@ -75,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda for --fp16 when available)")
     parser.add_argument("--triton-no-cuda", action="store_true", help="the original deployer's flag: --device cpu")
     parser.add_argument("--atol", type=float, default=None,
-                        help=f"largest allowed difference to PyTorch (default {FP32_ATOL:g}; {FP16_ATOL:g} with --fp16)")
+                        help=f"largest allowed difference to PyTorch (default {FP32_ATOL:g}; "
+                             f"{FP16_ATOL:g} with --fp16)")
     parser.add_argument("--predict_file", default=None, help="SQuAD json to take sample windows from")
     bert_io.add_squad_feature_args(parser)
     parser.add_argument("--batch_size", type=int, default=8)
@@ -275,7 +272,8 @@ def export_info(args: argparse.Namespace, config: Any, model: torch.nn.Module, f
         "task": args.task,
         "files": files,
         "inputs": {name: {"dtype": "int64", "shape": ["batch", "sequence"]} for name in bert_io.INPUT_NAMES},
-        "outputs": {name: {"dtype": "float32", "shape": ["batch", classes if args.task == "classification" else "sequence"]}
+        "outputs": {name: {"dtype": "float32",
+                           "shape": ["batch", classes if args.task == "classification" else "sequence"]}
                     for name in outputs},
         "precision": "fp16" if args.fp16 else "fp32",
         "max_position_embeddings": config.max_position_embeddings,

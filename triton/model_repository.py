@@ -22,19 +22,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.append(str(Path(__file__).resolve().parent))
+import bert_io
 
-import bert_io  # noqa: E402
-
-from processors.squad import check_window_settings  # noqa: E402
-from utils import InputError, read_json_file, run_main  # noqa: E402
+from input_checks import InputError, read_json_file, run_main
+from processors.squad import check_window_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON_MODELS = Path(__file__).resolve().parent / "python_models"
@@ -221,7 +217,8 @@ def text_model_config(spec: TextModelSpec) -> str:
     if spec.tensor.task != "qa":
         raise InputError("the text model answers questions: it needs a QA tensor model (--task qa)")
     if spec.max_seq_length > spec.tensor.max_sequence:
-        raise InputError(f"--max_seq_length {spec.max_seq_length} exceeds the model's {spec.tensor.max_sequence} positions")
+        raise InputError(f"--max_seq_length {spec.max_seq_length} exceeds the model's {spec.tensor.max_sequence} "
+                         "positions")
     check_window_settings(spec.max_seq_length, spec.doc_stride, spec.max_query_length)
     input_names, output_names = spec.tensor.io_names()
     config: dict[str, Any] = {

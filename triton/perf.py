@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import bert_io
+import client_lib
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.append(str(Path(__file__).resolve().parent))
-
-import bert_io  # noqa: E402
-import client_lib  # noqa: E402
-
-from utils import InputError, atomic_path, atomic_write_json, run_main  # noqa: E402
+from atomic_io import atomic_path, atomic_write_json
+from input_checks import InputError, run_main
 
 PERCENTILES = (50, 90, 95, 99)
 

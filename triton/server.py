@@ -38,9 +38,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils import InputError, run_main  # noqa: E402
+from input_checks import InputError, run_main
 
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX_BASE = "triton_python_backend_shm_region_"

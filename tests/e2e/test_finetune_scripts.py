@@ -21,7 +21,7 @@ from conftest import ROOT, script_env, shared_path
 
 from checkpoint_io import load_checkpoint
 from modeling import BertConfig, BertForPreTraining, BertForQuestionAnswering, BertModel
-from utils import read_dllogger
+from run_log import read_dllogger
 
 SCRIPTS = ROOT / "scripts"
 TINY = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
@@ -42,7 +42,8 @@ def env() -> dict[str, str]:
 def run(cmd: list[str], expect_ok: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     done = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
     if expect_ok:
-        assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
+        assert done.returncode == 0, (f"exit {done.returncode}\nstdout:\n{done.stdout[-4000:]}\n"
+                                      f"stderr:\n{done.stderr[-4000:]}")
     return done
 
 

@@ -64,7 +64,8 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         lower = _parameter(config, "do_lower_case") == "true"
         self.tokenizer = FullTokenizer(version_dir / _parameter(config, "vocab_file"), do_lower_case=lower)
-        self.windows = {key: int(_parameter(config, key)) for key in ("max_seq_length", "doc_stride", "max_query_length")}
+        self.windows = {key: int(_parameter(config, key))
+                        for key in ("max_seq_length", "doc_stride", "max_query_length")}
         try:  # a hand-edited config with doc_stride 0 would make every request window forever
             squad.check_window_settings(**self.windows)
         except ValueError as exc:
@@ -87,7 +88,8 @@ class TritonPythonModel:
     def _examples(self, request) -> list:
         questions, contexts = _texts(request, "question"), _texts(request, "context")
         if len(questions) != len(contexts):
-            raise BadRequest(f"got {len(questions)} questions but {len(contexts)} contexts; send one context per question")
+            raise BadRequest(f"got {len(questions)} questions but {len(contexts)} contexts; send one context per "
+                             "question")
         examples = []
         for row, (question, context) in enumerate(zip(questions, contexts, strict=True)):
             where = f" (row {row})" if len(questions) > 1 else ""
@@ -115,7 +117,8 @@ class TritonPythonModel:
                                                  requested_output_names=self.tensor_outputs).exec()
             if response.has_error():
                 raise RuntimeError(f"tensor model {self.tensor_model!r}: {response.error().message()}")
-            chunks.append([pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in self.tensor_outputs])
+            chunks.append([pb_utils.get_output_tensor_by_name(response, name).as_numpy()
+                           for name in self.tensor_outputs])
         return [np.concatenate([chunk[i] for chunk in chunks]) for i in range(len(self.tensor_outputs))]
 
     def _predict(self, examples: list) -> tuple[list[str], list[str]]:
@@ -149,7 +152,8 @@ class TritonPythonModel:
                 continue
             shape = (len(answers), 1)
             responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("answer", np.array([a.encode("utf-8") for a in answers], dtype=np.object_).reshape(shape)),
+                pb_utils.Tensor("answer",
+                                np.array([a.encode("utf-8") for a in answers], dtype=np.object_).reshape(shape)),
                 pb_utils.Tensor("nbest", np.array([n.encode("utf-8") for n in nbest], dtype=np.object_).reshape(shape)),
             ]))
         return responses

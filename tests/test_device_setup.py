@@ -1,4 +1,4 @@
-"""Device setup in utils: the process-group arguments per device and the TF32 switch."""
+"""Device setup: the process-group arguments per device (distributed.py) and the TF32 switch (precision.py)."""
 from __future__ import annotations
 
 import datetime
@@ -6,11 +6,12 @@ import datetime
 import pytest
 import torch
 
-import utils
+import distributed
+from precision import apply_tf32
 
 
 def test_nccl_group_is_bound_to_the_rank_gpu():
-    options = utils.process_group_options(torch.device("cuda", 3), rank=3, world_size=8)
+    options = distributed.process_group_options(torch.device("cuda", 3), rank=3, world_size=8)
     assert options["backend"] == "nccl"
     assert options["device_id"] == torch.device("cuda", 3)
     assert (options["rank"], options["world_size"]) == (3, 8)
@@ -18,7 +19,7 @@ def test_nccl_group_is_bound_to_the_rank_gpu():
 
 
 def test_gloo_group_has_no_device_id():
-    options = utils.process_group_options(torch.device("cpu"), rank=1, world_size=2)
+    options = distributed.process_group_options(torch.device("cpu"), rank=1, world_size=2)
     assert options["backend"] == "gloo"
     assert "device_id" not in options
 
@@ -34,7 +35,7 @@ def restore_precision_switches():
 
 @pytest.mark.parametrize(("precision", "tf32"), [("tf32", True), ("fp32", False), ("bf16", False)])
 def test_tf32_switch_uses_the_per_backend_precision(restore_precision_switches, precision, tf32):
-    utils.apply_tf32(precision)
+    apply_tf32(precision)
     if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch < 2.9: legacy flags only
         assert torch.backends.cuda.matmul.allow_tf32 is tf32
         return
