@@ -201,8 +201,10 @@ class Stepper:
        scaler's update of its scale;
     6. zero_grad.
 
-    `update` returns whether the optimizer applied the update: False when the scaler skipped it (fp16
-    overflow) or the optimizer did (LAMB skips a step whose gradient norm is not finite).
+    `update` returns whether the update was applied as far as the host knows without waiting for the
+    device: False when the scaler skipped it (fp16 overflow). LAMB skips a step whose gradient norm is
+    not finite on the device; the host learns of it at the next `optimizer.settle()` (pretraining calls
+    it on log and checkpoint steps), so that no step waits for the device.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, precision: str,
@@ -240,8 +242,8 @@ class Stepper:
             torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
         if self.scheduler is not None:
             self.scheduler.step()
-        # LAMB counts the updates it applies per group, and skips a step whose gradient is not finite
-        # without counting it; other optimizers apply every step they are called for.
+        # LAMB counts its updates per group (a skip on the device is subtracted at its next settle());
+        # other optimizers apply every step they are called for.
         count = self.optimizer.param_groups[0].get("step")
         self._stepped = False
         self.scaler.step(self.optimizer)  # calls optimizer.step() unless fp16 gradients overflowed

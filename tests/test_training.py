@@ -84,14 +84,18 @@ def test_stepper_says_whether_an_fp16_update_was_applied(kind):
 
 
 def test_stepper_lamb_skip_without_a_scaler_is_not_applied():
-    """fp32: no scaler; LAMB itself skips a step whose gradient norm is not finite, and says so."""
+    """fp32: no scaler; LAMB itself skips a step whose gradient norm is not finite on the device (the host
+    call does not wait for it) and says so when the host asks."""
     param = nn.Parameter(torch.ones(3))
-    stepper = training.Stepper(param, _optimizer("lamb", [param]), None, "fp32", torch.device("cpu"))
+    optimizer = _optimizer("lamb", [param])
+    stepper = training.Stepper(param, optimizer, None, "fp32", torch.device("cpu"))
     stepper.accumulate(torch.tensor([1.0, float("nan"), 1.0]), lambda p, f: (p * f).sum())
-    assert stepper.update() is False and torch.equal(param.detach(), torch.ones(3))
+    stepper.update()
+    assert torch.equal(param.detach(), torch.ones(3))
+    assert optimizer.settle() == 1 and optimizer.last_step_skipped and optimizer.param_groups[0]["step"] == 0
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()` before")  # the original's order
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # the original's order
 def test_stepper_order_allreduce_then_unscale_clip_scheduler_step():
     """The all-reduce hook sees the loss-scaled sum of the weighted micro-batches; clipping sees unscaled
     gradients; the scheduler has set the LR before the optimizer uses it."""
