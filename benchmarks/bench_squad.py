@@ -1,6 +1,6 @@
 """SQuAD fine-tuning and inference throughput: ours vs Hugging Face `transformers`, same machine, one run.
 
-Ours: `BertForQuestionAnswering` driven by `finetuning.Stepper`, exactly as `run_squad.py` trains
+Ours: `BertForQuestionAnswering` driven by `training.Stepper`, exactly as `run_squad.py` trains
 (AdamW + LinearWarmUp over the original's parameter groups, pooler frozen, global clipping to 1.0,
 autocast). Theirs: `transformers.BertForQuestionAnswering` built from a `BertConfig` with the same
 weights copied in, trained the way its examples and Trainer do it (torch's fused AdamW with the usual
