@@ -159,8 +159,8 @@ def answer(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
         start, end = onnx_qa_logits(open_onnx_session(args.onnx_model), input_ids, segment_ids, input_mask)
     else:
         device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
+        model = load_qa_model(args, device)  # checks the settings against the model first
         precision = resolve_precision(args.precision, args.fp16, device, notes=sys.stderr)
-        model = load_qa_model(args, device)
         start, end = pytorch_qa_logits(model, input_ids, segment_ids, input_mask, precision, device)
     results = [squad.RawResult(f.unique_id, start[i].tolist(), end[i].tolist()) for i, f in enumerate(features)]
     predictions = squad.get_answers(
