@@ -15,6 +15,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -401,6 +402,13 @@ def test_image_builds_and_runs_make_demo(built_image):
     result = _launch(env, repo, "make demo", timeout=ENGINE_TEST_TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Demo finished." in result.stdout
+    # Its last line says what the defaults chose on this CPU (the host's CPU: the same rules) and how long it took.
+    from bert_kernels import default_cpu_gemm
+    from precision import auto_precision
+
+    said = re.search(r"precision (\w+), fp32 GEMM library (\w+), wall time \d+ min \d+ s", result.stdout)
+    assert said, result.stdout[-2000:]
+    assert said.groups() == (auto_precision("cpu")[0], default_cpu_gemm()[0])
     # The demo wrote into the mounted checkout: a checkpoint every 50 steps and at the end of each phase
     # (phase 1: 150 steps, phase 2: 30 more), each a weights-only state; --keep_checkpoints 3 (the default)
     # keeps the newest three of the folder.
