@@ -50,6 +50,7 @@ demo: $(STAMP)
 # CPU benchmarks, each printing a table of ratios against its reference (minutes each on 2 cores).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_tokenizer.py
+	$(PY) benchmarks/bench_cpu_gemm.py
 	$(PY) benchmarks/bench_create_pretraining_data.py
 	$(PY) benchmarks/bench_pretraining.py
 	$(PY) benchmarks/bench_squad.py

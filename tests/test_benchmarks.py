@@ -1,10 +1,11 @@
-"""Benchmarks name the CPU they ran on: speed ratios differ by CPU generation (issue 15, item 7)."""
+"""Benchmarks name the CPU they ran on: speed ratios differ by CPU generation."""
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, script_env
 from cpu_info import benchmark_precisions, describe_cpu
 
@@ -92,3 +93,18 @@ def test_inference_benchmark_shows_where_the_time_goes_per_op():
     cells = [cell.strip() for cell in next(line for line in table if line.startswith("| aten::mm |")).split("|")]
     assert cells[2].endswith("(1)") and cells[3].endswith("(2)")
     assert table[-1].startswith("| total | ")
+
+
+def test_gemm_benchmark_times_both_libraries_for_each_product_of_each_linear(capsys):
+    import bench_cpu_gemm
+
+    from bert_kernels import onednn_linear_available
+
+    if not onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN linear")
+    bench_cpu_gemm.main(["--threads", "1", "--rows", "16", "--hidden", "32", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "CPU: " in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line.endswith("x |")]
+    assert len(rows) == 13  # 4 linears × (forward, input_grad, weight_grad), and their sum
+    assert {row.split(" | ")[1] for row in rows[:-1]} == {"forward", "input_grad", "weight_grad"}
